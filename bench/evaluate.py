@@ -1,0 +1,117 @@
+"""``python -m bench evaluate``: score any folder of NIfTI predictions against labels.
+
+Files are matched by name (``case.nii.gz`` in both folders). Both are reoriented to the
+closest canonical (RAS) orientation, spacing comes from the label's header, and metrics are
+those of :mod:`bench.metrics` (the same code as after training).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import UserError
+from bench.metrics import case_metrics, summarize
+from bench.store import atomic_write_json
+from datasets.labels import BTCV_13
+
+
+def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Array in canonical RAS voxel order and its spacing; a clear error for broken files."""
+    import nibabel as nib
+
+    try:
+        img = nib.as_closest_canonical(nib.load(str(path)))
+        data = np.asarray(img.dataobj)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist")
+    except Exception as e:  # nibabel raises many types for truncated / corrupt files
+        raise UserError(f"{path} is not a readable NIfTI file ({type(e).__name__}: {e}); re-export it")
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise UserError(f"{path} has {data.ndim} dimensions; expected a 3D volume")
+    return data, tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def read_labels_json(path: str | None) -> tuple[str, ...]:
+    if path is None:
+        return BTCV_13
+    p = Path(path)
+    try:
+        meta = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--labels {p} does not exist")
+    except json.JSONDecodeError as e:
+        raise UserError(f"--labels {p} is not valid JSON ({e.msg} at line {e.lineno})")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not labels:
+        raise UserError(f"--labels {p} has no 'labels' entry; write {{\"labels\": {{\"background\": 0, \"liver\": 1, ...}}}}")
+    if isinstance(labels, list):
+        return tuple(str(x) for x in labels)
+    try:
+        pairs = {int(v): str(k) for k, v in labels.items()} if all(
+            isinstance(v, int) for v in labels.values()
+        ) else {int(k): str(v) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise UserError(f"--labels {p}: 'labels' must map names to integers (nnU-Net style)")
+    n = max(pairs) + 1
+    missing = [i for i in range(n) if i not in pairs]
+    if missing:
+        raise UserError(f"--labels {p}: label ids must be 0..{n - 1} without gaps; missing {missing}")
+    return tuple(pairs[i] for i in range(n))
+
+
+def _cases(folder: Path) -> dict[str, Path]:
+    out = {}
+    for f in sorted(folder.iterdir()):
+        for ext in (".nii.gz", ".nii"):
+            if f.name.endswith(ext):
+                out[f.name[: -len(ext)]] = f
+    return out
+
+
+def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str = "default", out: str | None = None) -> dict:
+    from bench.registry import PROTOCOLS
+
+    proto = PROTOCOLS.get(protocol)()
+    pdir, gdir = Path(pred), Path(gt)
+    for d, flag in ((pdir, "--pred"), (gdir, "--gt")):
+        if not d.is_dir():
+            raise UserError(f"{flag} {d} is not a folder; give the folder that holds the .nii.gz files")
+    labels = read_labels_json(labels_json)
+    preds, gts = _cases(pdir), _cases(gdir)
+    if not gts:
+        raise UserError(f"--gt {gdir} holds no .nii / .nii.gz files")
+    missing = sorted(set(gts) - set(preds))
+    if missing:
+        raise UserError(f"no prediction for {len(missing)} case(s) in {pdir}, e.g. '{missing[0]}'; predict every case of --gt")
+    organs = list(labels[1:])
+    cases = {}
+    for cid, gpath in gts.items():
+        g, spacing = read_nifti(gpath)
+        p, _ = read_nifti(preds[cid])
+        if p.shape != g.shape:
+            raise UserError(f"case '{cid}': prediction shape {p.shape} differs from label shape {g.shape}")
+        for arr, path in ((g, gpath), (p, preds[cid])):
+            if not np.issubdtype(arr.dtype, np.integer):
+                if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                    raise UserError(f"{path} holds non-integer values; a label map must hold class ids")
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= len(labels):
+                raise UserError(f"{path} holds label {hi if hi >= len(labels) else lo}, outside 0..{len(labels) - 1} of the label set; pass --labels dataset.json")
+        per = case_metrics(p.astype(np.int32), g.astype(np.int32), spacing, len(labels))
+        cases[cid] = {organs[c - 1]: m for c, m in per.items()}
+    summary = summarize(cases, organs)
+    result = {"method": pdir.name, "dataset": gdir.name, "protocol": proto.name, "protocol_version": proto.version,
+              "split": "evaluate", "seed": 0, "organs": organs, **summary, "cases": cases}
+    target = Path(out) if out else pdir / "metrics.json"
+    atomic_write_json(target, result)
+    from reports.tables import per_organ_frame, to_markdown
+
+    print(to_markdown(per_organ_frame([result])))
+    print(f"\nmetrics written to {target}", file=sys.stderr)
+    return result

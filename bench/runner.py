@@ -1,0 +1,202 @@
+"""Expands a run request into runs (method x seed), runs the unfinished ones, collects results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import PRESETS, load_config_file, parse_set, resolve
+from bench.errors import UserError
+from bench.registry import DATASETS, METHODS, PROTOCOLS
+from bench.store import config_hash, is_finished, run_dir
+
+
+@dataclass
+class RunRequest:
+    """What ``python -m bench run`` was asked (after defaults, before presets)."""
+
+    methods: list[str]
+    dataset: str = "phantom"
+    data_root: str | None = None
+    protocol: str = "default"
+    split: str | None = None
+    labeled: str = "10%"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    iterations: int | None = None
+    preset: str = "quick"
+    device: str = "auto"
+    prompts: str = "anatomy"
+    text_encoder: str = "minilm"
+    out: str = "runs"
+    force: bool = False
+    sets: list[str] = field(default_factory=list)
+    config: str | None = None
+    progress: bool = True
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked but no CUDA GPU is visible; use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UserError(f"--device {name}: choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "monai", "numpy", "scipy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def load_dataset(name: str, preset: str, data_root: str | None, progress: bool = False):
+    factory = DATASETS.get(name)
+    if data_root is not None:
+        root = Path(data_root)
+        if not root.exists():
+            raise UserError(f"--data-root {root} does not exist; point it at the dataset folder")
+        if root.is_dir() and not any(root.iterdir()):
+            raise UserError(f"--data-root {root} is empty; point it at the folder that holds the dataset")
+    return factory(preset=PRESETS[preset]["dataset_preset"] if preset in PRESETS else preset, data_root=data_root, progress=progress)
+
+
+def resolve_split(req: RunRequest, dataset, out: Path):
+    from datasets.splits import Split, draw_split, parse_fraction
+
+    if req.split:
+        path = Path(req.split)
+        if not path.suffix:  # a name: look in the dataset's split folder
+            path = out / dataset.name / "splits" / f"{req.split}.json"
+        split = Split.load(path)
+    else:
+        fraction = parse_fraction(req.labeled)
+        part = dataset.partition
+        if not part.get("train"):
+            raise UserError(f"dataset '{dataset.name}' defines no train/eval/test partition; give --split FILE")
+        split = draw_split(part["train"], part.get("eval", []), part.get("test", []), fraction, seed=0)
+        path = out / dataset.name / "splits" / f"{split.name}.json"
+        if path.exists():
+            stored = Split.load(path)
+            if stored.digest() != split.digest():
+                raise UserError(f"stored split {path} differs from the one drawn now; delete it or pass --split {path}")
+        else:
+            split.save(path)
+    return split.validate(dataset.case_ids())
+
+
+def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
+    """Validate names and settings of every run before anything runs."""
+    if not req.methods:
+        raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
+    classes = [METHODS.get(m) for m in req.methods]  # unknown names fail here, before any work
+    protocol = PROTOCOLS.get(req.protocol)()
+    if req.preset not in PRESETS:
+        raise UserError(f"unknown preset '{req.preset}'; choose one of {', '.join(PRESETS)}")
+    file_cfg = load_config_file(req.config) if req.config else {}
+    sets = parse_set(req.sets)
+    cli_train = {"iterations": req.iterations} if req.iterations is not None else {}
+    settings = [resolve(c, req.preset, file_cfg, cli_train, sets, classes) for c in classes]
+    out = Path(req.out)
+    dataset = load_dataset(req.dataset, req.preset, req.data_root, progress=req.progress)
+    split = resolve_split(req, dataset, out)
+    runs = []
+    for name, cls, st in zip(req.methods, classes, settings):
+        resolved = {
+            "method": name,
+            "hparams": {**cls.hparam_defaults(), **st.hparams},
+            "train": asdict(st.train),
+            "dataset": dataset.name,
+            "preset": req.preset,
+            "protocol": protocol.describe(),
+            "split": {"name": split.name, "digest": split.digest()},
+        }
+        chash = config_hash(resolved)
+        for seed in req.seeds:
+            runs.append(
+                {
+                    "name": name,
+                    "cls": cls,
+                    "settings": st,
+                    "resolved": resolved,
+                    "hash": chash,
+                    "seed": seed,
+                    "dir": run_dir(out, dataset.name, protocol.name, split.name, name, chash, seed),
+                }
+            )
+    return runs, dataset, protocol, split
+
+
+def execute(req: RunRequest, log=print) -> list[dict]:
+    """Run every planned run that is not finished; return the metrics of all of them."""
+    from bench.train import RunSpec, run_one
+
+    runs, dataset, protocol, split = plan(req)
+    device = pick_device(req.device)
+    results = []
+    for i, r in enumerate(runs, 1):
+        d: Path = r["dir"]
+        if is_finished(d) and not req.force:
+            log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: finished earlier, skipped ({d})")
+            results.append(json.loads((d / "metrics.json").read_text()))
+            continue
+        if req.force and d.exists():
+            shutil.rmtree(d)
+        log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']} -> {d}")
+        config = {
+            **r["resolved"],
+            "seed": r["seed"],
+            "config_hash": r["hash"],
+            "device": str(device),
+            "git_commit": _git_commit(),
+            "versions": _versions(),
+            "hardware": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "command": sys.argv,
+        }
+        spec = RunSpec(
+            method_name=r["name"],
+            method_cls=r["cls"],
+            hparams=r["settings"].hparams,
+            train=r["settings"].train,
+            dataset=dataset,
+            protocol=protocol,
+            split=split,
+            seed=r["seed"],
+            device=device,
+            run_dir=d,
+            config=config,
+            progress=req.progress,
+        )
+        metrics = run_one(spec)
+        timing = json.loads((d / "timing.json").read_text())
+        log(
+            f"    mean Dice {metrics['mean']['dice'] * 100:.1f}%  "
+            f"train {timing['train_s_per_iter']['median']:.3f} s/it  "
+            f"inference {timing['infer_s_per_case']['median']:.2f} s/case"
+        )
+        results.append(metrics)
+    return results

@@ -1,0 +1,371 @@
+"""The one training loop, with validation, checkpoint/resume, timing and the final test.
+
+Used by every method: SGD (Nesterov) with poly LR, AMP on CUDA, optional gradient clipping,
+periodic validation on the eval split with best-checkpoint selection, a checkpoint every
+``ckpt_every`` steps (``run`` again continues where a killed run stopped), one log line per
+``log_every`` steps, and timing of every step.
+
+Determinism: the batch of step ``t`` and the torch random state at step ``t`` depend only on
+``(seed, t)``, so a resumed CPU run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from bench.config import TrainConfig
+from bench.data import Prefetcher, TwoStreamSampler
+from bench.errors import UserError
+from bench.inference import predict_volume
+from bench.metrics import case_metrics, nanmean, summarize
+from bench.store import atomic_save, atomic_write_json, atomic_write_text
+from bench.timing import StepTimer, device_description, peak_memory, reset_peak_memory, summarize_times
+from datasets.base import Dataset
+from datasets.protocols import Protocol
+from datasets.splits import Split
+from methods.base import Method, MethodContext
+
+
+class NonFiniteLoss(UserError):
+    """A loss became NaN/inf; the run stops and keeps its last good checkpoint."""
+
+
+@dataclass
+class RunSpec:
+    """Everything one run needs."""
+
+    method_name: str
+    method_cls: type
+    hparams: dict[str, Any]
+    train: TrainConfig
+    dataset: Dataset
+    protocol: Protocol
+    split: Split
+    seed: int
+    device: torch.device
+    run_dir: Path
+    priors: Callable[[], torch.Tensor] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    #: stop after this many steps in this process (tests of resume); None = run to the end
+    stop_after: int | None = None
+    progress: bool = True
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1.0 - step / total) ** power
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.t = spec.train
+        self.device = spec.device
+        self.dir = Path(spec.run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(spec.seed)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.backends.cudnn.benchmark = True
+
+        split = spec.split
+        cls = spec.method_cls
+        labeled_ids = split.train if cls.label_policy == "all" else split.labeled
+        unlabeled_ids = split.unlabeled if (cls.uses_unlabeled and cls.label_policy != "all") else []
+        ds, proto = spec.dataset, spec.protocol
+        self.labeled = [(proto.normalize(ds.load_image(c)), _checked_label(ds, c)) for c in labeled_ids]
+        # unlabeled cases: images only - their labels are never read
+        self.unlabeled = [proto.normalize(ds.load_image(c)) for c in unlabeled_ids]
+        counts = np.zeros(ds.num_classes, dtype=np.int64)
+        for _, lab in self.labeled:
+            counts += np.bincount(lab.ravel(), minlength=ds.num_classes)[: ds.num_classes]
+        self.ctx = MethodContext(
+            num_classes=ds.num_classes,
+            class_names=ds.labels,
+            patch_size=tuple(self.t.patch),
+            width=self.t.width,
+            device=self.device,
+            iterations=self.t.iterations,
+            labeled_voxel_counts=counts,
+            priors=spec.priors,
+            seed=spec.seed,
+        )
+        self.method: Method = cls(self.ctx, **spec.hparams).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.method.parameters(),
+            lr=self.t.lr,
+            momentum=self.t.momentum,
+            weight_decay=self.t.weight_decay,
+            nesterov=self.t.nesterov and self.t.momentum > 0,
+        )
+        self.use_amp = bool(self.t.amp and self.device.type == "cuda")
+        self.amp_dtype = torch.bfloat16 if (self.use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.step = 0
+        self.best = {"score": -math.inf, "step": -1}
+        self.step_times: list[float] = []
+        self.data_times: list[float] = []
+        self.train_wall = 0.0
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "modules": {k: m.state_dict() for k, m in self.method.modules().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method_state": self.method.state_dict(),
+            "best": self.best,
+            "timing": {"step": self.step_times, "data": self.data_times, "wall": self.train_wall},
+        }
+        atomic_save(self.ckpt_path, lambda f: torch.save(state, f))
+
+    def load_checkpoint(self) -> bool:
+        if not self.ckpt_path.exists():
+            return False
+        try:
+            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        except Exception as e:  # a truncated file cannot exist (atomic writes), but be clear
+            raise UserError(f"checkpoint {self.ckpt_path} is unreadable ({e}); delete it or use --force")
+        for k, m in self.method.modules().items():
+            m.load_state_dict(state["modules"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method_state"])
+        self.best = state["best"]
+        self.step = int(state["step"])
+        self.step_times = list(state["timing"]["step"])
+        self.data_times = list(state["timing"]["data"])
+        self.train_wall = float(state["timing"]["wall"])
+        self._truncate_log(self.step)
+        return True
+
+    def _truncate_log(self, step: int) -> None:
+        path = self.dir / "log.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) < step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue
+        atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+    def _log(self, record: dict) -> None:
+        with (self.dir / "log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- training -------------------------------------------------------------------------
+    def fit(self) -> None:
+        t, spec = self.t, self.spec
+        resumed = self.load_checkpoint()
+        if self.step >= t.iterations:
+            return
+        sampler = TwoStreamSampler(self.labeled, self.unlabeled, t.patch, t.labeled_bs, t.unlabeled_bs, spec.seed, t.flip)
+        stop = t.iterations if spec.stop_after is None else min(t.iterations, self.step + spec.stop_after)
+        loader = Prefetcher(sampler, self.step, stop, self.device)
+        bar = None
+        if spec.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=t.iterations,
+                initial=self.step,
+                desc=f"{spec.method_name} seed {spec.seed}" + (" (resumed)" if resumed else ""),
+                unit="it",
+                dynamic_ncols=True,
+                leave=False,
+            )
+        self.method.train(True)
+        last_good = self.step
+        try:
+            while self.step < stop:
+                step = self.step
+                lr = poly_lr(t.lr, step, t.iterations, t.poly_power)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                torch.manual_seed(_step_seed(spec.seed, step))
+                labeled, unlabeled, wait = loader.get()
+                with StepTimer(self.device) as timer:
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                        losses = self.method.training_step(labeled, unlabeled, step)
+                    self._check_finite(losses, step, last_good)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scaler.scale(losses.total).backward()
+                    if t.grad_clip > 0:
+                        self.scaler.unscale_(self.optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.method.after_step(step)
+                if step >= t.timing_warmup:
+                    self.step_times.append(timer.seconds)
+                    self.data_times.append(wait)
+                self.train_wall += timer.seconds + wait
+                self.step = step + 1
+                if step % t.log_every == 0 or self.step == t.iterations:
+                    self._log({"step": step, "lr": lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(losses.total.detach()):.3f}", refresh=False)
+                    bar.update(1)
+                if t.val_every > 0 and self.spec.split.eval and (self.step % t.val_every == 0 or self.step == t.iterations):
+                    self.validate()
+                if self.step % t.ckpt_every == 0 or self.step == t.iterations or self.step == stop:
+                    self.save_checkpoint()
+                    last_good = self.step
+        finally:
+            loader.close()
+            if bar is not None:
+                bar.close()
+
+    def _check_finite(self, losses, step: int, last_good: int) -> None:
+        if torch.isfinite(losses.total.detach()).all():
+            return
+        bad = [k for k, v in losses.parts.items() if torch.is_tensor(v) and not torch.isfinite(v.detach()).all()]
+        part = ", ".join(bad) if bad else "total"
+        raise NonFiniteLoss(
+            f"{self.spec.method_name}: loss is not finite at step {step} (part: {part}); the last good checkpoint "
+            f"(step {last_good}) is kept in {self.dir}; lower the learning rate (--set lr=...) or enable --set grad_clip=1"
+        )
+
+    # -- evaluation -----------------------------------------------------------------------
+    def _predict_case(self, image: np.ndarray, overlap: float) -> np.ndarray:
+        return predict_volume(
+            self.method.predict,
+            image,
+            self.t.patch,
+            overlap,
+            self.device,
+            mode=self.spec.protocol.sw_mode,
+            sw_batch_size=self.t.sw_batch_size,
+            amp=self.use_amp,
+        )
+
+    def validate(self) -> float:
+        ds, proto = self.spec.dataset, self.spec.protocol
+        self.method.train(False)
+        scores = []
+        for cid in self.spec.split.eval:
+            pred = self._predict_case(proto.normalize(ds.load_image(cid)), self.t.val_overlap)
+            per = case_metrics(pred, _checked_label(ds, cid), ds.spacing(cid), ds.num_classes, distances=False)
+            scores.append(nanmean([v["dice"] for v in per.values()]))
+        self.method.train(True)
+        score = nanmean(scores)
+        improved = score > self.best["score"] or self.best["step"] < 0
+        if improved:
+            self.best = {"score": score, "step": self.step}
+            state = {"modules": {k: m.state_dict() for k, m in self.method.modules().items()},
+                     "method_state": self.method.state_dict(), "step": self.step}
+            atomic_save(self.dir / "best.pt", lambda f: torch.save(state, f))
+        self._log({"step": self.step - 1, "val_dice": score, "best": improved})
+        return score
+
+    def load_best(self) -> int:
+        path = self.dir / "best.pt"
+        if not path.exists():
+            return self.step
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        for k, m in self.method.modules().items():
+            m.load_state_dict(state["modules"][k])
+        self.method.load_state_dict(state["method_state"])
+        return int(state["step"])
+
+    def test(self) -> dict:
+        ds, proto = self.spec.dataset, self.spec.protocol
+        overlap = self.t.overlap if self.t.overlap >= 0 else proto.overlap
+        used_step = self.load_best()
+        self.method.train(False)
+        reset_peak_memory(self.device)
+        cases: dict[str, dict] = {}
+        infer_times = []
+        organs = list(ds.organs)
+        cases_iter = self.spec.split.test
+        if self.spec.progress:
+            from tqdm.auto import tqdm
+
+            cases_iter = tqdm(cases_iter, desc=f"{self.spec.method_name} test", unit="case", leave=False)
+        for cid in cases_iter:
+            image = proto.normalize(ds.load_image(cid))
+            with StepTimer(self.device) as timer:
+                pred = self._predict_case(image, overlap)
+            infer_times.append(timer.seconds)
+            per = case_metrics(pred, _checked_label(ds, cid), ds.spacing(cid), ds.num_classes)
+            cases[cid] = {organs[c - 1]: m for c, m in per.items()}
+        summary = summarize(cases, organs)
+        metrics = {
+            "method": self.spec.method_name,
+            "dataset": ds.name,
+            "protocol": proto.name,
+            "protocol_version": proto.version,
+            "split": self.spec.split.name,
+            "seed": self.spec.seed,
+            "organs": organs,
+            "checkpoint_step": used_step,
+            "val_dice": None if self.best["step"] < 0 else self.best["score"],
+            **summary,
+            "cases": cases,
+        }
+        timing = {
+            "device": device_description(self.device),
+            "train_s_per_iter": summarize_times(self.step_times),
+            "data_wait_share": float(sum(self.data_times) / max(sum(self.data_times) + sum(self.step_times), 1e-12)),
+            "infer_s_per_case": summarize_times(infer_times),
+            "train_wall_s": self.train_wall,
+            "iterations": self.t.iterations,
+            "timing_warmup": self.t.timing_warmup,
+            "amp": self.use_amp,
+            **peak_memory(self.device),
+        }
+        atomic_write_json(self.dir / "timing.json", timing)
+        atomic_write_json(self.dir / "metrics.json", metrics)  # last: marks the run finished
+        return metrics
+
+
+def _checked_label(ds: Dataset, case_id: str) -> np.ndarray:
+    lab = np.asarray(ds.load_label(case_id))
+    hi = int(lab.max()) if lab.size else 0
+    if hi >= ds.num_classes or (lab.dtype.kind == "i" and int(lab.min()) < 0):
+        raise UserError(
+            f"label of case '{case_id}' holds value {hi} but dataset '{ds.name}' has classes 0..{ds.num_classes - 1}; "
+            f"fix the label file or the dataset's label list"
+        )
+    return lab
+
+
+def run_one(spec: RunSpec) -> dict:
+    """Train (or resume), then test on the split's test cases; writes the run folder."""
+    atomic_write_json(spec.run_dir / "config.json", spec.config)
+    trainer = Trainer(spec)
+    trainer.fit()
+    if trainer.step < spec.train.iterations:
+        return {}
+    return trainer.test()
+
+
+__all__ = ["RunSpec", "Trainer", "run_one", "poly_lr", "asdict"]

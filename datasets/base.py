@@ -1,0 +1,162 @@
+"""The dataset interface and the on-disk case cache shared by all datasets.
+
+A dataset is a set of cases, each an image (float32 Hounsfield units) and, for labelled
+cases, an integer label map, in one canonical array layout ``(D, H, W)`` =
+(inferior->superior, posterior->anterior... as stored, see each dataset) with per-axis voxel
+spacing in millimetres ``(sD, sH, sW)``.
+
+Cases are stored as ``.npy`` files that are opened memory-mapped, so loading never copies a
+whole dataset into RAM and the loader is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from bench.errors import UserError
+
+
+def cache_root() -> Path:
+    """Where generated and preprocessed data live (``$BENCH_CACHE`` or ``~/.cache/bench``)."""
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+
+
+@dataclass
+class Case:
+    """One case: image (D, H, W) float32 HU, label (D, H, W) uint8 or None, spacing in mm."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    spacing: tuple[float, float, float]
+
+
+@dataclass
+class Dataset:
+    """A folder of cases in the project's cache layout.
+
+    ``root/dataset.json`` holds ``name``, ``labels`` (names in label order, background
+    first), ``cases`` (``{id: {"spacing": [...], "shape": [...]}}``) and ``partition``
+    (``train`` / ``eval`` / ``test`` id lists, where the dataset defines them);
+    ``root/images/<id>.npy`` and ``root/labels/<id>.npy`` hold the arrays.
+    """
+
+    name: str
+    root: Path
+    labels: tuple[str, ...]
+    cases: dict[str, dict]
+    partition: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, root: Path) -> "Dataset":
+        meta_path = Path(root) / "dataset.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"no dataset.json in {root}: the cache is incomplete; delete {root} and run again")
+        except json.JSONDecodeError as e:
+            raise UserError(f"corrupt {meta_path} ({e.msg}); delete {root} and run again")
+        return cls(
+            name=meta["name"],
+            root=Path(root),
+            labels=tuple(meta["labels"]),
+            cases=meta["cases"],
+            partition=meta.get("partition", {}),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return len(self.labels)
+
+    @property
+    def organs(self) -> tuple[str, ...]:
+        return self.labels[1:]
+
+    def case_ids(self) -> list[str]:
+        return list(self.cases)
+
+    def spacing(self, case_id: str) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.cases[case_id]["spacing"])  # type: ignore[return-value]
+
+    def _check(self, case_id: str) -> None:
+        if case_id not in self.cases:
+            raise UserError(f"case '{case_id}' is not in dataset '{self.name}' ({self.root}); fix the split file")
+
+    def load_image(self, case_id: str) -> np.ndarray:
+        """Image (D, H, W) float32 in HU, memory-mapped."""
+        self._check(case_id)
+        return _load_npy(self.root / "images" / f"{case_id}.npy")
+
+    def load_label(self, case_id: str) -> np.ndarray:
+        """Label map (D, H, W) uint8, memory-mapped; values in ``[0, num_classes)``."""
+        self._check(case_id)
+        return _load_npy(self.root / "labels" / f"{case_id}.npy")
+
+    def load(self, case_id: str, with_label: bool = True) -> Case:
+        return Case(
+            case_id,
+            self.load_image(case_id),
+            self.load_label(case_id) if with_label else None,
+            self.spacing(case_id),
+        )
+
+    def voxel_share(self, case_ids: Sequence[str] | None = None) -> np.ndarray:
+        """Fraction of foreground voxels per organ (C-1,), over the given (labelled) cases."""
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for cid in case_ids or self.case_ids():
+            counts += np.bincount(np.asarray(self.load_label(cid)).ravel(), minlength=self.num_classes)[: self.num_classes]
+        fg = counts[1:].astype(np.float64)
+        return fg / max(fg.sum(), 1.0)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise UserError(f"missing array {path}; delete its dataset cache folder and run again")
+    except ValueError as e:
+        raise UserError(f"unreadable array {path} ({e}); delete its dataset cache folder and run again")
+
+
+class DatasetWriter:
+    """Writes a dataset into a temporary folder and moves it into place in one rename.
+
+    A crash midway leaves only the temporary folder (ignored, cleaned next time); readers
+    never see a half-written dataset.
+    """
+
+    def __init__(self, root: Path, name: str, labels: Sequence[str]):
+        self.root = Path(root)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-", dir=self.root.parent))
+        (self.tmp / "images").mkdir()
+        (self.tmp / "labels").mkdir()
+        self.meta: dict = {"name": name, "labels": list(labels), "cases": {}, "partition": {}}
+
+    def add(self, case_id: str, image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float]) -> None:
+        np.save(self.tmp / "images" / f"{case_id}.npy", np.ascontiguousarray(image, dtype=np.float32))
+        if label is not None:
+            np.save(self.tmp / "labels" / f"{case_id}.npy", np.ascontiguousarray(label, dtype=np.uint8))
+        self.meta["cases"][case_id] = {"spacing": [float(s) for s in spacing], "shape": list(image.shape)}
+
+    def commit(self, **extra: object) -> Dataset:
+        self.meta.update(extra)
+        (self.tmp / "dataset.json").write_text(json.dumps(self.meta, indent=1))
+        try:
+            os.rename(self.tmp, self.root)
+        except OSError:
+            # another process finished first: keep its copy, drop ours
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return Dataset.open(self.root)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)

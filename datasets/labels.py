@@ -1,0 +1,126 @@
+"""Label sets (organ names in label order) and organ-name aliases.
+
+Index 0 is always background. These orders are those of the public datasets: BTCV/Synapse
+(13 organs) and AMOS 2022 (15 organs).
+"""
+
+from __future__ import annotations
+
+BTCV_13: tuple[str, ...] = (
+    "background",
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+    "portal vein and splenic vein",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+)
+
+AMOS_15: tuple[str, ...] = (
+    "background",
+    "spleen",
+    "right kidney",
+    "left kidney",
+    "gallbladder",
+    "esophagus",
+    "liver",
+    "stomach",
+    "aorta",
+    "inferior vena cava",
+    "pancreas",
+    "right adrenal gland",
+    "left adrenal gland",
+    "duodenum",
+    "bladder",
+    "prostate/uterus",
+)
+
+LABEL_SETS: dict[str, tuple[str, ...]] = {"btcv": BTCV_13, "synapse": BTCV_13, "amos": AMOS_15}
+
+#: Short column names for tables (TAK / DHC style abbreviations).
+ABBREVIATIONS: dict[str, str] = {
+    "background": "Bg",
+    "spleen": "Sp",
+    "right kidney": "RK",
+    "left kidney": "LK",
+    "gallbladder": "Ga",
+    "esophagus": "Es",
+    "liver": "Li",
+    "stomach": "St",
+    "aorta": "Ao",
+    "inferior vena cava": "IVC",
+    "portal vein and splenic vein": "PSV",
+    "pancreas": "Pa",
+    "right adrenal gland": "RAG",
+    "left adrenal gland": "LAG",
+    "duodenum": "Du",
+    "bladder": "Bl",
+    "prostate/uterus": "P/U",
+}
+
+#: Organs TAK's tables call "large" (bladder only exists on AMOS).
+LARGE_ORGANS = ("spleen", "right kidney", "left kidney", "liver", "stomach", "bladder")
+#: The small organs the benchmark is about.
+SMALL_ORGANS = ("gallbladder", "esophagus", "right adrenal gland", "left adrenal gland")
+
+_ALIASES: dict[str, str] = {
+    "ivc": "inferior vena cava",
+    "postcava": "inferior vena cava",
+    "inferior_vena_cava": "inferior vena cava",
+    "vena cava inferior": "inferior vena cava",
+    "kidney_right": "right kidney",
+    "kidney right": "right kidney",
+    "r kidney": "right kidney",
+    "rk": "right kidney",
+    "kidney_left": "left kidney",
+    "kidney left": "left kidney",
+    "l kidney": "left kidney",
+    "lk": "left kidney",
+    "adrenal_gland_right": "right adrenal gland",
+    "right adrenal": "right adrenal gland",
+    "adrenal gland right": "right adrenal gland",
+    "rag": "right adrenal gland",
+    "adrenal_gland_left": "left adrenal gland",
+    "left adrenal": "left adrenal gland",
+    "adrenal gland left": "left adrenal gland",
+    "lag": "left adrenal gland",
+    "gall bladder": "gallbladder",
+    "oesophagus": "esophagus",
+    "portal vein": "portal vein and splenic vein",
+    "portal_vein_and_splenic_vein": "portal vein and splenic vein",
+    "portal and splenic vein": "portal vein and splenic vein",
+    "portal vein & splenic vein": "portal vein and splenic vein",
+    "urinary bladder": "bladder",
+    "urinary_bladder": "bladder",
+    "prostate": "prostate/uterus",
+    "uterus": "prostate/uterus",
+    "prostate or uterus": "prostate/uterus",
+    "prostate_uterus": "prostate/uterus",
+    "bg": "background",
+}
+
+
+def canonical_organ(name: str) -> str:
+    """Normalise an organ name: lower case, spaces, and the usual aliases resolved.
+
+    >>> canonical_organ("Postcava")
+    'inferior vena cava'
+    >>> canonical_organ("adrenal_gland_left")
+    'left adrenal gland'
+    """
+    key = " ".join(name.strip().lower().replace("-", " ").split())
+    if key in _ALIASES:
+        return _ALIASES[key]
+    key2 = key.replace("_", " ")
+    return _ALIASES.get(key2, _ALIASES.get(key.replace(" ", "_"), key2))
+
+
+def abbreviation(name: str) -> str:
+    return ABBREVIATIONS.get(canonical_organ(name), name)

@@ -1,0 +1,137 @@
+"""Data splits: named lists of labeled / unlabeled / eval / test case ids, stored as JSON.
+
+A split is checked before use: a case in two roles (leakage) or an id that does not exist in
+the dataset is an error naming the case and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from bench.errors import UserError
+from bench.store import atomic_write_text
+
+ROLES = ("labeled", "unlabeled", "eval", "test")
+
+
+@dataclass
+class Split:
+    """Case ids per role. ``labeled`` + ``unlabeled`` = the training set."""
+
+    name: str
+    labeled: list[str]
+    unlabeled: list[str]
+    eval: list[str]
+    test: list[str]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def train(self) -> list[str]:
+        return self.labeled + self.unlabeled
+
+    def digest(self) -> str:
+        """Content hash (ids per role), part of a run's config hash."""
+        body = json.dumps({r: getattr(self, r) for r in ROLES}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:10]
+
+    def validate(self, known_ids: Iterable[str] | None = None) -> "Split":
+        """Raise :class:`UserError` on leakage, duplicates, an empty role or unknown ids."""
+        seen: dict[str, str] = {}
+        for role in ROLES:
+            for cid in getattr(self, role):
+                if cid in seen:
+                    raise UserError(
+                        f"split '{self.name}' puts case '{cid}' in both '{seen[cid]}' and '{role}' "
+                        f"(data leakage); remove it from one of them"
+                    )
+                seen[cid] = role
+        for role in ("labeled", "test"):
+            if not getattr(self, role):
+                raise UserError(f"split '{self.name}' has no '{role}' cases; add at least one")
+        if known_ids is not None:
+            known = set(known_ids)
+            for cid, role in seen.items():
+                if cid not in known:
+                    raise UserError(
+                        f"split '{self.name}' names case '{cid}' ({role}) that is not in the dataset; "
+                        f"fix the split file or --data-root"
+                    )
+        return self
+
+    # -- files ----------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        atomic_write_text(Path(path), json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> "Split":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"split file {path} does not exist; give an existing file or a --labeled fraction")
+        except json.JSONDecodeError as e:
+            raise UserError(f"split file {path} is not valid JSON ({e.msg} at line {e.lineno})")
+        if not isinstance(data, dict):
+            raise UserError(f"split file {path} must hold a JSON object with keys {', '.join(ROLES)}")
+        missing = [r for r in ROLES if r not in data]
+        if missing:
+            raise UserError(f"split file {path} lacks the key(s) {', '.join(missing)}; each of {', '.join(ROLES)} is a list of case ids")
+        for r in ROLES:
+            if not isinstance(data[r], list) or not all(isinstance(c, str) for c in data[r]):
+                raise UserError(f"split file {path}: '{r}' must be a list of case-id strings")
+        return cls(
+            name=str(data.get("name", path.stem)),
+            labeled=list(data["labeled"]),
+            unlabeled=list(data["unlabeled"]),
+            eval=list(data["eval"]),
+            test=list(data["test"]),
+            meta=dict(data.get("meta", {})),
+        )
+
+
+def parse_fraction(text: str | float) -> float:
+    """``"10%"``, ``"0.1"``, ``10`` (percent if > 1) -> 0.1; must lie in (0, 1].
+
+    >>> parse_fraction("5%")
+    0.05
+    """
+    raw = str(text).strip()
+    try:
+        value = float(raw.rstrip("%"))
+    except ValueError:
+        raise UserError(f"--labeled '{text}' is not a fraction; write e.g. 10% or 0.1")
+    if raw.endswith("%") or value > 1:
+        value /= 100.0
+    if not (0.0 < value <= 1.0):
+        raise UserError(f"--labeled {text} is outside (0, 100%]; choose a labeled fraction such as 10%")
+    return value
+
+
+def fraction_name(fraction: float) -> str:
+    pct = fraction * 100
+    text = f"{pct:.0f}" if abs(pct - round(pct)) < 1e-9 else re.sub(r"\.", "_", f"{pct:g}")
+    return f"labeled_{text}p"
+
+
+def draw_split(
+    train_ids: Sequence[str],
+    eval_ids: Sequence[str],
+    test_ids: Sequence[str],
+    fraction: float,
+    seed: int = 0,
+) -> Split:
+    """Draw ``round(fraction * len(train))`` labeled cases (at least one) from the seed."""
+    n = max(1, int(round(fraction * len(train_ids))))
+    order = np.random.default_rng(seed).permutation(len(train_ids))
+    chosen = sorted(order[:n].tolist())
+    labeled = [train_ids[i] for i in chosen]
+    unlabeled = [c for i, c in enumerate(train_ids) if i not in set(chosen)]
+    name = fraction_name(fraction) + (f"_s{seed}" if seed else "")
+    return Split(name, labeled, unlabeled, list(eval_ids), list(test_ids), meta={"fraction": fraction, "seed": seed})

@@ -1,0 +1,141 @@
+"""The method contract: a method owns its networks and losses; the engine owns the rest.
+
+The engine (``bench.train``) owns the loop, optimiser, LR schedule, AMP, checkpointing,
+timing and evaluation. A method implements::
+
+    class MyMethod(Method):
+        class Hparams(Method.Hparams):      # dataclass of hyperparameters (+ defaults)
+            my_weight: float = 0.1
+        def __init__(self, ctx, **hparams)  # build networks from ctx (classes, patch, width)
+        def training_step(self, labeled, unlabeled, step) -> Losses
+        def after_step(self, step)           # EMA updates, running statistics
+        def predict(self, x) -> logits       # (B, 1, D, H, W) -> (B, C, D, H, W)
+        @staticmethod
+        def search_space(trial) -> dict      # Optuna
+
+and registers itself with ``@register_method("my_method")``.
+
+Batches are dicts: ``labeled = {"image": (B, 1, D, H, W) float, "label": (B, D, H, W) long}``,
+``unlabeled = {"image": (B, 1, D, H, W)}`` - unlabeled batches carry no labels at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class MethodContext:
+    """What a method needs to know to build itself."""
+
+    num_classes: int  # including background
+    class_names: tuple[str, ...]
+    patch_size: tuple[int, int, int]
+    width: int = 16  # base number of filters of the backbone
+    in_channels: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    iterations: int = 1000
+    #: voxel count per class over the labeled training cases (C,)
+    labeled_voxel_counts: np.ndarray | None = None
+    #: returns text-prior embeddings (n_views * C, dim) for the run's prompts and encoder
+    priors: Callable[[], torch.Tensor] | None = None
+    seed: int = 0
+
+
+@dataclass
+class Losses:
+    """``total`` is back-propagated; ``parts`` are named terms (tensors, kept for tests/logs)."""
+
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def log_values(self) -> dict[str, float]:
+        out = {"loss": float(self.total.detach())}
+        out.update({k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in self.parts.items()})
+        return out
+
+
+class Method:
+    """Base class of all methods. Subclasses set ``networks`` (trained) and ``teachers`` (EMA)."""
+
+    registry_name: ClassVar[str] = ""
+    #: "split": labeled cases of the split are labeled; "all": every training case is labeled
+    label_policy: ClassVar[str] = "split"
+    #: whether the method consumes unlabeled batches
+    uses_unlabeled: ClassVar[bool] = True
+    #: engine defaults this method prefers (overridable by config / --set)
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    @dataclass
+    class Hparams:
+        pass
+
+    def __init__(self, ctx: MethodContext, **hparams: Any):
+        self.ctx = ctx
+        self.hp = self.Hparams(**hparams)
+        self.networks: dict[str, nn.Module] = {}
+        self.teachers: dict[str, nn.Module] = {}
+
+    # -- what the engine needs ------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        """Everything that is checkpointed (trained networks and EMA teachers)."""
+        return {**self.networks, **self.teachers}
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates (never the teachers')."""
+        seen: set[int] = set()
+        params = []
+        for net in self.networks.values():
+            for p in net.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.networks.values():
+            net.train(mode)
+        for net in self.teachers.values():
+            net.train(mode)
+
+    def to(self, device: torch.device) -> "Method":
+        for d in (self.networks, self.teachers):
+            for k in d:
+                d[k] = d[k].to(device)
+        return self
+
+    def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimiser step (EMA updates, running statistics)."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C, D, H, W) for images (B, 1, D, H, W); the engine sets eval mode."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Running state beyond module weights (class weights, EMAs of statistics)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @staticmethod
+    def search_space(trial: Any) -> dict:
+        return {}
+
+    @classmethod
+    def hparam_defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls.Hparams) if f.default is not dataclasses.MISSING}
+
+    @classmethod
+    def describe(cls) -> str:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""

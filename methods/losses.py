@@ -1,0 +1,41 @@
+"""Segmentation losses shared by methods (Dice, CE, consistency)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, D, H, W) long -> (B, C, D, H, W) float."""
+    return F.one_hot(label.long(), num_classes).movedim(-1, 1).float()
+
+
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """Mean over classes of 1 - (2 Σ p y + eps) / (Σ p + Σ y + eps), sums over batch and space.
+
+    ``probs`` (B, C, D, H, W) probabilities, ``target`` (B, D, H, W) labels; optional
+    per-class ``weight`` (C,) (normalised to sum 1, as in DHC's weighted Dice).
+    """
+    c = probs.shape[1]
+    y = one_hot(target, c)
+    dims = (0, 2, 3, 4)
+    inter = (probs * y).sum(dims)
+    denom = probs.sum(dims) + y.sum(dims)
+    per_class = 1.0 - (2 * inter + eps) / (denom + eps)
+    if weight is None:
+        return per_class.mean()
+    w = weight.to(per_class) / weight.sum().clamp_min(1e-12)
+    return (per_class * w).sum()
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(CE + soft Dice) / 2 - the supervised loss of SSL4MIS and DHC (optionally class-weighted)."""
+    ce = F.cross_entropy(logits.float(), target.long(), weight=None if weight is None else weight.float())
+    dc = soft_dice_loss(torch.softmax(logits.float(), 1), target, weight)
+    return 0.5 * (ce + dc)
+
+
+def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of softmax outputs (Mean Teacher's consistency); teacher detached."""
+    return F.mse_loss(torch.softmax(student_logits.float(), 1), torch.softmax(teacher_logits.detach().float(), 1))

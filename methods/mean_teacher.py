@@ -1,0 +1,71 @@
+"""Mean Teacher (Tarvainen & Valpola, 2017) as in SSL4MIS ``train_mean_teacher_3D.py``.
+
+* student on labeled + unlabeled images; supervised loss (CE + Dice) / 2 on the labeled half;
+* teacher = EMA of the student (decay 0.99, warm start ``min(1 - 1/(t+1), 0.99)``), fed the
+  unlabeled images plus noise ``clamp(0.1 N(0, 1), -0.2, 0.2)``;
+* consistency = MSE between student and teacher softmax on the unlabeled half, weighted by
+  ``consistency * sigmoid_rampup(t, rampup)``. SSL4MIS ramps over ``iter // 150`` up to 200,
+  i.e. over its whole 30k-iteration run; here ``consistency_rampup`` is the fraction of the
+  run's iterations the ramp takes (1.0 = the whole run, as released).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.registry import register_method
+from methods.base import Losses, MethodContext
+from methods.ema import ema_update, make_teacher
+from methods.losses import dice_ce_loss, softmax_mse
+from methods.ramps import sigmoid_rampup
+from methods.supervised import BackboneHparams, Supervised, build_vnet
+
+
+def teacher_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:
+    return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)
+
+
+@register_method("mean_teacher")
+class MeanTeacher(Supervised):
+    """Mean Teacher: EMA teacher, noisy teacher input, sigmoid-ramped softmax-MSE consistency."""
+
+    uses_unlabeled = True
+
+    @dataclass
+    class Hparams(BackboneHparams):
+        ema_decay: float = 0.99
+        consistency: float = 0.1
+        consistency_rampup: float = 1.0
+
+    def __init__(self, ctx: MethodContext, **hparams):
+        super().__init__(ctx, **hparams)
+        self.teachers["teacher"] = make_teacher(self.networks["net"])
+
+    def consistency_weight(self, step: int) -> float:
+        return self.hp.consistency * sigmoid_rampup(step, self.hp.consistency_rampup * self.ctx.iterations)
+
+    def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+        student, teacher = self.networks["net"], self.teachers["teacher"]
+        n_l = labeled["image"].shape[0]
+        x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
+        logits = student(x)
+        sup = dice_ce_loss(logits[:n_l], labeled["label"])
+        if unlabeled is None:
+            return Losses(sup, {"sup": sup})
+        with torch.no_grad():
+            t_logits = teacher(teacher_noise(unlabeled["image"]))
+        cons = softmax_mse(logits[n_l:], t_logits)
+        w = self.consistency_weight(step)
+        return Losses(sup + w * cons, {"sup": sup, "unsup": cons, "w_unsup": torch.tensor(w)})
+
+    def after_step(self, step: int) -> None:
+        ema_update(self.teachers["teacher"], self.networks["net"], self.hp.ema_decay, step)
+
+    @staticmethod
+    def search_space(trial) -> dict:
+        return {
+            "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
+            "consistency": trial.suggest_float("consistency", 0.01, 1.0, log=True),
+        }

@@ -1,0 +1,131 @@
+"""Backbones: the V-Net used by DHC (BatchNorm, dropout) and by MagicNet/GA/TAK (InstanceNorm).
+
+Both are the same 5-stage V-Net (1/2/3/3/3 convs per encoder stage, stride-2 conv
+downsampling, transposed-conv upsampling with additive skips) at width ``n_filters``
+(channels n, 2n, 4n, 8n, 16n); only normalisation, dropout and the output layer differ.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def _norm(kind: str, ch: int) -> nn.Module:
+    if kind == "batchnorm":
+        return nn.BatchNorm3d(ch)
+    if kind == "instancenorm":
+        return nn.InstanceNorm3d(ch)
+    if kind == "groupnorm":
+        return nn.GroupNorm(min(16, ch), ch)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalization '{kind}'")
+
+
+def conv_block(n_stages: int, cin: int, cout: int, norm: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n_stages):
+        layers += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1), _norm(norm, cout), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def down_block(cin: int, cout: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 2, stride=2), _norm(norm, cout), nn.ReLU(inplace=True))
+
+
+def up_block(cin: int, cout: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose3d(cin, cout, 2, stride=2), _norm(norm, cout), nn.ReLU(inplace=True))
+
+
+class VNet(nn.Module):
+    """V-Net.
+
+    Args:
+        in_channels: image channels (1 for CT).
+        num_classes: output classes incl. background; ``None`` = no output conv, the network
+            returns the ``n_filters``-channel full-resolution decoder map (TAK's head input).
+        n_filters: base width (DHC 32, MagicNet/TAK 16; CPU presets use less).
+        normalization: ``batchnorm`` (DHC), ``instancenorm`` (MagicNet/TAK), ``groupnorm``, ``none``.
+        dropout: Dropout3d(0.5) on the bottleneck and the last decoder map, in training.
+
+    Shapes: input (B, in_channels, D, H, W) with D, H, W divisible by 16; output
+    (B, num_classes, D, H, W). :meth:`encode` returns the five encoder maps
+    x1..x5 at scales 1, 1/2, 1/4, 1/8, 1/16 with channels n, 2n, 4n, 8n, 16n.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int | None = 14,
+        n_filters: int = 16,
+        normalization: str = "batchnorm",
+        dropout: bool = False,
+    ):
+        super().__init__()
+        n = n_filters
+        self.n_filters = n
+        self.has_dropout = dropout
+        self.enc = nn.ModuleList(
+            [
+                conv_block(1, in_channels, n, normalization),
+                conv_block(2, 2 * n, 2 * n, normalization),
+                conv_block(3, 4 * n, 4 * n, normalization),
+                conv_block(3, 8 * n, 8 * n, normalization),
+                conv_block(3, 16 * n, 16 * n, normalization),
+            ]
+        )
+        self.down = nn.ModuleList([down_block(c, 2 * c, normalization) for c in (n, 2 * n, 4 * n, 8 * n)])
+        self.up = nn.ModuleList([up_block(c, c // 2, normalization) for c in (16 * n, 8 * n, 4 * n, 2 * n)])
+        self.dec = nn.ModuleList(
+            [
+                conv_block(3, 8 * n, 8 * n, normalization),
+                conv_block(3, 4 * n, 4 * n, normalization),
+                conv_block(2, 2 * n, 2 * n, normalization),
+                conv_block(1, n, n, normalization),
+            ]
+        )
+        self.dropout = nn.Dropout3d(p=0.5)
+        self.out_conv = nn.Conv3d(n, num_classes, 1) if num_classes else None
+        for m in self.modules():
+            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for i, block in enumerate(self.enc):
+            x = block(x)
+            if i == 4 and self.has_dropout and self.training:
+                x = self.dropout(x)
+            feats.append(x)
+            if i < 4:
+                x = self.down[i](x)
+        return feats
+
+    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Full-resolution decoder map (B, n_filters, D, H, W)."""
+        x = feats[4]
+        for i in range(4):
+            x = self.up[i](x) + feats[3 - i]
+            x = self.dec[i](x)
+        if self.has_dropout and self.training:
+            x = self.dropout(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.decode(self.encode(x))
+        return self.out_conv(y) if self.out_conv is not None else y
+
+
+def dhc_vnet(num_classes: int, n_filters: int = 32, in_channels: int = 1) -> VNet:
+    """DHC's V-Net: BatchNorm, Dropout3d(0.5)."""
+    return VNet(in_channels, num_classes, n_filters, "batchnorm", dropout=True)
+
+
+def magic_vnet(num_classes: int | None, n_filters: int = 16, in_channels: int = 1) -> VNet:
+    """MagicNet/GA/TAK's V-Net: InstanceNorm, no dropout."""
+    return VNet(in_channels, num_classes, n_filters, "instancenorm", dropout=False)

@@ -1,0 +1,54 @@
+"""Supervised baselines: the lower bound (labeled cases only) and the upper bound (all labels)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bench.registry import register_method
+from methods.base import Losses, Method, MethodContext
+from methods.losses import dice_ce_loss
+from methods.networks import VNet
+
+
+@dataclass
+class BackboneHparams(Method.Hparams):
+    """Backbone choice shared by the V-Net baselines (width comes from the preset: ``width``)."""
+
+    normalization: str = "batchnorm"
+    dropout: bool = True
+
+
+def build_vnet(ctx: MethodContext, hp: BackboneHparams) -> VNet:
+    return VNet(ctx.in_channels, ctx.num_classes, ctx.width, hp.normalization, hp.dropout)
+
+
+@register_method("supervised")
+class Supervised(Method):
+    """V-Net trained on the labeled cases only, (CE + Dice) / 2 - the lower bound."""
+
+    uses_unlabeled = False
+
+    @dataclass
+    class Hparams(BackboneHparams):
+        pass
+
+    def __init__(self, ctx: MethodContext, **hparams):
+        super().__init__(ctx, **hparams)
+        self.networks["net"] = build_vnet(ctx, self.hp)
+
+    def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+        logits = self.networks["net"](labeled["image"])
+        sup = dice_ce_loss(logits, labeled["label"])
+        return Losses(sup, {"sup": sup})
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.networks["net"](x)
+
+
+@register_method("fully")
+class Fully(Supervised):
+    """V-Net trained with the labels of every training case - the upper bound."""
+
+    label_policy = "all"
