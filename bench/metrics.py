@@ -10,7 +10,8 @@ Definitions (part of the suite's contract, see DESIGN.md):
 * HD95 = 95th percentile of both directed surface-distance sets pooled
   (``medpy.metric.binary.hd95``).
 * ASD = mean directed distance prediction -> ground truth (``medpy.metric.binary.asd``),
-  as DHC and TAK report it; ASSD = mean of ASD both ways (``medpy ... assd``).
+  as DHC and TAK report it; ASSD = mean of both directed distance sets pooled
+  (``medpy.metric.binary.assd`` >= 0.5; not the mean of the two ASDs).
 * Empty organ: both empty -> every metric NaN; one side empty -> Dice 0 and distances NaN.
 
 For speed, distances are computed inside the bounding box of P ∪ G grown by one voxel,
@@ -75,7 +76,7 @@ def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) ->
         "dice": dice(p, g),
         "hd95": float(np.percentile(np.hstack((d_pg, d_gp)), 95)),
         "asd": float(d_pg.mean()),
-        "assd": float((d_pg.mean() + d_gp.mean()) / 2.0),
+        "assd": float(np.hstack((d_pg, d_gp)).mean()),
     }
 
 

@@ -81,7 +81,6 @@ class Trainer:
         self.t = spec.train
         self.device = spec.device
         self.dir = Path(spec.run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         seed_everything(spec.seed)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -92,10 +91,13 @@ class Trainer:
         cls = spec.method_cls
         labeled_ids = split.train if cls.label_policy == "all" else split.labeled
         unlabeled_ids = split.unlabeled if (cls.uses_unlabeled and cls.label_policy != "all") else []
-        ds, proto = spec.dataset, spec.protocol
-        self.labeled = [(proto.normalize(ds.load_image(c)), _checked_label(ds, c)) for c in labeled_ids]
+        ds = spec.dataset
+        self.labeled = [(self._image(c), _checked_label(ds, c)) for c in labeled_ids]
         # unlabeled cases: images only - their labels are never read
-        self.unlabeled = [proto.normalize(ds.load_image(c)) for c in unlabeled_ids]
+        self.unlabeled = [self._image(c) for c in unlabeled_ids]
+        for cid in split.eval + split.test:  # fail now, not after hours of training
+            self._image(cid)
+            _checked_label(ds, cid)
         counts = np.zeros(ds.num_classes, dtype=np.int64)
         for _, lab in self.labeled:
             counts += np.bincount(lab.ravel(), minlength=ds.num_classes)[: ds.num_classes]
@@ -126,6 +128,10 @@ class Trainer:
         self.step_times: list[float] = []
         self.data_times: list[float] = []
         self.train_wall = 0.0
+
+    def _image(self, case_id: str) -> np.ndarray:
+        """Normalised image (D, H, W) of a case; NaN/inf is an error naming the case."""
+        return self.spec.protocol.normalize(self.spec.dataset.load_image(case_id), f"image of case '{case_id}'")
 
     # -- checkpoints ----------------------------------------------------------------------
     @property
@@ -184,6 +190,7 @@ class Trainer:
     # -- training -------------------------------------------------------------------------
     def fit(self) -> None:
         t, spec = self.t, self.spec
+        self.dir.mkdir(parents=True, exist_ok=True)
         resumed = self.load_checkpoint()
         if self.step >= t.iterations:
             return
@@ -268,11 +275,11 @@ class Trainer:
         )
 
     def validate(self) -> float:
-        ds, proto = self.spec.dataset, self.spec.protocol
+        ds = self.spec.dataset
         self.method.train(False)
         scores = []
         for cid in self.spec.split.eval:
-            pred = self._predict_case(proto.normalize(ds.load_image(cid)), self.t.val_overlap)
+            pred = self._predict_case(self._image(cid), self.t.val_overlap)
             per = case_metrics(pred, _checked_label(ds, cid), ds.spacing(cid), ds.num_classes, distances=False)
             scores.append(nanmean([v["dice"] for v in per.values()]))
         self.method.train(True)
@@ -311,7 +318,7 @@ class Trainer:
 
             cases_iter = tqdm(cases_iter, desc=f"{self.spec.method_name} test", unit="case", leave=False)
         for cid in cases_iter:
-            image = proto.normalize(ds.load_image(cid))
+            image = self._image(cid)
             with StepTimer(self.device) as timer:
                 pred = self._predict_case(image, overlap)
             infer_times.append(timer.seconds)
@@ -360,8 +367,8 @@ def _checked_label(ds: Dataset, case_id: str) -> np.ndarray:
 
 def run_one(spec: RunSpec) -> dict:
     """Train (or resume), then test on the split's test cases; writes the run folder."""
+    trainer = Trainer(spec)  # loads and checks all data first: bad input leaves nothing behind
     atomic_write_json(spec.run_dir / "config.json", spec.config)
-    trainer = Trainer(spec)
     trainer.fit()
     if trainer.step < spec.train.iterations:
         return {}

@@ -26,13 +26,13 @@ class Protocol:
     distance_unit: str = "mm"
     empty_both: str = "nan"
 
-    def normalize(self, image: np.ndarray) -> np.ndarray:
+    def normalize(self, image: np.ndarray, name: str = "image") -> np.ndarray:
         """Clip to the window and scale to [0, 1]; (D, H, W) float32."""
         lo, hi = self.window
         if not np.isfinite(image).all():
             from bench.errors import UserError
 
-            raise UserError("image contains NaN or infinite values; fix or re-export the image")
+            raise UserError(f"{name} contains NaN or infinite values; fix or re-export that image")
         out = (np.clip(np.asarray(image, dtype=np.float32), lo, hi) - lo) / (hi - lo)
         return out.astype(np.float32)
 

@@ -14,10 +14,15 @@ from methods.networks import VNet
 
 @dataclass
 class BackboneHparams(Method.Hparams):
-    """Backbone choice shared by the V-Net baselines (width comes from the preset: ``width``)."""
+    """Backbone choice shared by the V-Net baselines (width comes from the preset: ``width``).
+
+    DHC's V-Net uses BatchNorm with Dropout3d(0.5); dropout is off by default here because at
+    the narrow CPU widths it halves an 8-channel map and stalls learning (``--set dropout=true``
+    and the ``dhc`` configs turn it on).
+    """
 
     normalization: str = "batchnorm"
-    dropout: bool = True
+    dropout: bool = False
 
 
 def build_vnet(ctx: MethodContext, hp: BackboneHparams) -> VNet:

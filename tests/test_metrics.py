@@ -1,0 +1,101 @@
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bench.metrics import case_metrics, dice, organ_metrics, summarize, surface_distances
+
+
+def _line(lo, hi, n=10):
+    m = np.zeros((1, 1, n), bool)
+    m[0, 0, lo : hi + 1] = True
+    return m
+
+
+def test_hand_computed_line():
+    # every voxel of a (1, 1, n) mask is a surface voxel; spacing 2 mm along the line
+    p, g = _line(0, 3), _line(2, 5)
+    d_pg, d_gp = surface_distances(p, g, (1.0, 1.0, 2.0))
+    np.testing.assert_allclose(sorted(d_pg), [0, 0, 2, 4])
+    np.testing.assert_allclose(sorted(d_gp), [0, 0, 2, 4])
+    m = organ_metrics(p, g, (1.0, 1.0, 2.0))
+    assert m["dice"] == pytest.approx(0.5)
+    assert m["asd"] == pytest.approx(1.5)
+    assert m["assd"] == pytest.approx(1.5)
+    assert m["hd95"] == pytest.approx(4.0)
+
+
+def test_asd_is_directed():
+    p, g = _line(0, 0), _line(0, 4)  # pred: one voxel at the end of gt
+    m = organ_metrics(p, g, (1, 1, 1))
+    assert m["asd"] == 0.0  # pred -> gt
+    assert m["assd"] == pytest.approx((0 + 0 + 1 + 2 + 3 + 4) / 6)  # both directions pooled
+
+
+@pytest.mark.parametrize(
+    "a,b,expected",
+    [([1, 1, 0, 0], [1, 0, 0, 0], 2 / 3), ([1, 1, 1, 1], [1, 1, 1, 1], 1.0), ([1, 0, 0, 0], [0, 1, 0, 0], 0.0)],
+)
+def test_dice_hand(a, b, expected):
+    assert dice(np.array(a, bool), np.array(b, bool)) == pytest.approx(expected)
+
+
+def test_empty_policy():
+    z = np.zeros((4, 4, 4), bool)
+    o = z.copy()
+    o[1, 1, 1] = True
+    both = organ_metrics(z, z, (1, 1, 1))
+    assert all(math.isnan(v) for v in both.values())
+    one = organ_metrics(o, z, (1, 1, 1))
+    assert one["dice"] == 0.0 and math.isnan(one["hd95"]) and math.isnan(one["asd"])
+
+
+def _blob(rng, shape):
+    m = ndimage.gaussian_filter(rng.random(shape), 2.0) > 0.52
+    return m
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_medpy_with_anisotropic_spacing(seed):
+    medpy = pytest.importorskip("medpy.metric.binary")
+    rng = np.random.default_rng(seed)
+    shape = (18, 30, 26)
+    p, g = _blob(rng, shape), _blob(rng, shape)
+    assert p.any() and g.any()
+    spacing = (3.0, 0.7, 1.1)
+    m = organ_metrics(p, g, spacing)
+    assert m["hd95"] == pytest.approx(medpy.hd95(p, g, voxelspacing=spacing), rel=1e-12)
+    assert m["asd"] == pytest.approx(medpy.asd(p, g, voxelspacing=spacing), rel=1e-12)
+    assert m["assd"] == pytest.approx(medpy.assd(p, g, voxelspacing=spacing), rel=1e-12)
+    assert m["dice"] == pytest.approx(medpy.dc(p, g))
+
+
+def test_equals_medpy_when_touching_the_border():
+    medpy = pytest.importorskip("medpy.metric.binary")
+    p = np.zeros((6, 7, 8), bool)
+    g = p.copy()
+    p[0:3, 0:4, 2:8] = True  # touches three faces of the array
+    g[1:5, 0:3, 3:8] = True
+    spacing = (2.5, 1.0, 0.8)
+    m = organ_metrics(p, g, spacing)
+    assert m["hd95"] == pytest.approx(medpy.hd95(p, g, voxelspacing=spacing))
+    assert m["asd"] == pytest.approx(medpy.asd(p, g, voxelspacing=spacing))
+
+
+def test_case_metrics_and_summary():
+    gt = np.zeros((4, 4, 4), np.int64)
+    gt[:2] = 1
+    pred = gt.copy()
+    per = case_metrics(pred, gt, (1, 1, 1), num_classes=3)
+    assert per[1]["dice"] == 1.0 and per[1]["hd95"] == 0.0
+    assert math.isnan(per[2]["dice"])  # absent on both sides: excluded
+    s = summarize({"c": {"a": per[1], "b": per[2]}}, ["a", "b"])
+    assert s["mean"]["dice"] == 1.0
+
+
+def test_case_metrics_shape_mismatch():
+    from bench.errors import UserError
+
+    with pytest.raises(UserError, match="differs"):
+        case_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), (1, 1, 1), 2)
