@@ -39,7 +39,7 @@ def _seeds(text: str) -> list[int]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
-        raise UserError(f"{message} (see `python -m bench {self.prog.split()[-1] if ' ' in self.prog else ''} --help`)".replace("  ", " "))
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--force", action="store_true", help="re-run finished runs")
     r.add_argument("--no-progress", action="store_true")
+
+    from priors.cli import add_parser as add_priors
+
+    add_priors(sub)
 
     e = sub.add_parser("evaluate", help="score a folder of NIfTI predictions against labels")
     e.add_argument("--pred", required=True)
@@ -139,6 +143,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_priors(args) -> int:
+    from priors.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         _check_shadowing()
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "priors": cmd_priors}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

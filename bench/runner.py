@@ -124,31 +124,63 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
     out = Path(req.out)
     dataset = load_dataset(req.dataset, req.preset, req.data_root, progress=req.progress)
     split = resolve_split(req, dataset, out)
+    prompt_list = [p.strip() for p in req.prompts.split(",") if p.strip()]
+    encoder_list = [e.strip() for e in req.text_encoder.split(",") if e.strip()]
+    if any(c.uses_priors for c in classes):
+        _check_priors(prompt_list, encoder_list)
     runs = []
     for name, cls, st in zip(req.methods, classes, settings):
-        resolved = {
-            "method": name,
-            "hparams": {**cls.hparam_defaults(), **st.hparams},
-            "train": asdict(st.train),
-            "dataset": dataset.name,
-            "preset": req.preset,
-            "protocol": protocol.describe(),
-            "split": {"name": split.name, "digest": split.digest()},
-        }
-        chash = config_hash(resolved)
-        for seed in req.seeds:
-            runs.append(
-                {
-                    "name": name,
-                    "cls": cls,
-                    "settings": st,
-                    "resolved": resolved,
-                    "hash": chash,
-                    "seed": seed,
-                    "dir": run_dir(out, dataset.name, protocol.name, split.name, name, chash, seed),
-                }
-            )
+        grid = [(p, e) for p in prompt_list for e in encoder_list] if cls.uses_priors else [(None, None)]
+        for prompts, encoder in grid:
+            resolved = {
+                "method": name,
+                "hparams": {**cls.hparam_defaults(), **st.hparams},
+                "train": asdict(st.train),
+                "dataset": dataset.name,
+                "preset": req.preset,
+                "protocol": protocol.describe(),
+                "split": {"name": split.name, "digest": split.digest()},
+            }
+            if cls.uses_priors:
+                resolved["prompts"], resolved["text_encoder"] = prompts, encoder
+            chash = config_hash(resolved)
+            for seed in req.seeds:
+                runs.append(
+                    {
+                        "name": name,
+                        "cls": cls,
+                        "settings": st,
+                        "resolved": resolved,
+                        "hash": chash,
+                        "seed": seed,
+                        "prompts": prompts,
+                        "encoder": encoder,
+                        "dir": run_dir(out, dataset.name, protocol.name, split.name, name, chash, seed),
+                    }
+                )
     return runs, dataset, protocol, split
+
+
+def _check_priors(prompt_list: list[str], encoder_list: list[str]) -> None:
+    """Fail on unknown prompt sets / encoders before any run starts (without loading weights)."""
+    from bench.registry import ENCODERS, PROMPTS
+
+    if not prompt_list or not encoder_list:
+        raise UserError("--prompts and --text-encoder need at least one name each")
+    for p in prompt_list:
+        if not (p.endswith(".json") or "/" in p):
+            PROMPTS.get(p)
+    for e in encoder_list:
+        ENCODERS.get(e.partition(":")[0])
+
+
+def _priors_fn(prompts: str, encoder: str, class_names, device: str):
+    def load():
+        from priors.cache import prior_embeddings
+
+        return prior_embeddings(prompts, encoder, class_names, device=device)
+
+    return load
 
 
 def execute(req: RunRequest, log=print) -> list[dict]:
@@ -166,7 +198,8 @@ def execute(req: RunRequest, log=print) -> list[dict]:
             continue
         if req.force and d.exists():
             shutil.rmtree(d)
-        log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']} -> {d}")
+        tag = f" [{r['prompts']} x {r['encoder']}]" if r["prompts"] else ""
+        log(f"[{i}/{len(runs)}] {r['name']}{tag} seed {r['seed']} -> {d}")
         config = {
             **r["resolved"],
             "seed": r["seed"],
@@ -190,6 +223,8 @@ def execute(req: RunRequest, log=print) -> list[dict]:
             run_dir=d,
             config=config,
             progress=req.progress,
+            priors=_priors_fn(r["prompts"], r["encoder"], dataset.labels, "cpu") if r["prompts"] else None,
+            labels={"prompts": r["prompts"], "text_encoder": r["encoder"]} if r["prompts"] else {},
         )
         metrics = run_one(spec)
         timing = json.loads((d / "timing.json").read_text())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -57,6 +56,8 @@ class RunSpec:
     #: stop after this many steps in this process (tests of resume); None = run to the end
     stop_after: int | None = None
     progress: bool = True
+    #: extra names recorded in metrics.json (e.g. prompts and text encoder of a text-prior run)
+    labels: dict[str, Any] = field(default_factory=dict)
 
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -157,8 +158,13 @@ class Trainer:
             state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
         except Exception as e:  # a truncated file cannot exist (atomic writes), but be clear
             raise UserError(f"checkpoint {self.ckpt_path} is unreadable ({e}); delete it or use --force")
-        for k, m in self.method.modules().items():
-            m.load_state_dict(state["modules"][k])
+        try:
+            for k, m in self.method.modules().items():
+                m.load_state_dict(state["modules"][k])
+        except (RuntimeError, KeyError) as e:
+            first = str(e).strip().splitlines()[1 if str(e).count("\n") else 0].strip()
+            raise UserError(f"checkpoint {self.ckpt_path} does not fit this model ({first}); was it trained with "
+                            f"another --text-encoder or width? use --force to start over")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method_state"])
@@ -332,6 +338,7 @@ class Trainer:
             "protocol_version": proto.version,
             "split": self.spec.split.name,
             "seed": self.spec.seed,
+            **self.spec.labels,
             "organs": organs,
             "checkpoint_step": used_step,
             "val_dice": None if self.best["step"] < 0 else self.best["score"],

@@ -69,6 +69,9 @@ class Method:
     label_policy: ClassVar[str] = "split"
     #: whether the method consumes unlabeled batches
     uses_unlabeled: ClassVar[bool] = True
+    #: whether the method consumes text priors (``ctx.priors``); runs then expand over
+    #: ``--prompts`` x ``--text-encoder`` and record both names
+    uses_priors: ClassVar[bool] = False
     #: engine defaults this method prefers (overridable by config / --set)
     train_defaults: ClassVar[dict[str, Any]] = {}
 

@@ -20,7 +20,7 @@ from methods.base import Losses, MethodContext
 from methods.ema import ema_update, make_teacher
 from methods.losses import dice_ce_loss, softmax_mse
 from methods.ramps import sigmoid_rampup
-from methods.supervised import BackboneHparams, Supervised, build_vnet
+from methods.supervised import BackboneHparams, Supervised
 
 
 def teacher_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:

@@ -1,0 +1,155 @@
+"""Write a new prompt set by asking an OpenAI-compatible chat API TAK's two questions per organ.
+
+Honours ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` (local servers such as vLLM or Ollama work).
+Asks for JSON, validates it, retries with exponential backoff on 429 / 5xx / connection errors
+and on malformed answers, saves progress after every organ to ``<out>.partial.json`` and
+resumes from it, and never overwrites an existing prompt set without ``force``. The file
+records the model, the date and the questions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bench.errors import UserError
+from bench.store import atomic_write_text
+from priors.prompts import FORMAT, PromptSet
+
+QUESTIONS = {
+    "location": "Describe the relative positional relationship of {organ} with other organs.",
+    "shape": "Describe shape and structure of {organ}.",
+}
+SYSTEM = (
+    "You are an expert in abdominal CT anatomy. Answer in plain, factual anatomical language, "
+    "1 to 3 sentences per answer, as a JSON object with exactly the keys {keys}."
+)
+
+
+def _labels(spec: str) -> tuple[str, ...]:
+    from datasets.labels import LABEL_SETS
+
+    if spec.lower() in LABEL_SETS:
+        return LABEL_SETS[spec.lower()]
+    if spec.endswith(".json"):
+        from bench.evaluate import read_labels_json
+
+        return read_labels_json(spec)
+    raise UserError(f"--labels {spec}: give synapse, amos or a dataset.json path")
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _ask(client, model: str, organ: str, temperature: float) -> dict[str, str]:
+    import openai
+
+    keys = list(QUESTIONS)
+    user = " ".join(f"({i + 1}) {q.format(organ=organ)}" for i, q in enumerate(QUESTIONS.values()))
+    user += f" Reply with a JSON object {{{', '.join(repr(k) + ': ...' for k in keys)}}}."
+    try:
+        resp = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "system", "content": SYSTEM.format(keys=", ".join(keys))}, {"role": "user", "content": user}],
+            response_format={"type": "json_object"},
+            temperature=temperature,
+        )
+    except openai.AuthenticationError as e:
+        raise UserError(f"the API refused the key ({e.status_code}); check OPENAI_API_KEY")
+    except openai.NotFoundError:
+        raise UserError(f"the API does not know model '{model}' or the URL is wrong; check --model and OPENAI_BASE_URL")
+    except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, openai.APITimeoutError) as e:
+        raise _Retryable(f"{type(e).__name__}: {e}")
+    except openai.APIStatusError as e:
+        if e.status_code >= 500 or e.status_code == 429:
+            raise _Retryable(f"HTTP {e.status_code}")
+        raise UserError(f"the API answered HTTP {e.status_code} for '{organ}': {e.message}")
+    try:
+        text = resp.choices[0].message.content or ""
+        data = json.loads(text[text.find("{") : text.rfind("}") + 1])
+        out = {k: str(data[k]).strip() for k in keys}
+        if not all(out.values()):
+            raise ValueError("empty answer")
+        return out
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise _Retryable(f"malformed answer ({type(e).__name__}: {e})")
+
+
+def generate_prompt_set(
+    labels: str,
+    model: str,
+    out: str | Path,
+    force: bool = False,
+    name: str | None = None,
+    max_retries: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+    temperature: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: bool = True,
+) -> PromptSet:
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; choose another --out or pass --force to overwrite it")
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise UserError("OPENAI_API_KEY is not set; export it (any non-empty value for a local server) and set OPENAI_BASE_URL for non-OpenAI servers")
+    import openai
+
+    classes: Sequence[str] = _labels(labels)
+    client = openai.OpenAI(max_retries=0, timeout=timeout)
+    partial = out.with_name(out.name + ".partial.json")
+    done: dict[str, dict[str, str]] = {}
+    if partial.exists():
+        try:
+            state = json.loads(partial.read_text())
+            if state.get("model") == model and state.get("labels") == list(classes):
+                done = state["classes"]
+        except (json.JSONDecodeError, KeyError):
+            done = {}
+    todo = [c for c in classes if c not in done]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=f"asking {model}", unit="organ", initial=len(done), total=len(classes), leave=False)
+    try:
+        for organ in todo:
+            last = ""
+            for attempt in range(max_retries + 1):
+                try:
+                    done[organ] = _ask(client, model, organ, temperature)
+                    break
+                except _Retryable as e:
+                    last = str(e)
+                    if attempt < max_retries:
+                        sleep(backoff * 2**attempt)
+            else:
+                base = os.environ.get("OPENAI_BASE_URL", "the OpenAI API")
+                kept = f"; the {len(done)} organs done are kept in {partial}, run again to resume" if done else "; nothing was written"
+                raise UserError(f"{base} failed {max_retries + 1} times for '{organ}' (last: {last}){kept}")
+            atomic_write_text(partial, json.dumps({"model": model, "labels": list(classes), "classes": done}, indent=1))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    ps = PromptSet.from_dict(
+        {
+            "format": FORMAT,
+            "name": name or out.stem,
+            "label_sets": [labels if not labels.endswith(".json") else Path(labels).name],
+            "views": list(QUESTIONS),
+            "meta": {"model": model, "date": dt.date.today().isoformat(), "questions": QUESTIONS,
+                     "base_url": os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")},
+            "classes": done,
+        },
+        str(out),
+    )
+    atomic_write_text(out, json.dumps(ps.to_dict(), indent=1) + "\n")
+    partial.unlink(missing_ok=True)
+    return ps
