@@ -41,6 +41,14 @@ class RunRequest:
     progress: bool = True
 
 
+def _fmt(value, scale: float, spec: str) -> str:
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value * scale, spec)
+
+
 def pick_device(name: str):
     import torch
 
@@ -130,7 +138,9 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
         _check_priors(prompt_list, encoder_list)
     runs = []
     for name, cls, st in zip(req.methods, classes, settings):
-        grid = [(p, e) for p in prompt_list for e in encoder_list] if cls.uses_priors else [(None, None)]
+        override = getattr(cls, "prompts_override", None)
+        prompts_for = [override] if override else prompt_list
+        grid = [(p, e) for p in prompts_for for e in encoder_list] if cls.uses_priors else [(None, None)]
         for prompts, encoder in grid:
             resolved = {
                 "method": name,
@@ -229,9 +239,9 @@ def execute(req: RunRequest, log=print) -> list[dict]:
         metrics = run_one(spec)
         timing = json.loads((d / "timing.json").read_text())
         log(
-            f"    mean Dice {metrics['mean']['dice'] * 100:.1f}%  "
-            f"train {timing['train_s_per_iter']['median']:.3f} s/it  "
-            f"inference {timing['infer_s_per_case']['median']:.2f} s/case"
+            f"    mean Dice {_fmt(metrics['mean']['dice'], 100, '.1f')}%  "
+            f"train {_fmt(timing['train_s_per_iter']['median'], 1, '.3f')} s/it  "
+            f"inference {_fmt(timing['infer_s_per_case']['median'], 1, '.2f')} s/case"
         )
         results.append(metrics)
     return results

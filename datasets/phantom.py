@@ -36,7 +36,7 @@ from bench.registry import register_dataset
 from datasets.base import Dataset, DatasetWriter, cache_root
 from datasets.labels import AMOS_15, BTCV_13
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -83,23 +83,23 @@ _TUBES: dict[str, list[tuple[list[tuple[float, float, float]], float]]] = {
     "pancreas": [([(30, 8, -5), (5, -6, 2), (-40, -22, 10), (-74, -30, 22)], 11.0)],
     "duodenum": [([(32, 18, 12), (48, 10, -10), (38, 6, -38), (10, 4, -42), (-15, 2, -34)], 10.0)],
 }
-_HU = {
-    "liver": 62,
-    "spleen": 52,
-    "right kidney": 155,
-    "left kidney": 155,
-    "gallbladder": 10,
-    "esophagus": 38,
-    "stomach": 28,
-    "aorta": 185,
-    "inferior vena cava": 128,
-    "portal vein and splenic vein": 165,
-    "pancreas": 44,
-    "right adrenal gland": 30,
-    "left adrenal gland": 30,
-    "duodenum": 36,
-    "bladder": 8,
-    "prostate/uterus": 46,
+_HU = {  # portal-venous phase (BTCV's phase), typical attenuation values
+    "liver": 105,
+    "spleen": 118,
+    "right kidney": 175,
+    "left kidney": 175,
+    "gallbladder": 8,
+    "esophagus": 45,
+    "stomach": 30,
+    "aorta": 165,
+    "inferior vena cava": 135,
+    "portal vein and splenic vein": 175,
+    "pancreas": 88,
+    "right adrenal gland": 62,
+    "left adrenal gland": 62,
+    "duodenum": 52,
+    "bladder": 6,
+    "prostate/uterus": 70,
 }
 # drawing order: large organs first, then vessels and small organs on top
 _DRAW_ORDER = (

@@ -1,0 +1,60 @@
+"""GA loss (Qi et al., ECCV 2024; code cicailalala/GALoss), as used by GA and TAK.
+
+* :func:`ga_dice`: for each class present in the target, ``1 - 2 Σ p y / (Σ p² + Σ y²)``;
+  for a class absent from the batch, a suppression term ``Σ stopgrad(β) p`` with
+  ``β = p / Σ (1 - y)``; summed over classes and divided by C.
+* :func:`ga_ce`: per-voxel cross entropy; keep the top ``k`` % hardest voxels; each class's
+  summed loss is divided by ``n_c^(1-γ) · K^γ`` (K = kept voxels, n_c = kept voxels of class c);
+  the per-class terms are summed (γ = 0.5).
+
+Both follow ``loss_amos.py`` of TAK-Semi line by line (smoothing 1e-10 included).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from methods.losses import one_hot
+
+SMOOTH = 1e-10
+
+
+def ga_dice(probs: torch.Tensor, target: torch.Tensor, gradient_aware: bool = True) -> torch.Tensor:
+    """GADice of probabilities ``probs`` (B, C, D, H, W) against labels ``target`` (B, D, H, W).
+
+    With ``gradient_aware=False`` absent classes contribute 0 (plain Dice over present classes).
+    """
+    c = probs.shape[1]
+    if target.dim() == probs.dim():
+        target = target[:, 0]
+    y = one_hot(target, c)
+    loss = probs.new_zeros(())
+    for i in range(c):
+        p, t = probs[:, i], y[:, i]
+        if t.sum() > 0:
+            inter = 2 * (p * t).sum() + SMOOTH
+            union = (p * p).sum() + (t * t).sum() + SMOOTH
+            loss = loss + (1 - inter / union)
+        elif gradient_aware:
+            beta = p / (1 - t).sum()
+            loss = loss + (beta.detach() * p).sum()
+    return loss / c
+
+
+def ga_ce(logits: torch.Tensor, target: torch.Tensor, k: float = 10.0, gamma: float = 0.5) -> torch.Tensor:
+    """GACE of ``logits`` (B, C, D, H, W) against ``target`` (B, D, H, W) or (B, 1, D, H, W)."""
+    c = logits.shape[1]
+    if target.dim() == logits.dim():
+        target = target[:, 0]
+    ce = F.cross_entropy(logits.float(), target.long(), reduction="none").reshape(-1)
+    n_keep = int(ce.numel() * k / 100)
+    res, idx = torch.topk(ce, n_keep, sorted=False)
+    kept = target.reshape(-1)[idx]
+    bg_w = float(n_keep) ** gamma
+    loss = logits.new_zeros((), dtype=torch.float32)
+    for i in range(c):
+        m = (kept == i).float()
+        w = torch.pow(m.sum() + SMOOTH, 1 - gamma) * bg_w
+        loss = loss + (res * m).sum() / (w + SMOOTH)
+    return loss

@@ -1,0 +1,301 @@
+"""The MagicNet family: MagicNet (Chen et al., CVPR 2023), GA (Qi et al., ECCV 2024) and, on top
+of them, TAK (``methods/tak.py``). One implementation, switched by hyperparameters:
+
+``tak`` = ``ga`` + text-driven head + voxel-text contrastive loss;
+``ga`` = ``magicnet`` with GA loss (GADice + GACE) instead of Dice + CE.
+
+One training step follows TAK-Semi's ``train_AMOS_MagicNet_GA_TAK.py`` (2 labeled + 2 unlabeled
+images of ``patch`` size, cut into a grid of ``cube``^3 cubes: 3x3x3 of 32 at 96^3):
+
+1. student on the batch -> ``outputs``;
+2. cross-image partition: cubes swapped between images by a random permutation per cube
+   position, student encoder + decoder on the mixed batch, features and decoder map
+   recovered -> head -> ``outputs_unmix``;
+3. teacher (EMA 0.99) on the unlabeled images + noise clamp(0.1 N, ±0.2) -> pseudo-label
+   (argmax) and entropy map;
+4. supervised = [CE(outputs) + Dice(outputs) + Dice(outputs_unmix) + Dice(local)] / 4 on the
+   labeled images, with GA's GACE/GADice (``loss="ga"``) or plain CE/Dice (``"dice_ce"``);
+5. magic-cube location: every image's cubes go through the encoder separately; an FC head
+   predicts each cube's position from its bottleneck (NLL over the grid positions);
+   "local": the labeled images' cube features decoded and re-assembled -> head -> Dice;
+6. cube-wise pseudo-label blending (after ``dist_warmup`` steps): the teacher's decoder + head
+   on the student's cube features of the unlabeled images, re-assembled; blended with the
+   teacher's whole prediction by per-voxel weights from the running organ-class
+   distribution of pseudo-labels (``OrganClassLogger``, updated every ``dist_update_every``
+   steps, sharpened by ``T_dist``); argmax -> the consistency target;
+7. consistency = Dice(outputs_unmix[unlabeled], target), weight
+   ``consistency * sigmoid_rampup(t, consistency_rampup * T)``;
+8. total = supervised + loc_weight * loc + weight * consistency (+ TAK's contrastive term).
+
+Choices where the released code is unclear or cannot be followed as is (all documented):
+
+* ``T_dist`` is read but never defined in TAK-Semi (a crash at iteration 101); it is defined
+  here with GALoss' default 1.0.
+* Epoch-based schedules become fractions of the run: TAK trains 161 epochs with
+  ``sigmoid_rampup(epoch, 160)`` for the consistency weight, so ``consistency_rampup=1.0``.
+* The cube size adapts to CPU patches: ``cube=0`` picks the largest of min(patch)/3,
+  /2, /1 that is a multiple of 16, at least 32 and divides the patch (32 for 96^3 as
+  released: 3x3x3; 32 for the quick preset's 32x64x64: a 1x2x2 grid).
+* The location FC is ``Linear(16n (cube/16)^3 -> 256 n) -> BN -> LeakyReLU -> Linear(-> N)``;
+  at n = 16 and cube 32 that is MagicNet's 2048 -> 4096 -> 27.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.registry import register_method
+from methods.base import Losses, Method, MethodContext
+from methods.cube_mixing import (
+    OrganClassLogger,
+    cross_image_indices,
+    cubes_of,
+    grid,
+    location_labels,
+    mix,
+    unmix,
+    unmix_cubes,
+)
+from methods.ema import ema_update, make_teacher
+from methods.ga_loss import ga_ce, ga_dice
+from methods.mean_teacher import teacher_noise
+from methods.networks import VNet
+from methods.ramps import sigmoid_rampup
+from methods.text_head import StaticHead, TextDrivenHead
+
+
+def pick_cube(patch: tuple[int, int, int], cube: int = 0) -> int:
+    """Cube edge: a multiple of 16, at least 32 (the V-Net bottleneck of a cube must keep
+    more than one voxel for InstanceNorm), dividing the patch; 3 cubes per axis if possible."""
+    if cube:
+        if cube < 32 or cube % 16:
+            raise ValueError(f"cube {cube} must be a multiple of 16 and at least 32")
+        grid(patch, cube)
+        return cube
+    for n in (3, 2, 1):
+        c = min(patch) // n
+        if c >= 32 and c % 16 == 0 and all(p % c == 0 for p in patch):
+            return c
+    raise ValueError(f"patch {patch} cannot be cut into cubes of at least 32 (a multiple of 16); use e.g. 32x64x64 or 96^3")
+
+
+class MagicNetwork(nn.Module):
+    """V-Net (InstanceNorm, no output conv) + segmentation head + cube-location FC head.
+
+    ``forward(x)`` (B, 1, D, H, W) -> logits (B, C, D, H, W). With ``contrast_dims`` it also
+    holds TAK's projection heads (voxels: 1x1 conv, IN, ReLU, 1x1 conv on x3/x4/x5; text:
+    Linear + ReLU per scale, the head's shared projection reused where widths match).
+    """
+
+    def __init__(self, num_classes: int, width: int, cube: int, n_cubes: int, prior: torch.Tensor | None, contrast: bool):
+        super().__init__()
+        self.backbone = VNet(1, None, width, "instancenorm", dropout=False)
+        feat_ch = (4 * width, 8 * width, 16 * width)
+        if prior is not None:
+            self.head: nn.Module = TextDrivenHead(prior, num_classes, feat_ch, width)
+        else:
+            self.head = StaticHead(num_classes, width)
+        bottleneck = 16 * width * max(cube // 16, 1) ** 3
+        hidden = 256 * width
+        self.fc = nn.Sequential(
+            nn.Linear(bottleneck, hidden, bias=False), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2, inplace=True), nn.Linear(hidden, n_cubes)
+        )
+        self.contrast = contrast
+        if contrast:
+            if prior is None:
+                raise ValueError("the contrastive branch needs text priors")
+            self.voxel_proj = nn.ModuleList(
+                [nn.Sequential(nn.Conv3d(c, c, 1), nn.InstanceNorm3d(c), nn.ReLU(inplace=True), nn.Conv3d(c, c, 1)) for c in feat_ch]
+            )
+            d = prior.shape[1]
+            hid = self.head.text_to_hidden[0].out_features  # type: ignore[union-attr,index]
+            self.text_proj = nn.ModuleList(
+                [nn.Identity() if c == hid else nn.Sequential(nn.Linear(d, c), nn.ReLU(inplace=True)) for c in feat_ch]
+            )
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone.encode(x)
+
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.backbone.decode(feats)
+
+    def class_embedding(self) -> torch.Tensor | None:
+        return self.head.class_embedding() if isinstance(self.head, TextDrivenHead) else None
+
+    def segment(self, feats: list[torch.Tensor], dec: torch.Tensor, class_emb: torch.Tensor | None) -> torch.Tensor:
+        return self.head(feats[2:], dec, class_emb)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encode(x)
+        return self.segment(feats, self.decode(feats), self.class_embedding())
+
+    def text_embeddings(self) -> list[torch.Tensor]:
+        """Per scale (x3, x4, x5): projections of every view embedding, (V * C, ch)."""
+        head: TextDrivenHead = self.head  # type: ignore[assignment]
+        shared = head.text_hidden()
+        return [shared if isinstance(p, nn.Identity) else p(head.prior) for p in self.text_proj]
+
+
+@register_method("magicnet")
+class MagicNet(Method):
+    """MagicNet: mean teacher with magic-cube partition/recovery, cube location loss and blending."""
+
+    @dataclass
+    class Hparams(Method.Hparams):
+        cube: int = 0
+        ema_decay: float = 0.99
+        consistency: float = 0.1
+        consistency_rampup: float = 1.0
+        loc_weight: float = 0.1
+        dist_warmup: int = 100
+        dist_update_every: int = 20
+        T_dist: float = 1.0
+        loss: str = "dice_ce"
+
+    #: TAK parts (overridden by methods/tak.py)
+    text_head: bool = False
+    contrastive: bool = False
+
+    def __init__(self, ctx: MethodContext, **hparams):
+        super().__init__(ctx, **hparams)
+        if self.hp.loss not in ("ga", "dice_ce"):
+            raise ValueError(f"loss must be 'ga' or 'dice_ce', not {self.hp.loss!r}")
+        self.cube = pick_cube(tuple(ctx.patch_size), self.hp.cube)
+        self.n = grid(tuple(ctx.patch_size), self.cube)
+        prior = self.build_prior() if self.text_head else None
+        n_cubes = self.n[0] * self.n[1] * self.n[2]
+        net = MagicNetwork(ctx.num_classes, ctx.width, self.cube, n_cubes, prior, self.contrastive)
+        self.networks["net"] = net
+        self.teachers["teacher"] = make_teacher(net)
+        self.logger = OrganClassLogger(ctx.num_classes)
+
+    def build_prior(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- losses -----------------------------------------------------------------------------
+    def dice(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ga_dice(probs, target, gradient_aware=self.hp.loss == "ga")
+
+    def ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.hp.loss == "ga":
+            return ga_ce(logits, target)
+        return F.cross_entropy(logits.float(), target.long())
+
+    def consistency_weight(self, step: int) -> float:
+        return self.hp.consistency * sigmoid_rampup(step, self.hp.consistency_rampup * self.ctx.iterations)
+
+    # -- the step ---------------------------------------------------------------------------
+    def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+        if unlabeled is None:
+            raise ValueError(f"{self.registry_name} needs unlabeled batches (unlabeled_bs > 0 and unlabeled cases)")
+        net: MagicNetwork = self.networks["net"]  # type: ignore[assignment]
+        teacher: MagicNetwork = self.teachers["teacher"]  # type: ignore[assignment]
+        y = labeled["label"]
+        l = y.shape[0]
+        x = torch.cat([labeled["image"], unlabeled["image"]])
+        b = x.shape[0]
+        class_emb = net.class_embedding()
+
+        feats = net.encode(x)
+        outputs = net.segment(feats, net.decode(feats), class_emb)
+
+        # cross-image partition and recovery
+        ind = cross_image_indices(b, self.n, device=x.device)
+        mfeats = net.encode(mix(x, ind))
+        mdec = net.decode(mfeats)
+        mfeats_rec = [unmix(f, ind) for f in mfeats]
+        outputs_unmix = net.segment(mfeats_rec, unmix(mdec, ind), class_emb)
+
+        # teacher pseudo-labels on the unlabeled images
+        with torch.no_grad():
+            t_logits = teacher(teacher_noise(unlabeled["image"])).float()
+            t_soft = torch.softmax(t_logits, 1)
+            pseudo = t_soft.argmax(1)
+            entropy = -(t_soft * torch.log(t_soft + 1e-6)).sum(1, keepdim=True)
+
+        soft, soft_unmix = torch.softmax(outputs.float(), 1), torch.softmax(outputs_unmix.float(), 1)
+        sup_ce = self.ce(outputs[:l], y)
+        sup_dice = self.dice(soft[:l], y)
+        sup_unmix = self.dice(soft_unmix[:l], y)
+
+        # magic-cube location and within-image partition
+        cubes = cubes_of(x, self.cube)  # (B, N, 1, c, c, c)
+        loc_target = location_labels(self.n, device=x.device)
+        cube_feats, loc_loss = [], x.new_zeros(())
+        for i in range(b):
+            f = net.encode(cubes[i])
+            cube_feats.append(f)
+            loc_loss = loc_loss + F.nll_loss(F.log_softmax(net.fc(f[4].flatten(1)).float(), 1), loc_target)
+        loc_loss = loc_loss / b
+        dec_local = torch.stack([net.decode(cube_feats[i]) for i in range(l)])
+        feat_local = [unmix_cubes(torch.stack([cube_feats[i][s] for i in range(l)]), self.n) for s in range(5)]
+        pred_local = net.segment(feat_local, unmix_cubes(dec_local, self.n), class_emb)
+        sup_local = self.dice(torch.softmax(pred_local.float(), 1), y)
+        sup = (sup_ce + sup_dice + sup_unmix + sup_local) / 4
+
+        # cube-wise pseudo-label blending
+        target, mix_entropy = pseudo, entropy
+        with torch.no_grad():
+            if step > self.hp.dist_warmup:
+                w = self.logger.weights(self.hp.T_dist).to(x.device)[pseudo][:, None]  # (B_u, 1, D, H, W)
+                t_emb = teacher.class_embedding()
+                pl = []
+                for i in range(l, b):
+                    f = [t.detach() for t in cube_feats[i]]
+                    pl.append(teacher.segment(f, teacher.decode(f), t_emb).float())
+                unmix_pl = unmix_cubes(torch.stack(pl), self.n)
+                blended = torch.softmax((1 - w) * t_logits + w * unmix_pl, 1)
+                mix_entropy = -(blended * torch.log(blended + 1e-6)).sum(1, keepdim=True)
+                target = blended.argmax(1)
+            self.logger.append(target)
+        if step % self.hp.dist_update_every == 0:
+            self.logger.update()
+
+        cons = self.dice(soft_unmix[l:], target)
+        w_cons = self.consistency_weight(step)
+        total = sup + self.hp.loc_weight * loc_loss + w_cons * cons
+        parts = {"sup": sup, "loc": loc_loss, "unsup": cons, "w_unsup": torch.tensor(w_cons)}
+        extra = self.extra_losses(
+            step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, l
+        )
+        for name, (weight, value) in extra.items():
+            total = total + weight * value
+            parts[name] = value
+        return Losses(total, parts)
+
+    def extra_losses(self, step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, l) -> dict:
+        """Hook for TAK's contrastive term: ``{name: (weight, loss)}``."""
+        return {}
+
+    def after_step(self, step: int) -> None:
+        ema_update(self.teachers["teacher"], self.networks["net"], self.hp.ema_decay, step)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.networks["net"](x)
+
+    def state_dict(self) -> dict:
+        return {"logger": self.logger.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.logger.load_state_dict(state["logger"])
+
+    @staticmethod
+    def search_space(trial) -> dict:
+        return {
+            "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
+            "consistency": trial.suggest_float("consistency", 0.01, 1.0, log=True),
+            "loc_weight": trial.suggest_float("loc_weight", 0.01, 1.0, log=True),
+        }
+
+
+@register_method("ga")
+class GA(MagicNet):
+    """GA: MagicNet trained with GA loss (GADice + GACE), as in GALoss' AMOS/Synapse scripts."""
+
+    @dataclass
+    class Hparams(MagicNet.Hparams):
+        loss: str = "ga"

@@ -1,0 +1,129 @@
+"""TAK: Textual Anatomical Knowledge for class-imbalanced semi-supervised organ segmentation
+(Gu et al., 2025; code Lunn88/TAK-Semi), as the released code does it.
+
+TAK = GA (MagicNet + GA loss, ``methods/magicnet.py``) + two text parts:
+
+* the segmentation head's parameters come from text priors (``methods/text_head.py``): the
+  embeddings of an LLM's descriptions of each organ's location and shape (``--prompts
+  anatomy``) by a text encoder (``--text-encoder minilm``; ``file:...`` loads TAK's released
+  AMOS tensor as is);
+* a voxel-text supervised contrastive loss (``methods/contrastive.py``) at 1/4, 1/8 and 1/16
+  scale, weight 0.1, switched on after ``contrast_start`` of the run (TAK: epoch 20 of 160).
+  Voxel labels: ground truth for the labeled-derived maps (the labeled images, their
+  cross-image recovered and within-image cube maps), the teacher's argmax for the
+  unlabeled images and their recovered maps, the blended pseudo-label for their cube maps;
+  unlabeled voxels whose (teacher / blended) entropy exceeds
+  ``ln 2 (0.75 + 0.25 sigmoid_rampup(t, entropy_rampup T))`` are ignored
+  (TAK: ``entropy_max_epoch`` 100 of 160 -> 0.625). Up to 4/2/1 x ``sample_num`` (10)
+  voxels per class and image at each scale; τ = 0.07.
+
+Where paper and code differ, the code is followed: softmax over classes with CE + Dice (the
+paper's Universal-Model head uses sigmoids); the text tensor is frozen (not trained); the
+contrastive projection of the 16n-channel scale reuses the head's shared text projection
+when 16n equals its 256 width (as released: ``text_to_256``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.registry import register_method
+from methods.contrastive import voxel_text_contrastive
+from methods.cube_mixing import unmix, unmix_cubes
+from methods.magicnet import GA, MagicNet
+from methods.ramps import sigmoid_rampup
+
+
+@register_method("tak")
+class TAK(GA):
+    """TAK: GA + text-prior-driven segmentation head + voxel-text contrastive loss."""
+
+    uses_priors = True
+    text_head = True
+    contrastive = True
+
+    @dataclass
+    class Hparams(GA.Hparams):
+        text_head: bool = True
+        contrast_weight: float = 0.1
+        contrast_start: float = 0.125
+        entropy_rampup: float = 0.625
+        sample_num: int = 10
+        temperature: float = 0.07
+
+    def __init__(self, ctx, **hparams):
+        # with text_head=False and contrast_weight=0, TAK builds exactly GA's networks and losses
+        self.text_head = bool(hparams.get("text_head", True))
+        self.contrastive = type(self).contrastive and self.text_head and hparams.get("contrast_weight", 0.1) > 0
+        super().__init__(ctx, **hparams)
+
+    def build_prior(self) -> torch.Tensor:
+        if self.ctx.priors is None:
+            raise ValueError("tak needs text priors: the runner passes them (--prompts, --text-encoder)")
+        prior = self.ctx.priors()
+        if prior.shape[0] % self.ctx.num_classes:
+            raise ValueError(f"prior has {prior.shape[0]} rows for {self.ctx.num_classes} classes")
+        return prior
+
+    def entropy_threshold(self, step: int) -> float:
+        return math.log(2) * (0.75 + 0.25 * sigmoid_rampup(step, self.hp.entropy_rampup * self.ctx.iterations))
+
+    def extra_losses(self, step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, l) -> dict:
+        if not self.contrastive or step < self.hp.contrast_start * self.ctx.iterations:
+            return {}
+        b = len(cube_feats)
+        vox = []
+        for s, proj in enumerate(net.voxel_proj):
+            full = proj(feats[2 + s])
+            rec = unmix(proj(mfeats[2 + s]), ind)
+            cube = unmix_cubes(torch.stack([proj(cube_feats[i][2 + s]) for i in range(b)]), self.n)
+            # labeled-derived maps first, then unlabeled-derived (TAK's organized_idx)
+            vox.append(torch.cat([full[:l], rec[:l], cube[:l], full[l:], rec[l:], cube[l:]]))
+        thr = self.entropy_threshold(step)
+        unl_labels = torch.cat([pseudo, pseudo, target])[:, None].clone()
+        unl_entropy = torch.cat([entropy, entropy, mix_entropy])
+        unl_labels[unl_entropy > thr] = -1
+        labels = torch.cat([y[:, None].repeat(3, 1, 1, 1, 1), unl_labels]).long()
+        text = net.text_embeddings()
+        c = self.ctx.num_classes
+        text_labels = torch.arange(c, device=y.device).repeat(text[0].shape[0] // c)
+        n_views = [4 * self.hp.sample_num, 2 * self.hp.sample_num, self.hp.sample_num]
+        loss = voxel_text_contrastive(vox, labels, text, text_labels, n_views, self.hp.temperature)
+        return {"contrast": (self.hp.contrast_weight, loss)}
+
+    @staticmethod
+    def search_space(trial) -> dict:
+        return {
+            **MagicNet.search_space(trial),
+            "contrast_weight": trial.suggest_float("contrast_weight", 0.01, 1.0, log=True),
+            "temperature": trial.suggest_float("temperature", 0.03, 0.3, log=True),
+        }
+
+
+@register_method("tak_no_contrast")
+class TAKNoContrast(TAK):
+    """Ablation: TAK without the voxel-text contrastive loss (text-driven head only)."""
+
+    contrastive = False
+
+
+@register_method("tak_names")
+class TAKNames(TAK):
+    """Ablation: TAK with single-template prompts ('A computerized tomography of a {organ}')."""
+
+    prompts_override = "names"
+
+
+@register_method("tak_no_text")
+class TAKNoText(TAK):
+    """Ablation: TAK whose head and text anchors use uninformative vectors (hash encoder, no semantics)."""
+
+    uses_priors = False
+
+    def build_prior(self) -> torch.Tensor:
+        from priors.cache import prior_embeddings
+
+        return prior_embeddings("anatomy", "hash:512", self.ctx.class_names, use_cache=False)
