@@ -195,7 +195,7 @@ class MagicNet(Method):
         net: MagicNetwork = self.networks["net"]  # type: ignore[assignment]
         teacher: MagicNetwork = self.teachers["teacher"]  # type: ignore[assignment]
         y = labeled["label"]
-        l = y.shape[0]
+        n_l = y.shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]])
         b = x.shape[0]
         class_emb = net.class_embedding()
@@ -218,9 +218,9 @@ class MagicNet(Method):
             entropy = -(t_soft * torch.log(t_soft + 1e-6)).sum(1, keepdim=True)
 
         soft, soft_unmix = torch.softmax(outputs.float(), 1), torch.softmax(outputs_unmix.float(), 1)
-        sup_ce = self.ce(outputs[:l], y)
-        sup_dice = self.dice(soft[:l], y)
-        sup_unmix = self.dice(soft_unmix[:l], y)
+        sup_ce = self.ce(outputs[:n_l], y)
+        sup_dice = self.dice(soft[:n_l], y)
+        sup_unmix = self.dice(soft_unmix[:n_l], y)
 
         # magic-cube location and within-image partition
         cubes = cubes_of(x, self.cube)  # (B, N, 1, c, c, c)
@@ -231,8 +231,8 @@ class MagicNet(Method):
             cube_feats.append(f)
             loc_loss = loc_loss + F.nll_loss(F.log_softmax(net.fc(f[4].flatten(1)).float(), 1), loc_target)
         loc_loss = loc_loss / b
-        dec_local = torch.stack([net.decode(cube_feats[i]) for i in range(l)])
-        feat_local = [unmix_cubes(torch.stack([cube_feats[i][s] for i in range(l)]), self.n) for s in range(5)]
+        dec_local = torch.stack([net.decode(cube_feats[i]) for i in range(n_l)])
+        feat_local = [unmix_cubes(torch.stack([cube_feats[i][s] for i in range(n_l)]), self.n) for s in range(5)]
         pred_local = net.segment(feat_local, unmix_cubes(dec_local, self.n), class_emb)
         sup_local = self.dice(torch.softmax(pred_local.float(), 1), y)
         sup = (sup_ce + sup_dice + sup_unmix + sup_local) / 4
@@ -244,7 +244,7 @@ class MagicNet(Method):
                 w = self.logger.weights(self.hp.T_dist).to(x.device)[pseudo][:, None]  # (B_u, 1, D, H, W)
                 t_emb = teacher.class_embedding()
                 pl = []
-                for i in range(l, b):
+                for i in range(n_l, b):
                     f = [t.detach() for t in cube_feats[i]]
                     pl.append(teacher.segment(f, teacher.decode(f), t_emb).float())
                 unmix_pl = unmix_cubes(torch.stack(pl), self.n)
@@ -255,19 +255,19 @@ class MagicNet(Method):
         if step % self.hp.dist_update_every == 0:
             self.logger.update()
 
-        cons = self.dice(soft_unmix[l:], target)
+        cons = self.dice(soft_unmix[n_l:], target)
         w_cons = self.consistency_weight(step)
         total = sup + self.hp.loc_weight * loc_loss + w_cons * cons
         parts = {"sup": sup, "loc": loc_loss, "unsup": cons, "w_unsup": torch.tensor(w_cons)}
         extra = self.extra_losses(
-            step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, l
+            step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, n_l
         )
         for name, (weight, value) in extra.items():
             total = total + weight * value
             parts[name] = value
         return Losses(total, parts)
 
-    def extra_losses(self, step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, l) -> dict:
+    def extra_losses(self, step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, n_l) -> dict:
         """Hook for TAK's contrastive term: ``{name: (weight, loss)}``."""
         return {}
 

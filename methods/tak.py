@@ -71,7 +71,7 @@ class TAK(GA):
     def entropy_threshold(self, step: int) -> float:
         return math.log(2) * (0.75 + 0.25 * sigmoid_rampup(step, self.hp.entropy_rampup * self.ctx.iterations))
 
-    def extra_losses(self, step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, l) -> dict:
+    def extra_losses(self, step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, n_l) -> dict:
         if not self.contrastive or step < self.hp.contrast_start * self.ctx.iterations:
             return {}
         b = len(cube_feats)
@@ -81,7 +81,7 @@ class TAK(GA):
             rec = unmix(proj(mfeats[2 + s]), ind)
             cube = unmix_cubes(torch.stack([proj(cube_feats[i][2 + s]) for i in range(b)]), self.n)
             # labeled-derived maps first, then unlabeled-derived (TAK's organized_idx)
-            vox.append(torch.cat([full[:l], rec[:l], cube[:l], full[l:], rec[l:], cube[l:]]))
+            vox.append(torch.cat([full[:n_l], rec[:n_l], cube[:n_l], full[n_l:], rec[n_l:], cube[n_l:]]))
         thr = self.entropy_threshold(step)
         unl_labels = torch.cat([pseudo, pseudo, target])[:, None].clone()
         unl_entropy = torch.cat([entropy, entropy, mix_entropy])
