@@ -1,0 +1,108 @@
+"""Class-weighting strategies for imbalance (one interface, usable by any method).
+
+A strategy holds per-class weights ``weights`` (C,) (background included; DHC scales them so
+that they average around 1 x C) and updates them from a batch. Formulas follow DHC's
+``train_dhc.py``:
+
+* :class:`DistDW`: ``w_c = C log(N_max / N_c) / max_c' log(N_max / N_c')`` from voxel counts,
+  initialised from the labeled cases' counts, then an EMA (momentum 0.99) of the same formula
+  on the argmax of a network's unlabeled predictions.
+* :class:`DiffDW`: d_t = per-class hard Dice of the prediction on the labeled batch,
+  Δ = d_t - d_{t-1}; learn = EMA(1[Δ>0] Δ log(d_t / d_{t-1})), unlearn = EMA(1[Δ<=0] Δ log(...)),
+  both with momentum (K-1)/K, K = 50; w = C normalise_max(((unlearn + ε) / (learn + ε))^(1/5)
+  EMA(1 - d_t)); initialised to C.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def ema(current: torch.Tensor, past: torch.Tensor, momentum: float) -> torch.Tensor:
+    """DHC's EMA: momentum * past + (1 - momentum) * current."""
+    return momentum * past + (1 - momentum) * current
+
+
+class Weighting:
+    """Uniform weights (plain CPS); base class of the strategies."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.weights = torch.ones(num_classes)
+
+    def state_dict(self) -> dict:
+        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.clone() if torch.is_tensor(v) else v)
+
+
+class DistDW(Weighting):
+    """Distribution-aware debiased weighting (DHC)."""
+
+    def __init__(self, num_classes: int, momentum: float = 0.99):
+        super().__init__(num_classes)
+        self.momentum = momentum
+
+    @staticmethod
+    def formula(counts: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(C,) voxel counts -> log(N_max / N_c) / max log(...) (in [0, 1]; the largest class gets 0)."""
+        n = torch.as_tensor(counts, dtype=torch.float64)
+        p = torch.log((n.max() + 1e-8) / (n + 1e-8))
+        return (p / p.max()).float()
+
+    def init(self, labeled_counts: np.ndarray) -> torch.Tensor:
+        self.weights = self.formula(labeled_counts) * self.num_classes
+        return self.weights
+
+    def update(self, unlabeled_logits: torch.Tensor) -> torch.Tensor:
+        """EMA update from a network's predictions (B, C, ...) on unlabeled images."""
+        pred = unlabeled_logits.detach().argmax(1).reshape(-1).cpu()
+        counts = torch.bincount(pred, minlength=self.num_classes)[: self.num_classes]
+        cur = self.formula(counts) * self.num_classes
+        self.weights = ema(cur, self.weights, self.momentum)
+        return self.weights
+
+
+class DiffDW(Weighting):
+    """Difficulty-aware debiased weighting (DHC)."""
+
+    def __init__(self, num_classes: int, accumulate_iters: int = 50):
+        super().__init__(num_classes)
+        self.momentum = (accumulate_iters - 1) / accumulate_iters
+        self.last_dice = torch.zeros(num_classes) + 1e-8
+        self.learn = torch.zeros(num_classes)
+        self.unlearn = torch.zeros(num_classes)
+        self.dice_weight = torch.ones(num_classes)
+        self.weights = torch.ones(num_classes) * num_classes
+
+    @staticmethod
+    def hard_dice(logits: torch.Tensor, label: torch.Tensor, smooth: float = 1e-8) -> torch.Tensor:
+        """Per-class Dice of argmax(logits) vs label over the whole batch (C,), background included."""
+        c = logits.shape[1]
+        pred = torch.nn.functional.one_hot(logits.detach().argmax(1), c).float()
+        y = torch.nn.functional.one_hot(label.long(), c).float()
+        dims = tuple(range(pred.dim() - 1))
+        tp = (pred * y).sum(dims)
+        fp = (pred * (1 - y)).sum(dims)
+        fn = ((1 - pred) * y).sum(dims)
+        return ((2 * tp + smooth) / (2 * tp + fp + fn + smooth + 1e-8)).cpu()
+
+    def update_from_dice(self, dice: torch.Tensor) -> torch.Tensor:
+        delta = dice - self.last_dice
+        ratio = torch.log(dice / self.last_dice)
+        cur_learn = torch.where(delta > 0, delta, torch.zeros_like(delta)) * ratio
+        cur_unlearn = torch.where(delta <= 0, delta, torch.zeros_like(delta)) * ratio
+        self.last_dice = dice
+        self.learn = ema(cur_learn, self.learn, self.momentum)
+        self.unlearn = ema(cur_unlearn, self.unlearn, self.momentum)
+        diff = torch.pow((self.unlearn + 1e-8) / (self.learn + 1e-8), 1 / 5)
+        self.dice_weight = ema(1.0 - dice, self.dice_weight, self.momentum)
+        w = diff * self.dice_weight
+        self.weights = w / w.max() * self.num_classes
+        return self.weights
+
+    def update(self, labeled_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.update_from_dice(self.hard_dice(labeled_logits, label))

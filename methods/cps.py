@@ -1,0 +1,153 @@
+"""The co-training family: CPS, DHC and its ablations, as one shared base.
+
+Two V-Nets A and B (DHC's: BatchNorm; dropout off at CPU widths, see ``supervised.py``) see the
+same labeled + unlabeled batch. Loss = sup_A + sup_B + w(t) [CE_A(A, argmax B) + CE_B(B, argmax A)]
+with the cross terms over labeled and unlabeled images, w(t) = ``cps_w`` sigmoid_rampup(t, T)
+(DHC ramps over the whole run). Supervised terms are (weighted) CE + soft Dice (DHC's
+``DC_and_CE_loss``: batch Dice over foreground classes, smooth 1, summed with CE). Each network
+has a class-weighting strategy (``methods/class_weighting.py``) whose weights enter its CE and
+Dice; inference averages both networks' logits (DHC's "AB" test mode).
+
+Deviations from the released code, on purpose: its mixed precision cannot be switched off
+(``store_true, default=True``) - here AMP follows the engine's ``amp`` setting (CUDA only); its
+evaluation mixes Dice scales (1 vs 100 for absent organs) - evaluation here is the suite's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.registry import register_method
+from methods.base import Losses, Method, MethodContext
+from methods.class_weighting import DiffDW, DistDW, Weighting
+from methods.losses import one_hot
+from methods.ramps import sigmoid_rampup
+from methods.supervised import BackboneHparams, build_vnet
+
+
+def dc_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """DHC's DC_and_CE_loss: weighted CE + (- mean over foreground classes of w_c x soft Dice_c).
+
+    logits (B, C, D, H, W), target (B, D, H, W); Dice over batch and space, smooth 1.
+    """
+    w = None if weight is None else weight.to(logits.device, torch.float32)
+    ce = F.cross_entropy(logits.float(), target.long(), weight=w)
+    p = torch.softmax(logits.float(), 1)
+    y = one_hot(target, logits.shape[1])
+    dims = (0, 2, 3, 4)
+    tp = (p * y).sum(dims)
+    fp = (p * (1 - y)).sum(dims)
+    fn = ((1 - p) * y).sum(dims)
+    dc = (2 * tp + 1.0) / (2 * tp + fp + fn + 1.0 + 1e-8)
+    dc = dc[1:] * (w[1:] if w is not None else 1.0)
+    return ce - dc.mean()
+
+
+class CoTraining(Method):
+    """Base of the two-network methods; subclasses choose the weighting strategies."""
+
+    train_defaults = {"weight_decay": 3e-5}
+
+    @dataclass
+    class Hparams(BackboneHparams):
+        cps_w: float = 0.1
+        cps_rampup: float = 1.0
+        weighted_dice: bool = True
+
+    def __init__(self, ctx: MethodContext, **hparams):
+        super().__init__(ctx, **hparams)
+        self.networks["A"] = build_vnet(ctx, self.hp)
+        self.networks["B"] = build_vnet(ctx, self.hp)
+        self.weight_A, self.weight_B = self.make_weighting(ctx)
+
+    def make_weighting(self, ctx: MethodContext) -> tuple[Weighting, Weighting]:
+        return Weighting(ctx.num_classes), Weighting(ctx.num_classes)
+
+    def update_weights(self, out_A: torch.Tensor, out_B: torch.Tensor, label: torch.Tensor, n_l: int) -> None:
+        """Hook: update the strategies from this batch (before the losses). The first ``n_l``
+        images of ``out_A`` / ``out_B`` (B, C, ...) are labeled, the rest unlabeled."""
+
+    def cps_weight(self, step: int) -> float:
+        return self.hp.cps_w * sigmoid_rampup(step, self.hp.cps_rampup * self.ctx.iterations)
+
+    def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+        y = labeled["label"]
+        n_l = y.shape[0]
+        x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
+        out_A, out_B = self.networks["A"](x), self.networks["B"](x)
+        with torch.no_grad():
+            self.update_weights(out_A.detach(), out_B.detach(), y, n_l)
+        wA, wB = self.weight_A.weights, self.weight_B.weights
+        uniform = type(self.weight_A) is Weighting
+        sup = dc_ce_loss(out_A[:n_l], y, None if uniform else wA) + dc_ce_loss(out_B[:n_l], y, None if uniform else wB)
+        max_A, max_B = out_A.detach().argmax(1), out_B.detach().argmax(1)
+        ce_w = (lambda w: None) if uniform else (lambda w: w.to(x.device))
+        cps = F.cross_entropy(out_A.float(), max_B, weight=ce_w(wA)) + F.cross_entropy(out_B.float(), max_A, weight=ce_w(wB))
+        w = self.cps_weight(step)
+        return Losses(sup + w * cps, {"sup": sup, "unsup": cps, "w_unsup": torch.tensor(w)})
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.networks["A"](x) + self.networks["B"](x)) / 2
+
+    def state_dict(self) -> dict:
+        return {"A": self.weight_A.state_dict(), "B": self.weight_B.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weight_A.load_state_dict(state["A"])
+        self.weight_B.load_state_dict(state["B"])
+
+    @staticmethod
+    def search_space(trial) -> dict:
+        return {"cps_w": trial.suggest_float("cps_w", 0.01, 1.0, log=True)}
+
+
+@register_method("cps")
+class CPS(CoTraining):
+    """Cross Pseudo Supervision (Chen et al., 2021): two V-Nets trained on each other's argmax."""
+
+
+@register_method("dhc")
+class DHC(CoTraining):
+    """DHC (Wang & Li, MICCAI 2023): co-training with DiffDW (network A) and DistDW (network B)."""
+
+    def make_weighting(self, ctx):
+        a, b = DiffDW(ctx.num_classes, accumulate_iters=50), DistDW(ctx.num_classes, momentum=0.99)
+        b.init(ctx.labeled_voxel_counts if ctx.labeled_voxel_counts is not None else torch.ones(ctx.num_classes).numpy())
+        return a, b
+
+    def update_weights(self, out_A, out_B, label, n_l) -> None:
+        self.weight_A.update(out_A[:n_l], label)
+        if out_B.shape[0] > n_l:
+            self.weight_B.update(out_B[n_l:])
+
+
+@register_method("dist_dw")
+class DistDWOnly(CoTraining):
+    """DHC ablation: DistDW on both networks (each updated from its own unlabeled predictions)."""
+
+
+    def make_weighting(self, ctx):
+        pair = DistDW(ctx.num_classes), DistDW(ctx.num_classes)
+        for s in pair:
+            s.init(ctx.labeled_voxel_counts if ctx.labeled_voxel_counts is not None else torch.ones(ctx.num_classes).numpy())
+        return pair
+
+    def update_weights(self, out_A, out_B, label, n_l) -> None:
+        if out_B.shape[0] > n_l:
+            self.weight_A.update(out_A[n_l:])
+            self.weight_B.update(out_B[n_l:])
+
+
+@register_method("diff_dw")
+class DiffDWOnly(CoTraining):
+    """DHC ablation: DiffDW on both networks (each from its own labeled Dice)."""
+
+    def make_weighting(self, ctx):
+        return DiffDW(ctx.num_classes), DiffDW(ctx.num_classes)
+
+    def update_weights(self, out_A, out_B, label, n_l) -> None:
+        self.weight_A.update(out_A[:n_l], label)
+        self.weight_B.update(out_B[:n_l], label)
