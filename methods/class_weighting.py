@@ -51,6 +51,8 @@ class DistDW(Weighting):
         """(C,) voxel counts -> log(N_max / N_c) / max log(...) (in [0, 1]; the largest class gets 0)."""
         n = torch.as_tensor(counts, dtype=torch.float64)
         p = torch.log((n.max() + 1e-8) / (n + 1e-8))
+        if p.max() <= 0:  # all classes equally frequent: no imbalance to correct (DHC would divide 0 by 0)
+            return torch.ones(len(n))
         return (p / p.max()).float()
 
     def init(self, labeled_counts: np.ndarray) -> torch.Tensor:

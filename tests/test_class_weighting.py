@@ -61,6 +61,10 @@ def test_diffdw_hard_dice():
     torch.testing.assert_close(d, torch.tensor([2 * 2 / (2 + 3), 2 * 1 / (2 + 1)]), atol=1e-6, rtol=1e-6)
 
 
+def test_distdw_without_imbalance_is_uniform():
+    torch.testing.assert_close(DistDW(3).init(np.array([5, 5, 5])), torch.full((3,), 3.0))
+
+
 def test_ema_direction():
     assert float(ema(torch.tensor(1.0), torch.tensor(0.0), 0.9)) == pytest.approx(0.1)
 
