@@ -81,11 +81,13 @@ class TextDrivenHead(nn.Module):
         params = self.controller(cond.reshape(b * c, -1, 1, 1, 1)).reshape(b, c, N_PARAMS)  # (B, C, 153)
         w1, w2, w3, b1, b2, b3 = torch.split(params, list(WEIGHT_NUMS) + list(BIAS_NUMS), dim=2)
         x = self.precls(dec).flatten(2)  # (B, 8, DHW)
-        # the per-class 1x1x1 convolutions as batched matrix products (a grouped conv with B C
-        # groups computes the same, but is very slow on CPUs)
-        x = torch.relu(torch.einsum("bcoi,biv->bcov", w1.reshape(b, c, HEAD_CH, HEAD_CH).to(x.dtype), x) + b1[..., None].to(x.dtype))
-        x = torch.relu(torch.einsum("bcoi,bciv->bcov", w2.reshape(b, c, HEAD_CH, HEAD_CH).to(x.dtype), x) + b2[..., None].to(x.dtype))
-        x = torch.einsum("bci,bciv->bcv", w3.reshape(b, c, HEAD_CH).to(x.dtype), x) + b3.to(x.dtype)
+        dt = x.dtype
+        # the per-class 1x1x1 convolutions as batched matrix products with fused bias (a
+        # grouped conv with B C groups computes the same, but is very slow on CPUs)
+        x = torch.baddbmm(b1.reshape(b, c * HEAD_CH, 1).to(dt), w1.reshape(b, c * HEAD_CH, HEAD_CH).to(dt), x).relu_()
+        x = x.reshape(b * c, HEAD_CH, -1)
+        x = torch.baddbmm(b2.reshape(b * c, HEAD_CH, 1).to(dt), w2.reshape(b * c, HEAD_CH, HEAD_CH).to(dt), x).relu_()
+        x = torch.baddbmm(b3.reshape(b * c, 1, 1).to(dt), w3.reshape(b * c, 1, HEAD_CH).to(dt), x)
         return x.reshape(b, c, d, h, w)
 
 
