@@ -7,7 +7,6 @@ those of :mod:`bench.metrics` (the same code as after training).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from bench.errors import UserError
 from bench.metrics import case_metrics, summarize
-from bench.store import atomic_write_json
+from bench.store import atomic_write_json, read_json
 from datasets.labels import BTCV_13
 
 
@@ -41,12 +40,7 @@ def read_labels_json(path: str | None) -> tuple[str, ...]:
     if path is None:
         return BTCV_13
     p = Path(path)
-    try:
-        meta = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise UserError(f"--labels {p} does not exist")
-    except json.JSONDecodeError as e:
-        raise UserError(f"--labels {p} is not valid JSON ({e.msg} at line {e.lineno})")
+    meta = read_json(p, f"--labels {p}")
     labels = meta.get("labels") if isinstance(meta, dict) else None
     if not labels:
         raise UserError(f"--labels {p} has no 'labels' entry; write {{\"labels\": {{\"background\": 0, \"liver\": 1, ...}}}}")

@@ -21,21 +21,7 @@ from typing import Any, Callable
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_save(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -85,6 +71,22 @@ def atomic_save(path: Path, save: Callable[[Any], None]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def read_json(path: Path, what: str, missing_hint: str = "", corrupt_hint: str = "") -> Any:
+    """Parse a JSON file; a missing or invalid file is a :class:`UserError` naming it.
+
+    ``what`` names the file for the user (e.g. "split file x.json"); the hints say how to fix it.
+    """
+    from bench.errors import UserError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} does not exist{'; ' + missing_hint if missing_hint else ''}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise UserError(f"{what} is not valid JSON{where}{'; ' + corrupt_hint if corrupt_hint else ''}")
 
 
 def config_hash(config: dict) -> str:

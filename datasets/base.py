@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from bench.errors import UserError
+from bench.store import read_json
 
 
 def cache_root() -> Path:
@@ -58,12 +59,8 @@ class Dataset:
     @classmethod
     def open(cls, root: Path) -> "Dataset":
         meta_path = Path(root) / "dataset.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"no dataset.json in {root}: the cache is incomplete; delete {root} and run again")
-        except json.JSONDecodeError as e:
-            raise UserError(f"corrupt {meta_path} ({e.msg}); delete {root} and run again")
+        fix = f"the dataset folder is incomplete or corrupt: delete {root} and run again"
+        meta = read_json(meta_path, str(meta_path), fix, fix)
         return cls(
             name=meta["name"],
             root=Path(root),

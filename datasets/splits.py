@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from bench.errors import UserError
-from bench.store import atomic_write_text
+from bench.store import atomic_write_text, read_json
 
 ROLES = ("labeled", "unlabeled", "eval", "test")
 
@@ -72,12 +72,7 @@ class Split:
     @classmethod
     def load(cls, path: Path) -> "Split":
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"split file {path} does not exist; give an existing file or a --labeled fraction")
-        except json.JSONDecodeError as e:
-            raise UserError(f"split file {path} is not valid JSON ({e.msg} at line {e.lineno})")
+        data = read_json(path, f"split file {path}", "give an existing file or a --labeled fraction")
         if not isinstance(data, dict):
             raise UserError(f"split file {path} must hold a JSON object with keys {', '.join(ROLES)}")
         missing = [r for r in ROLES if r not in data]
