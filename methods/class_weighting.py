@@ -11,6 +11,10 @@ that they average around 1 x C) and updates them from a batch. Formulas follow D
   Δ = d_t - d_{t-1}; learn = EMA(1[Δ>0] Δ log(d_t / d_{t-1})), unlearn = EMA(1[Δ<=0] Δ log(...)),
   both with momentum (K-1)/K, K = 50; w = C normalise_max(((unlearn + ε) / (learn + ε))^(1/5)
   EMA(1 - d_t)); initialised to C.
+* :class:`CReST`: mu_c = (N_c / N_max)^(1/3); the class of rank r (by mu, descending) gets the
+  mu of the class of rank C-1-r (majority <-> minority); EMA 0.99 from unlabeled predictions.
+* :class:`SimiS`: P_c = N_c / Σ N; w_c = C (max P - P_c); initialised as EMA(w_labeled, C),
+  then EMA 0.99 from the predictions on the whole batch.
 """
 
 from __future__ import annotations
@@ -61,9 +65,7 @@ class DistDW(Weighting):
 
     def update(self, unlabeled_logits: torch.Tensor) -> torch.Tensor:
         """EMA update from a network's predictions (B, C, ...) on unlabeled images."""
-        pred = unlabeled_logits.detach().argmax(1).reshape(-1).cpu()
-        counts = torch.bincount(pred, minlength=self.num_classes)[: self.num_classes]
-        cur = self.formula(counts) * self.num_classes
+        cur = self.formula(_counts(unlabeled_logits, self.num_classes)) * self.num_classes
         self.weights = ema(cur, self.weights, self.momentum)
         return self.weights
 
@@ -108,3 +110,54 @@ class DiffDW(Weighting):
 
     def update(self, labeled_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         return self.update_from_dice(self.hard_dice(labeled_logits, label))
+
+
+def _counts(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    pred = logits.detach().argmax(1).reshape(-1).cpu()
+    return torch.bincount(pred, minlength=num_classes)[:num_classes].double()
+
+
+class CReST(Weighting):
+    """Class-rebalancing weights of CReST (Wei et al., 2021) as in DHC's train_crest.py."""
+
+    def __init__(self, num_classes: int, momentum: float = 0.99):
+        super().__init__(num_classes)
+        self.momentum = momentum
+
+    @staticmethod
+    def formula(counts) -> torch.Tensor:
+        n = torch.as_tensor(counts, dtype=torch.float64)
+        mu = torch.pow((n + 1e-8) / (n.max() + 1e-8), 1 / 3)
+        order = torch.argsort(mu, descending=True, stable=True)
+        w = torch.empty_like(mu)
+        w[order] = mu[order.flip(0)]
+        return w.float()
+
+    def init(self, labeled_counts) -> torch.Tensor:
+        self.weights = self.formula(labeled_counts)
+        return self.weights
+
+    def update(self, logits: torch.Tensor) -> torch.Tensor:
+        self.weights = ema(self.formula(_counts(logits, self.num_classes)), self.weights, self.momentum)
+        return self.weights
+
+
+class SimiS(Weighting):
+    """Frequency-gap weights of SimiS (Chen et al., 2022) as in DHC's train_simis.py."""
+
+    def __init__(self, num_classes: int, momentum: float = 0.99):
+        super().__init__(num_classes)
+        self.momentum = momentum
+
+    def formula(self, counts) -> torch.Tensor:
+        n = torch.as_tensor(counts, dtype=torch.float64)
+        p = (n + 1e-8) / (n.sum() + 1e-8)
+        return ((p.max() - p) * self.num_classes).float()
+
+    def init(self, labeled_counts) -> torch.Tensor:
+        self.weights = ema(self.formula(labeled_counts), torch.full((self.num_classes,), float(self.num_classes)), self.momentum)
+        return self.weights
+
+    def update(self, logits: torch.Tensor) -> torch.Tensor:
+        self.weights = ema(self.formula(_counts(logits, self.num_classes)), self.weights, self.momentum)
+        return self.weights

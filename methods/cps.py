@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from bench.registry import register_method
 from methods.base import Losses, Method, MethodContext
-from methods.class_weighting import DiffDW, DistDW, Weighting
+from methods.class_weighting import CReST, DiffDW, DistDW, SimiS, Weighting
 from methods.losses import one_hot
 from methods.ramps import sigmoid_rampup
 from methods.supervised import BackboneHparams, build_vnet
@@ -115,13 +115,48 @@ class DHC(CoTraining):
 
     def make_weighting(self, ctx):
         a, b = DiffDW(ctx.num_classes, accumulate_iters=50), DistDW(ctx.num_classes, momentum=0.99)
-        b.init(ctx.labeled_voxel_counts if ctx.labeled_voxel_counts is not None else torch.ones(ctx.num_classes).numpy())
+        b.init(_labeled_counts(ctx))
         return a, b
 
     def update_weights(self, out_A, out_B, label, n_l) -> None:
         self.weight_A.update(out_A[:n_l], label)
         if out_B.shape[0] > n_l:
             self.weight_B.update(out_B[n_l:])
+
+
+def _labeled_counts(ctx: MethodContext):
+    return ctx.labeled_voxel_counts if ctx.labeled_voxel_counts is not None else torch.ones(ctx.num_classes).numpy()
+
+
+@register_method("crest")
+class CReSTCPS(CoTraining):
+    """CReST class-rebalancing weights (Wei et al., 2021) on the CPS pair, as in DHC's code."""
+
+    def make_weighting(self, ctx):
+        pair = CReST(ctx.num_classes), CReST(ctx.num_classes)
+        for s in pair:
+            s.init(_labeled_counts(ctx))
+        return pair
+
+    def update_weights(self, out_A, out_B, label, n_l) -> None:
+        if out_A.shape[0] > n_l:
+            self.weight_A.update(out_A[n_l:])
+            self.weight_B.update(out_B[n_l:])
+
+
+@register_method("simis")
+class SimiSCPS(CoTraining):
+    """SimiS frequency-gap weights (Chen et al., 2022) on the CPS pair, as in DHC's code."""
+
+    def make_weighting(self, ctx):
+        pair = SimiS(ctx.num_classes), SimiS(ctx.num_classes)
+        for s in pair:
+            s.init(_labeled_counts(ctx))
+        return pair
+
+    def update_weights(self, out_A, out_B, label, n_l) -> None:
+        self.weight_A.update(out_A)  # DHC updates SimiS from the whole batch
+        self.weight_B.update(out_B)
 
 
 @register_method("dist_dw")
@@ -132,7 +167,7 @@ class DistDWOnly(CoTraining):
     def make_weighting(self, ctx):
         pair = DistDW(ctx.num_classes), DistDW(ctx.num_classes)
         for s in pair:
-            s.init(ctx.labeled_voxel_counts if ctx.labeled_voxel_counts is not None else torch.ones(ctx.num_classes).numpy())
+            s.init(_labeled_counts(ctx))
         return pair
 
     def update_weights(self, out_A, out_B, label, n_l) -> None:

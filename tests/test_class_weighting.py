@@ -79,3 +79,19 @@ def test_dc_ce_loss_hand_case():
     w = torch.tensor([1.0, 3.0])
     ce_w = -math.log(0.75)  # weighted mean of equal per-voxel losses is unchanged
     assert float(dc_ce_loss(logits, target, w)) == pytest.approx(ce_w - 3 * dc, rel=1e-5)
+
+
+def test_crest_swaps_majority_and_minority():
+    from methods.class_weighting import CReST
+
+    w = CReST(3).init(np.array([1000, 125, 8]))  # mu = [1, 0.5, 0.2]
+    torch.testing.assert_close(w, torch.tensor([0.2, 0.5, 1.0]), atol=1e-6, rtol=1e-6)
+
+
+def test_simis_frequency_gap_and_ema_init():
+    from methods.class_weighting import SimiS
+
+    s = SimiS(3, momentum=0.99)
+    torch.testing.assert_close(s.formula(np.array([600, 300, 100])), torch.tensor([0.0, 0.9, 1.5]), atol=1e-6, rtol=1e-6)
+    w = s.init(np.array([600, 300, 100]))
+    torch.testing.assert_close(w, 0.99 * 3 + 0.01 * torch.tensor([0.0, 0.9, 1.5]), atol=1e-6, rtol=1e-6)
