@@ -186,3 +186,56 @@ class DiffDWOnly(CoTraining):
     def update_weights(self, out_A, out_B, label, n_l) -> None:
         self.weight_A.update(out_A[:n_l], label)
         self.weight_B.update(out_B[:n_l], label)
+
+
+@register_method("depl")
+class DePL(CoTraining):
+    """DePL (Wang et al., 2022) on the CPS pair: debiased pseudo-labels by logit adjustment.
+
+    As in DHC's ``train_depl.py``: each network keeps q̂, a per-voxel (patch-shaped) EMA
+    (momentum 0.99) of its mean softmax on the unlabeled images; the other network learns from
+    ``argmax softmax(logits - τ log q̂)`` where that probability is >= 0.9 (masked CE averaged
+    over all voxels). The script calls the adjustment with τ = 1.0 (the function's default 0.5
+    is overridden), so ``tau`` defaults to 1.0. Its extra adjustment of the unlabeled logits
+    (``output_A_u + τ log q̂_B``) never reaches a loss there, so it is not reproduced. Supervised
+    terms are unweighted CE + Dice.
+    """
+
+    @dataclass
+    class Hparams(CoTraining.Hparams):
+        tau: float = 1.0
+        threshold: float = 0.9
+        qhat_momentum: float = 0.99
+
+    def __init__(self, ctx: MethodContext, **hparams):
+        super().__init__(ctx, **hparams)
+        q = torch.full((ctx.num_classes, *ctx.patch_size), 1.0 / ctx.num_classes)
+        self.qhat = {"A": q.clone(), "B": q.clone()}
+
+    def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+        y = labeled["label"]
+        n_l = y.shape[0]
+        x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
+        out = {"A": self.networks["A"](x), "B": self.networks["B"](x)}
+        sup = dc_ce_loss(out["A"][:n_l], y) + dc_ce_loss(out["B"][:n_l], y)
+        targets, masks = {}, {}
+        with torch.no_grad():
+            for k in ("A", "B"):
+                q = self.qhat[k].to(x.device)
+                debiased = torch.softmax(out[k].detach().float() - self.hp.tau * torch.log(q), 1)
+                conf, targets[k] = debiased.max(1)
+                masks[k] = (conf >= self.hp.threshold).float()
+                if x.shape[0] > n_l:
+                    mean_prob = torch.softmax(out[k][n_l:].detach().float(), 1).mean(0)
+                    self.qhat[k] = (self.hp.qhat_momentum * q + (1 - self.hp.qhat_momentum) * mean_prob).cpu()
+        ce_a = F.cross_entropy(out["A"].float(), targets["B"], reduction="none") * masks["B"]
+        ce_b = F.cross_entropy(out["B"].float(), targets["A"], reduction="none") * masks["A"]
+        cps = ce_a.mean() + ce_b.mean()
+        w = self.cps_weight(step)
+        return Losses(sup + w * cps, {"sup": sup, "unsup": cps, "w_unsup": torch.tensor(w)})
+
+    def state_dict(self) -> dict:
+        return {"qhat": {k: v.clone() for k, v in self.qhat.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.qhat = {k: v.clone() for k, v in state["qhat"].items()}

@@ -95,3 +95,21 @@ def test_simis_frequency_gap_and_ema_init():
     torch.testing.assert_close(s.formula(np.array([600, 300, 100])), torch.tensor([0.0, 0.9, 1.5]), atol=1e-6, rtol=1e-6)
     w = s.init(np.array([600, 300, 100]))
     torch.testing.assert_close(w, 0.99 * 3 + 0.01 * torch.tensor([0.0, 0.9, 1.5]), atol=1e-6, rtol=1e-6)
+
+
+def test_depl_logit_adjustment_and_prior_update():
+    from methods.cps import DePL
+    from tests.helpers import random_batch, tiny_context
+
+    ctx = tiny_context(num_classes=3, patch=(16, 16, 16), width=2)
+    m = DePL(ctx)
+    # hand check of the debiasing: q = [0.5, 0.25, 0.25] at a voxel, logits equal -> argmax is a minority class
+    q = torch.tensor([0.5, 0.25, 0.25])
+    debiased = torch.softmax(torch.zeros(3) - 1.0 * torch.log(q), 0)
+    torch.testing.assert_close(debiased, torch.tensor([0.2, 0.4, 0.4]))
+    labeled, unlabeled = random_batch(ctx)
+    before = m.qhat["A"].clone()
+    losses = m.training_step(labeled, unlabeled, 3)
+    assert torch.isfinite(losses.total)
+    assert not torch.equal(before, m.qhat["A"])
+    torch.testing.assert_close(m.qhat["A"].sum(0), torch.ones(16, 16, 16))  # still a distribution per voxel
