@@ -129,13 +129,13 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
     sets = parse_set(req.sets)
     cli_train = {"iterations": req.iterations} if req.iterations is not None else {}
     settings = [resolve(c, req.preset, file_cfg, cli_train, sets, classes) for c in classes]
-    out = Path(req.out)
-    dataset = load_dataset(req.dataset, req.preset, req.data_root, progress=req.progress)
-    split = resolve_split(req, dataset, out)
     prompt_list = [p.strip() for p in req.prompts.split(",") if p.strip()]
     encoder_list = [e.strip() for e in req.text_encoder.split(",") if e.strip()]
     if any(c.uses_priors for c in classes):
         _check_priors(prompt_list, encoder_list)
+    out = Path(req.out)
+    dataset = load_dataset(req.dataset, req.preset, req.data_root, progress=req.progress)
+    split = resolve_split(req, dataset, out)
     runs = []
     for name, cls, st in zip(req.methods, classes, settings):
         override = getattr(cls, "prompts_override", None)

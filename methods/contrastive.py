@@ -18,24 +18,31 @@ import torch.nn.functional as F
 
 
 def sample_anchors(features: torch.Tensor, labels: torch.Tensor, n_view: int, ignore: int = -1):
-    """Up to ``n_view`` random voxels per (image, class).
+    """Up to ``n_view`` random voxels per (image, class), drawn uniformly without replacement.
 
     features (B, N, F) voxel features; labels (B, N). Returns (anchors (M, F), labels (M,)).
+    Vectorised: voxels are ordered by (image, class, random key) and the first ``n_view`` of
+    each (image, class) group are kept (the released code loops with randperm per class).
     """
-    feats, labs = [], []
-    for b in range(features.shape[0]):
-        lb = labels[b]
-        for cls in torch.unique(lb):
-            if int(cls) == ignore:
-                continue
-            idx = (lb == cls).nonzero().squeeze(1)
-            if idx.numel() > n_view:
-                idx = idx[torch.randperm(idx.numel(), device=idx.device)[:n_view]]
-            feats.append(features[b, idx])
-            labs.append(torch.full((idx.numel(),), int(cls), device=features.device, dtype=torch.long))
-    if not feats:
+    b, n, _ = features.shape
+    lab = labels.reshape(-1).long()
+    img = torch.arange(b, device=labels.device).repeat_interleave(n)
+    keep = lab != ignore
+    lab, img, idx = lab[keep], img[keep], torch.nonzero(keep).squeeze(1)
+    if idx.numel() == 0:
         return features.new_zeros((0, features.shape[-1])), labels.new_zeros((0,), dtype=torch.long)
-    return torch.cat(feats), torch.cat(labs)
+    n_cls = int(lab.max()) + 1
+    group = img * n_cls + lab
+    # sort by group, random order inside each group
+    key = group.double() + torch.rand(group.shape, device=group.device, dtype=torch.float64) * 0.5
+    order = torch.argsort(key)
+    group, idx, lab = group[order], idx[order], lab[order]
+    start = torch.ones_like(group, dtype=torch.bool)
+    start[1:] = group[1:] != group[:-1]
+    first = torch.cummax(torch.where(start, torch.arange(group.numel(), device=group.device), torch.zeros_like(group)), 0).values
+    rank = torch.arange(group.numel(), device=group.device) - first
+    sel = rank < n_view
+    return features.reshape(b * n, -1)[idx[sel]], lab[sel]
 
 
 def supcon(anchors: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
