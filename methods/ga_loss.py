@@ -36,7 +36,9 @@ def ga_dice(probs: torch.Tensor, target: torch.Tensor, gradient_aware: bool = Tr
     present = y.sum(dims) > 0
     dice_term = 1 - inter / union
     if gradient_aware:
-        n_background = (1 - y).sum(dims)  # = voxel count for an absent class
+        # = voxel count for an absent class; clamped so that a class covering every voxel
+        # (whose suppression term is unused) cannot put 0/0 into the backward pass
+        n_background = (1 - y).sum(dims).clamp_min(1)
         suppress = (probs.detach() * probs).sum(dims) / n_background
     else:
         suppress = torch.zeros_like(dice_term)

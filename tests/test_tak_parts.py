@@ -167,3 +167,10 @@ def test_organ_class_logger_weights():
     log.update()
     torch.testing.assert_close(log.weights(), torch.tensor([1.0, 0.5, 1 / 6]))
     torch.testing.assert_close(log.weights(temperature=0.5), torch.tensor([1.0, 0.25, 1 / 36]))
+
+
+def test_ga_dice_gradient_finite_when_one_class_fills_the_batch():
+    # a teacher's first pseudo-label is often one class everywhere: no 0/0 in the backward pass
+    p = torch.softmax(torch.randn(2, 3, 2, 2, 2), 1).requires_grad_(True)
+    ga_dice(p, torch.zeros(2, 2, 2, 2, dtype=torch.long)).backward()
+    assert torch.isfinite(p.grad).all()
