@@ -128,15 +128,20 @@ def _labeled_counts(ctx: MethodContext):
     return ctx.labeled_voxel_counts if ctx.labeled_voxel_counts is not None else torch.ones(ctx.num_classes).numpy()
 
 
+def _initialised_pair(ctx: MethodContext, strategy: type) -> tuple[Weighting, Weighting]:
+    """Two strategies of one kind, each initialised from the labeled voxel counts."""
+    pair = strategy(ctx.num_classes), strategy(ctx.num_classes)
+    for s in pair:
+        s.init(_labeled_counts(ctx))
+    return pair
+
+
 @register_method("crest")
 class CReSTCPS(CoTraining):
     """CReST class-rebalancing weights (Wei et al., 2021) on the CPS pair, as in DHC's code."""
 
     def make_weighting(self, ctx):
-        pair = CReST(ctx.num_classes), CReST(ctx.num_classes)
-        for s in pair:
-            s.init(_labeled_counts(ctx))
-        return pair
+        return _initialised_pair(ctx, CReST)
 
     def update_weights(self, out_A, out_B, label, n_l) -> None:
         if out_A.shape[0] > n_l:
@@ -149,10 +154,7 @@ class SimiSCPS(CoTraining):
     """SimiS frequency-gap weights (Chen et al., 2022) on the CPS pair, as in DHC's code."""
 
     def make_weighting(self, ctx):
-        pair = SimiS(ctx.num_classes), SimiS(ctx.num_classes)
-        for s in pair:
-            s.init(_labeled_counts(ctx))
-        return pair
+        return _initialised_pair(ctx, SimiS)
 
     def update_weights(self, out_A, out_B, label, n_l) -> None:
         self.weight_A.update(out_A)  # DHC updates SimiS from the whole batch
@@ -165,10 +167,7 @@ class DistDWOnly(CoTraining):
 
 
     def make_weighting(self, ctx):
-        pair = DistDW(ctx.num_classes), DistDW(ctx.num_classes)
-        for s in pair:
-            s.init(_labeled_counts(ctx))
-        return pair
+        return _initialised_pair(ctx, DistDW)
 
     def update_weights(self, out_A, out_B, label, n_l) -> None:
         if out_B.shape[0] > n_l:
