@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import importlib.util
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator

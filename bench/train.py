@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -381,5 +381,3 @@ def run_one(spec: RunSpec) -> dict:
         return {}
     return trainer.test()
 
-
-__all__ = ["RunSpec", "Trainer", "run_one", "poly_lr", "asdict"]

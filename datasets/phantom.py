@@ -271,7 +271,7 @@ def _draw_organ(name, grid: _Grid, rng: np.random.Generator, shift: np.ndarray, 
     lo = np.full(3, np.inf)
     hi = np.full(3, -np.inf)
     for kind, c, r, _ in parts:
-        ext = r * 1.35 if kind == "ell" else r * 1.35
+        ext = r * 1.35  # margin for the smooth deformation
         pts = c[None] if kind == "ell" else c
         lo = np.minimum(lo, pts.min(0) - ext)
         hi = np.maximum(hi, pts.max(0) + ext)

@@ -210,6 +210,6 @@ def get_encoder(spec: str, device: str = "cpu") -> TextEncoder:
 
     name, _, arg = spec.partition(":")
     cls = ENCODERS.get(name)
-    if name in ("hash",):
+    if name in ("hash", "file"):  # no weights to place on a device
         return cls(arg)
-    return cls(arg, device=device) if arg else cls(device=device) if name != "file" else cls(arg)
+    return cls(arg, device=device)
