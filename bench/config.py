@@ -164,27 +164,31 @@ def resolve(
                 raise UserError(f"{origin}: unknown engine setting '{k}'; known: {', '.join(sorted(tf))}")
             values[k] = coerce(k, v, tf[k].default)
 
+    def put(key: str, raw: Any) -> bool:
+        """Route one setting to the engine or the method; False if neither knows it."""
+        if key in tf:
+            values[key] = coerce(key, raw, tf[key].default)
+        elif key in hp_fields:
+            hparams[key] = coerce(key, raw, hp_defaults.get(key), hp_fields[key].type)
+        else:
+            return False
+        return True
+
     values.update(getattr(method_cls, "train_defaults", {}) or {})
     apply_train(PRESETS[preset]["train"], f"preset {preset}")
     apply_train(file_cfg.get("train", {}), "config [train]")
-    method_tables = file_cfg.get("method", {})
-    for scope in ([method_tables] if method_tables and not any(isinstance(v, dict) for v in method_tables.values()) else []) + [
-        method_tables.get(method_cls.registry_name, {}) if isinstance(method_tables.get(method_cls.registry_name), dict) else {}
-    ]:
-        for k, v in scope.items():
-            if k in hp_fields:
-                hparams[k] = coerce(k, v, hp_defaults.get(k), hp_fields[k].type)
-            elif k in tf:
-                values[k] = coerce(k, v, tf[k].default)
-            else:
-                raise UserError(f"config [method.{method_cls.registry_name}]: unknown hyperparameter '{k}'")
+    tables = file_cfg.get("method", {})
+    # [method] with plain keys applies to every method; [method.<name>] to one
+    shared = tables if tables and not any(isinstance(v, dict) for v in tables.values()) else {}
+    own = tables.get(method_cls.registry_name, {})
+    for k, v in {**shared, **(own if isinstance(own, dict) else {})}.items():
+        if not put(k, v):
+            raise UserError(f"config [method.{method_cls.registry_name}]: unknown hyperparameter '{k}'")
     apply_train(cli_train, "command line")
     for k, v in sets.items():
-        if k in tf:
-            values[k] = coerce(k, v, tf[k].default)
-        elif k in hp_fields:
-            hparams[k] = coerce(k, v, hp_defaults.get(k), hp_fields[k].type)
-        elif "." in k and k.split(".", 1)[0] in {c.registry_name for c in all_method_classes}:
+        if put(k, v):
+            continue
+        if "." in k and k.split(".", 1)[0] in {c.registry_name for c in all_method_classes}:
             name, sub = k.split(".", 1)
             if name == method_cls.registry_name:
                 if sub not in hp_fields:

@@ -286,7 +286,7 @@ class Trainer:
         scores = []
         for cid in self.spec.split.eval:
             pred = self._predict_case(self._image(cid), self.t.val_overlap)
-            per = case_metrics(pred, _checked_label(ds, cid), ds.spacing(cid), ds.num_classes, distances=False)
+            per = case_metrics(pred, np.asarray(ds.load_label(cid)), ds.spacing(cid), ds.num_classes, distances=False)
             scores.append(nanmean([v["dice"] for v in per.values()]))
         self.method.train(True)
         score = nanmean(scores)
@@ -328,7 +328,7 @@ class Trainer:
             with StepTimer(self.device) as timer:
                 pred = self._predict_case(image, overlap)
             infer_times.append(timer.seconds)
-            per = case_metrics(pred, _checked_label(ds, cid), ds.spacing(cid), ds.num_classes)
+            per = case_metrics(pred, np.asarray(ds.load_label(cid)), ds.spacing(cid), ds.num_classes)  # checked in __init__
             cases[cid] = {organs[c - 1]: m for c, m in per.items()}
         summary = summarize(cases, organs)
         metrics = {
