@@ -110,6 +110,7 @@ class Trainer:
             device=self.device,
             iterations=self.t.iterations,
             labeled_voxel_counts=counts,
+            n_unlabeled=len(self.unlabeled),
             priors=spec.priors,
             seed=spec.seed,
         )

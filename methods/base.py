@@ -43,6 +43,8 @@ class MethodContext:
     iterations: int = 1000
     #: voxel count per class over the labeled training cases (C,)
     labeled_voxel_counts: np.ndarray | None = None
+    #: number of unlabeled training cases (0 for label-only methods)
+    n_unlabeled: int = 0
     #: returns text-prior embeddings (n_views * C, dim) for the run's prompts and encoder
     priors: Callable[[], torch.Tensor] | None = None
     seed: int = 0
@@ -74,6 +76,8 @@ class Method:
     uses_priors: ClassVar[bool] = False
     #: engine defaults this method prefers (overridable by config / --set)
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: engine settings applied over a preset, per preset name (see bench/config.py)
+    preset_train: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @dataclass
     class Hparams:

@@ -161,3 +161,20 @@ class SimiS(Weighting):
     def update(self, logits: torch.Tensor) -> torch.Tensor:
         self.weights = ema(self.formula(_counts(logits, self.num_classes)), self.weights, self.momentum)
         return self.weights
+
+
+class InverseFrequency(Weighting):
+    """Static weights ``w_c = (N_max / N_c)^(1/3)`` from the labeled voxel counts.
+
+    The class weight of DHC's ``train_cld.py`` (its dataset's ``weight()``), used there for the
+    supervised Dice + CE and the cross-pseudo CE. Not updated during training.
+    """
+
+    @staticmethod
+    def formula(counts) -> torch.Tensor:
+        n = torch.as_tensor(counts, dtype=torch.float64)
+        return torch.pow((n.max() + 1e-8) / (n + 1e-8), 1 / 3).float()
+
+    def init(self, labeled_counts) -> torch.Tensor:
+        self.weights = self.formula(labeled_counts)
+        return self.weights

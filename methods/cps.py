@@ -83,11 +83,14 @@ class CoTraining(Method):
         wA, wB = self.weight_A.weights, self.weight_B.weights
         uniform = type(self.weight_A) is Weighting
         sup = dc_ce_loss(out_A[:n_l], y, None if uniform else wA) + dc_ce_loss(out_B[:n_l], y, None if uniform else wB)
-        max_A, max_B = out_A.detach().argmax(1), out_B.detach().argmax(1)
-        ce_w = (lambda w: None) if uniform else (lambda w: w.to(x.device))
-        cps = F.cross_entropy(out_A.float(), max_B, weight=ce_w(wA)) + F.cross_entropy(out_B.float(), max_A, weight=ce_w(wB))
+        cps = self.cps_loss(out_A, out_B, None if uniform else wA.to(x.device), None if uniform else wB.to(x.device), n_l)
         w = self.cps_weight(step)
         return Losses(sup + w * cps, {"sup": sup, "unsup": cps, "w_unsup": torch.tensor(w)})
+
+    def cps_loss(self, out_A, out_B, wA, wB, n_l: int) -> torch.Tensor:
+        """CE(A, argmax B; class weights wA) + CE(B, argmax A; wB) over the whole batch."""
+        max_A, max_B = out_A.detach().argmax(1), out_B.detach().argmax(1)
+        return F.cross_entropy(out_A.float(), max_B, weight=wA) + F.cross_entropy(out_B.float(), max_A, weight=wB)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return (self.networks["A"](x) + self.networks["B"](x)) / 2
