@@ -106,12 +106,19 @@ class VNet(nn.Module):
                 x = self.down[i](x)
         return feats
 
-    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Full-resolution decoder map (B, n_filters, D, H, W)."""
-        x = feats[4]
+    def decode_stages(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The four decoder stage maps, coarse to fine: scales 1/8, 1/4, 1/2, 1 with channels
+        8n, 4n, 2n, n (no dropout applied; URPC's pyramid reads them)."""
+        x, out = feats[4], []
         for i in range(4):
             x = self.up[i](x) + feats[3 - i]
             x = self.dec[i](x)
+            out.append(x)
+        return out
+
+    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Full-resolution decoder map (B, n_filters, D, H, W)."""
+        x = self.decode_stages(feats)[-1]
         if self.has_dropout and self.training:
             x = self.dropout(x)
         return x

@@ -1,0 +1,140 @@
+"""ACISIS (Basak et al., "Addressing class imbalance in semi-supervised image segmentation: a
+study on cardiac MRI", MICCAI 2022), as in DHC's ``train_acisis.py``.
+
+A mean teacher (EMA 0.99 with warm start; the teacher sees the clean unlabeled images) whose
+student learns the teacher's argmax on the unlabeled images through a voxel-sampled CE. The
+sampling rate of each class comes from three indicators measured on the labeled batch and
+accumulated over ``update_iter`` steps (DHC: one epoch = unlabeled cases / unlabeled batch):
+
+* entropy-like  e_c = mean over voxels of class c of  p_c Σ_k log p_k  (the released formula),
+* confidence    q_c = mean p_c on voxels of class c,
+* variance      v_c = mean (max_k p_k - p_c) on voxels of class c.
+
+With R = softmax over classes of the three (3, C) averages, the Gompertz ranks
+``G = 1 - exp(-exp(-2 R))`` are kept for each indicator's ``top_m`` (12) smallest values and
+replaced by the penalty 0.632 elsewhere (K); the fuzzy-rank fusion is
+``CC = (1 - Σ_i R'_i / 3) Σ_i K_i`` with R' = R where K kept it and 0 elsewhere; CC / max CC
+enters an EMA (momentum 0.99, from 0) and the sampling rate is
+``((1 - CC) / max(1 - CC))^2.5`` (starts at 1). A voxel predicted (by the student) as class c
+is kept with that class's rate, and its CE weight is ``max_k p_k^1.5``; the masked CE is
+averaged over all voxels. Supervision: DHC's Dice + CE (``methods.cps.dc_ce_loss``).
+
+Deviation: DHC passes the epoch, not the step, to the EMA warm start (so its teacher copies the
+student for the whole first epoch); the step is used here, as in SSL4MIS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.registry import register_method
+from methods.base import Losses, MethodContext
+from methods.cps import dc_ce_loss
+from methods.mean_teacher import MeanTeacher
+
+P_FR = 0.632  # penalty rank
+P_CCF = 0.0  # penalty confidence factor
+
+
+def fuzzy_rank_fusion(indicators: torch.Tensor, top_m: int = 12) -> torch.Tensor:
+    """ACISIS's fusion of normalised indicators ``indicators`` (H, C) -> CC (C,) (not yet / max)."""
+    gomp = 1 - torch.exp(-torch.exp(-2.0 * indicators.double()))
+    top = min(top_m, indicators.shape[1])
+    kth = torch.sort(gomp, dim=1).values[:, top - 1 : top]  # the top_m-th smallest per row
+    kept = gomp <= kth
+    k = torch.where(kept, gomp, torch.full_like(gomp, P_FR))
+    cf = torch.where(kept, indicators.double(), torch.full_like(gomp, P_CCF))
+    cfs = 1 - cf.sum(0) / indicators.shape[0]
+    return (cfs * k.sum(0)).float()
+
+
+class ClassIndicators:
+    """Accumulates the three per-class indicators on labeled batches; every ``update_iter``
+    records it refreshes the sampling rate (see module docstring)."""
+
+    def __init__(self, num_classes: int, update_iter: int, momentum: float = 0.99, top_m: int = 12, lam: float = 2.5):
+        self.num_classes, self.update_iter, self.momentum, self.top_m, self.lam = num_classes, max(1, update_iter), momentum, top_m, lam
+        self.sums = torch.zeros(3, num_classes)
+        self.records = 0
+        self.cc = torch.zeros(num_classes)
+        self.rate = torch.ones(num_classes)
+
+    def record(self, logits: torch.Tensor, label: torch.Tensor) -> None:
+        c = self.num_classes
+        p = torch.softmax(logits.detach().float(), 1).movedim(1, -1).reshape(-1, c)
+        lab = label.reshape(-1).long()
+        pc = p.gather(1, lab[:, None])[:, 0]
+        ent = pc * torch.log(p + 1e-12).sum(1)
+        var = p.max(1).values - pc
+        n = torch.bincount(lab, minlength=c)[:c].double() + 1e-12
+        for row, v in enumerate((ent, pc, var)):
+            self.sums[row] += (torch.zeros(c, dtype=torch.float64, device=p.device).index_add_(0, lab, v.double()).cpu() / n.cpu()).float()
+        self.records += 1
+        if self.records == self.update_iter:
+            r = torch.softmax(self.sums / self.records, dim=1)
+            cur = fuzzy_rank_fusion(r, self.top_m)
+            cur = cur / cur.max()
+            self.cc = self.momentum * self.cc + (1 - self.momentum) * cur
+            rate = 1 - self.cc
+            self.rate = (rate / (rate.max() + 1e-12)) ** self.lam
+            self.sums.zero_()
+            self.records = 0
+
+    def state_dict(self) -> dict:
+        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.clone() if torch.is_tensor(v) else v)
+
+
+def sampling_weights(logits: torch.Tensor, rate: torch.Tensor, beta: float = 1.5) -> torch.Tensor:
+    """Bernoulli(rate[argmax]) mask times ``max_k p_k^beta``: (B, ...)."""
+    p = torch.softmax(logits.detach().float(), 1)
+    conf, pred = p.max(1)
+    keep = (torch.rand(pred.shape, device=pred.device) < rate.to(pred.device)[pred]).float()
+    return keep * conf**beta
+
+
+@register_method("acisis")
+class ACISIS(MeanTeacher):
+    """ACISIS: mean teacher with class-wise voxel sampling from fuzzy-rank-fused indicators."""
+
+    @dataclass
+    class Hparams(MeanTeacher.Hparams):
+        top_m: int = 12
+        lam: float = 2.5
+        beta: float = 1.5
+        indicator_momentum: float = 0.99
+        update_iter: int = 0  # 0 = one epoch of unlabeled batches (DHC)
+
+    def __init__(self, ctx: MethodContext, **hparams):
+        super().__init__(ctx, **hparams)
+        it = self.hp.update_iter or max(1, ctx.n_unlabeled // 2)
+        self.indicators = ClassIndicators(ctx.num_classes, it, self.hp.indicator_momentum, self.hp.top_m, self.hp.lam)
+
+    def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+        student, teacher = self.networks["net"], self.teachers["teacher"]
+        n_l = labeled["image"].shape[0]
+        x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
+        logits = student(x)
+        sup = dc_ce_loss(logits[:n_l], labeled["label"])
+        with torch.no_grad():
+            self.indicators.record(logits[:n_l], labeled["label"])
+        if unlabeled is None:
+            return Losses(sup, {"sup": sup})
+        with torch.no_grad():
+            pseudo = teacher(unlabeled["image"]).argmax(1)
+            weights = sampling_weights(logits[n_l:], self.indicators.rate, self.hp.beta)
+        cons = (F.cross_entropy(logits[n_l:].float(), pseudo, reduction="none") * weights).mean()
+        w = self.consistency_weight(step)
+        return Losses(sup + w * cons, {"sup": sup, "unsup": cons, "w_unsup": torch.tensor(w)})
+
+    def state_dict(self) -> dict:
+        return {"indicators": self.indicators.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indicators.load_state_dict(state["indicators"])
