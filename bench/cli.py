@@ -48,23 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list registered methods, datasets, protocols, encoders, prompts")
     ls.add_argument("kind", nargs="?", default="methods", choices=["methods", "datasets", "protocols", "encoders", "prompts"])
-    ls.add_argument("--details", action="store_true", help="import each entry and show its description")
+    ls.add_argument("--details", action="store_true", help="import each entry and show its description (datasets: + fingerprint)")
+    ls.add_argument("--dataset", default=None, help="with 'datasets --details': only this dataset")
+    ls.add_argument("--data-root", default=None, help="with 'datasets --details': the dataset's folder")
+    ls.add_argument("--preset", default="quick", help="phantom size for 'datasets --details'")
+    ls.add_argument("--dataset-opt", dest="dataset_opts", action="append", default=[], metavar="KEY=VALUE")
+    ls.add_argument("--label-map", default=None)
 
     r = sub.add_parser("run", help="train and evaluate methods")
-    r.add_argument("--methods", required=True, help="comma-separated method names")
-    r.add_argument("--dataset", default="phantom")
+    r.add_argument("--methods", default=None, help="comma-separated method names (or 'methods' in --config)")
+    r.add_argument("--dataset", default=None, help="dataset name (default phantom)")
     r.add_argument("--data-root", default=None)
-    r.add_argument("--protocol", default="default")
-    r.add_argument("--split", default=None, help="split name or JSON file (default: drawn from --labeled)")
-    r.add_argument("--labeled", default="10%", help="labeled fraction of the training cases, e.g. 10%%")
-    r.add_argument("--seeds", default="0")
+    r.add_argument("--dataset-opt", dest="dataset_opts", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. modality=ct (amos) or partition=all-test (folder)")
+    r.add_argument("--label-map", default=None, help="label map NAME or FILE for foreign label values (folder)")
+    r.add_argument("--protocol", default=None, help="default | dhc | ga")
+    r.add_argument("--split", default=None, help="split name (yours or published, e.g. ga_10p) or JSON file (default: drawn from --labeled)")
+    r.add_argument("--labeled", default=None, help="labeled fraction of the training cases, e.g. 10%% (default 10%%)")
+    r.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default 0)")
     r.add_argument("--iterations", type=int, default=None)
-    r.add_argument("--preset", default="quick", help="quick | paper | tiny")
+    r.add_argument("--preset", default=None, help="quick | paper | tiny (default quick)")
     r.add_argument("--device", default="auto")
-    r.add_argument("--prompts", default="anatomy")
-    r.add_argument("--text-encoder", default="minilm")
+    r.add_argument("--prompts", default=None, help="prompt set(s), comma-separated (default anatomy)")
+    r.add_argument("--text-encoder", default=None, help="text encoder(s), comma-separated (default minilm)")
     r.add_argument("--out", default="runs")
-    r.add_argument("--config", default=None, help="TOML config file")
+    r.add_argument("--config", default=None, help="TOML config file (run options, [train], [method.<name>])")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--force", action="store_true", help="re-run finished runs")
     r.add_argument("--no-progress", action="store_true")
@@ -90,6 +98,8 @@ def cmd_list(args) -> int:
     if not names:
         print(f"no {args.kind} registered")
         return 0
+    if args.kind == "datasets" and args.dataset:
+        names = [reg.get(args.dataset) and args.dataset]
     for n in names:
         if args.details:
             obj = reg.get(n)
@@ -98,33 +108,81 @@ def cmd_list(args) -> int:
             hp = getattr(obj, "hparam_defaults", None)
             if callable(hp) and hp():
                 print(" " * 25 + ", ".join(f"{k}={v}" for k, v in hp().items()))
+            if args.kind == "datasets":
+                _print_fingerprint(n, args)
         else:
             print(f"{n:24s} {reg.target(n)}")
     return 0
+
+
+def _print_fingerprint(name: str, args) -> None:
+    import inspect
+
+    from bench.config import parse_set
+    from bench.registry import DATASETS
+    from bench.runner import load_dataset
+    from datasets.fingerprint import fingerprint, format_fingerprint
+
+    needs_root = "data_root" in inspect.signature(DATASETS.get(name)).parameters and not name.startswith("phantom")
+    if needs_root and not args.data_root:
+        print(" " * 25 + f"(fingerprint: python -m bench list datasets --details --dataset {name} --data-root DIR)")
+        return
+    opts = parse_set(args.dataset_opts, flag="--dataset-opt")
+    if args.label_map:
+        opts["label_map"] = args.label_map
+    ds = load_dataset(name, args.preset, args.data_root if needs_root else None, progress=True, options=opts)
+    print(format_fingerprint(fingerprint(ds)))
 
 
 def cmd_run(args) -> int:
     from bench.runner import RunRequest, execute
     from reports.tables import per_organ_frame, to_markdown
 
+    from bench.config import load_config_file, parse_set
+
+    cfg = load_config_file(args.config) if args.config else {}
+    known_top = {"methods", "dataset", "data_root", "dataset_opts", "label_map", "protocol", "split", "labeled", "seeds",
+                 "preset", "prompts", "text_encoder", "train", "method"}
+    unknown = sorted(set(cfg) - known_top)
+    if unknown:
+        raise UserError(f"config {args.config}: unknown key '{unknown[0]}'; known: {', '.join(sorted(known_top))}")
+
+    def pick(flag, key, default):
+        """command line > config file > default"""
+        if flag is not None:
+            return flag
+        return cfg.get(key, default)
+
+    def as_csv(v):
+        return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
+
+    methods = pick(args.methods, "methods", None)
+    if not methods:
+        raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
+    opts = dict(cfg.get("dataset_opts", {}) or {})
+    opts.update(parse_set(args.dataset_opts, flag="--dataset-opt"))
+    label_map = pick(args.label_map, "label_map", None)
+    if label_map:
+        opts["label_map"] = label_map
     req = RunRequest(
-        methods=_csv(args.methods),
-        dataset=args.dataset,
-        data_root=args.data_root,
-        protocol=args.protocol,
-        split=args.split,
-        labeled=args.labeled,
-        seeds=_seeds(args.seeds),
+        methods=_csv(as_csv(methods)),
+        dataset=pick(args.dataset, "dataset", "phantom"),
+        data_root=pick(args.data_root, "data_root", None),
+        protocol=pick(args.protocol, "protocol", "default"),
+        split=pick(args.split, "split", None),
+        labeled=str(pick(args.labeled, "labeled", "10%")),
+        seeds=_seeds(as_csv(pick(args.seeds, "seeds", "0"))),
         iterations=args.iterations,
-        preset=args.preset,
+        preset=pick(args.preset, "preset", "quick"),
         device=args.device,
-        prompts=args.prompts,
-        text_encoder=args.text_encoder,
+        prompts=as_csv(pick(args.prompts, "prompts", "anatomy")),
+        text_encoder=as_csv(pick(args.text_encoder, "text_encoder", "minilm")),
         out=args.out,
         force=args.force,
         sets=args.sets,
         config=args.config,
         progress=not args.no_progress,
+        dataset_opts=opts,
     )
     results = execute(req)
     if results:

@@ -116,12 +116,12 @@ def coerce(key: str, raw: Any, default: Any, annotation: Any = None) -> Any:
     raise UserError(f"--set {key}={raw}: expected {want} (default {default!r})")
 
 
-def parse_set(items: list[str]) -> dict[str, str]:
+def parse_set(items: list[str], flag: str = "--set") -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--set '{item}' is not key=value; write e.g. --set lr=0.02")
+            raise UserError(f"{flag} '{item}' is not key=value; write e.g. {flag} {'lr=0.02' if flag == '--set' else 'modality=ct'}")
         out[key.strip()] = value.strip()
     return out
 

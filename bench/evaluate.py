@@ -19,21 +19,10 @@ from datasets.labels import BTCV_13
 
 
 def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Array in canonical RAS voxel order and its spacing; a clear error for broken files."""
-    import nibabel as nib
+    """Array in the suite's canonical layout and its spacing (see :mod:`datasets.nifti`)."""
+    from datasets.nifti import read_nifti as _read
 
-    try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
-        data = np.asarray(img.dataobj)
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist")
-    except Exception as e:  # nibabel raises many types for truncated / corrupt files
-        raise UserError(f"{path} is not a readable NIfTI file ({type(e).__name__}: {e}); re-export it")
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise UserError(f"{path} has {data.ndim} dimensions; expected a 3D volume")
-    return data, tuple(float(z) for z in img.header.get_zooms()[:3])
+    return _read(path)
 
 
 def read_labels_json(path: str | None) -> tuple[str, ...]:
@@ -71,7 +60,7 @@ def _cases(folder: Path) -> dict[str, Path]:
 def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str = "default", out: str | None = None) -> dict:
     from bench.registry import PROTOCOLS
 
-    proto = PROTOCOLS.get(protocol)()
+    proto = PROTOCOLS.get(protocol)(Path(gt).name)
     pdir, gdir = Path(pred), Path(gt)
     for d, flag in ((pdir, "--pred"), (gdir, "--gt")):
         if not d.is_dir():
@@ -97,7 +86,8 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
             lo, hi = int(arr.min()), int(arr.max())
             if lo < 0 or hi >= len(labels):
                 raise UserError(f"{path} holds label {hi if hi >= len(labels) else lo}, outside 0..{len(labels) - 1} of the label set; pass --labels dataset.json")
-        per = case_metrics(p.astype(np.int32), g.astype(np.int32), spacing, len(labels))
+        per = case_metrics(p.astype(np.int32), g.astype(np.int32), (1.0, 1.0, 1.0) if proto.distance_unit == "voxel" else spacing, len(labels),
+                           empty_rule=proto.empty_rule)
         cases[cid] = {organs[c - 1]: m for c, m in per.items()}
     summary = summarize(cases, organs)
     result = {"method": pdir.name, "dataset": gdir.name, "protocol": proto.name, "protocol_version": proto.version,

@@ -63,14 +63,24 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
     return dt_to_g[sp], dt_to_p[sg]
 
 
-def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
-    """Dice, HD95, ASD, ASSD of one organ (boolean masks), following the empty-organ policy."""
+def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], empty_rule: str = "nan") -> dict[str, float]:
+    """Dice, HD95, ASD, ASSD of one organ (boolean masks), following the empty-organ policy.
+
+    ``empty_rule="nan"`` (ours): both empty -> all NaN; one side empty -> Dice 0, distances NaN.
+    ``empty_rule="dhc"`` (DHC / TAK as published): both empty -> Dice 1, distances 0; one side
+    empty -> Dice 0, distances 128.
+    """
     p, g = np.asarray(pred, bool), np.asarray(gt, bool)
     pn, gn = bool(p.any()), bool(g.any())
+    if empty_rule not in ("nan", "dhc"):
+        raise ValueError(f"unknown empty_rule {empty_rule!r}")
     if not pn and not gn:
+        if empty_rule == "dhc":
+            return {"dice": 1.0, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
         return {m: math.nan for m in METRICS}
     if not (pn and gn):
-        return {"dice": 0.0, "hd95": math.nan, "asd": math.nan, "assd": math.nan}
+        d = 128.0 if empty_rule == "dhc" else math.nan
+        return {"dice": 0.0, "hd95": d, "asd": d, "assd": d}
     d_pg, d_gp = surface_distances(p, g, spacing)
     return {
         "dice": dice(p, g),
@@ -86,6 +96,7 @@ def case_metrics(
     spacing: Sequence[float],
     num_classes: int,
     distances: bool = True,
+    empty_rule: str = "nan",
 ) -> dict[int, dict[str, float]]:
     """Metrics for classes 1..C-1 of one case. ``pred``/``gt``: (D, H, W) integer label maps.
 
@@ -99,7 +110,7 @@ def case_metrics(
     for c in range(1, num_classes):
         p, g = pred == c, gt == c
         if distances:
-            out[c] = organ_metrics(p, g, spacing)
+            out[c] = organ_metrics(p, g, spacing, empty_rule)
         else:
             out[c] = {"dice": dice(p, g)}
     return out

@@ -39,6 +39,7 @@ class RunRequest:
     sets: list[str] = field(default_factory=list)
     config: str | None = None
     progress: bool = True
+    dataset_opts: dict = field(default_factory=dict)  # --dataset-opt key=value, --label-map
 
 
 def _fmt(value, scale: float, spec: str) -> str:
@@ -82,7 +83,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def load_dataset(name: str, preset: str, data_root: str | None, progress: bool = False):
+def load_dataset(name: str, preset: str, data_root: str | None, progress: bool = False, options: dict | None = None):
     factory = DATASETS.get(name)
     if data_root is not None:
         root = Path(data_root)
@@ -90,7 +91,16 @@ def load_dataset(name: str, preset: str, data_root: str | None, progress: bool =
             raise UserError(f"--data-root {root} does not exist; point it at the dataset folder")
         if root.is_dir() and not any(root.iterdir()):
             raise UserError(f"--data-root {root} is empty; point it at the folder that holds the dataset")
-    return factory(preset=PRESETS[preset]["dataset_preset"] if preset in PRESETS else preset, data_root=data_root, progress=progress)
+    import inspect
+
+    opts = dict(options or {})
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in opts if k not in params]
+        if unknown:
+            raise UserError(f"dataset '{name}' has no option '{unknown[0]}' (--dataset-opt / --label-map)")
+    return factory(preset=PRESETS[preset]["dataset_preset"] if preset in PRESETS else preset, data_root=data_root,
+                   progress=progress, **opts)
 
 
 def resolve_split(req: RunRequest, dataset, out: Path):
@@ -98,8 +108,16 @@ def resolve_split(req: RunRequest, dataset, out: Path):
 
     if req.split:
         path = Path(req.split)
-        if not path.suffix:  # a name: look in the dataset's split folder
+        if not path.suffix:  # a name: the dataset's split folder, then the published splits
             path = out / dataset.name / "splits" / f"{req.split}.json"
+            if not path.exists():
+                from datasets.splits import published_split
+
+                split = published_split(dataset.name, req.split)
+                known = set(dataset.case_ids())
+                if dataset.name.endswith("_ct"):  # a CT-only import drops the MRI cases from published splits
+                    split = Split(split.name, *[[c for c in getattr(split, r) if c in known] for r in ("labeled", "unlabeled", "eval", "test")], meta=split.meta)
+                return split.validate(known)
         split = Split.load(path)
     else:
         fraction = parse_fraction(req.labeled)
@@ -122,7 +140,7 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
     if not req.methods:
         raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
     classes = [METHODS.get(m) for m in req.methods]  # unknown names fail here, before any work
-    protocol = PROTOCOLS.get(req.protocol)()
+    protocol = PROTOCOLS.get(req.protocol)(req.dataset)
     if req.preset not in PRESETS:
         raise UserError(f"unknown preset '{req.preset}'; choose one of {', '.join(PRESETS)}")
     file_cfg = load_config_file(req.config) if req.config else {}
@@ -134,7 +152,7 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
     if any(c.uses_priors for c in classes):
         _check_priors(prompt_list, encoder_list)
     out = Path(req.out)
-    dataset = load_dataset(req.dataset, req.preset, req.data_root, progress=req.progress)
+    dataset = load_dataset(req.dataset, req.preset, req.data_root, progress=req.progress, options=req.dataset_opts)
     split = resolve_split(req, dataset, out)
     runs = []
     for name, cls, st in zip(req.methods, classes, settings):

@@ -93,11 +93,11 @@ class Trainer:
         labeled_ids = split.train if cls.label_policy == "all" else split.labeled
         unlabeled_ids = split.unlabeled if (cls.uses_unlabeled and cls.label_policy != "all") else []
         ds = spec.dataset
-        self.labeled = [(self._image(c), _checked_label(ds, c)) for c in labeled_ids]
+        self.labeled = [(self._image(c), self._label(c)) for c in labeled_ids]
         # unlabeled cases: images only - their labels are never read
         self.unlabeled = [self._image(c) for c in unlabeled_ids]
         for cid in split.eval + split.test:  # fail now, not after hours of training
-            self._image(cid)
+            ds.load_image(cid)
             _checked_label(ds, cid)
         counts = np.zeros(ds.num_classes, dtype=np.int64)
         for _, lab in self.labeled:
@@ -132,8 +132,12 @@ class Trainer:
         self.train_wall = 0.0
 
     def _image(self, case_id: str) -> np.ndarray:
-        """Normalised image (D, H, W) of a case; NaN/inf is an error naming the case."""
-        return self.spec.protocol.normalize(self.spec.dataset.load_image(case_id), f"image of case '{case_id}'")
+        """Normalised image on the protocol grid (D, H, W) float32."""
+        return self.spec.protocol.prepare_image(self.spec.dataset.load_image(case_id), f"image of case '{case_id}'")
+
+    def _label(self, case_id: str) -> np.ndarray:
+        """Checked label map on the protocol grid (D, H, W)."""
+        return self.spec.protocol.prepare_label(_checked_label(self.spec.dataset, case_id))
 
     # -- checkpoints ----------------------------------------------------------------------
     @property
@@ -287,7 +291,7 @@ class Trainer:
         scores = []
         for cid in self.spec.split.eval:
             pred = self._predict_case(self._image(cid), self.t.val_overlap)
-            per = case_metrics(pred, np.asarray(ds.load_label(cid)), ds.spacing(cid), ds.num_classes, distances=False)
+            per = case_metrics(pred, self._label(cid), ds.spacing(cid), ds.num_classes, distances=False)
             scores.append(nanmean([v["dice"] for v in per.values()]))
         self.method.train(True)
         score = nanmean(scores)
@@ -329,7 +333,8 @@ class Trainer:
             with StepTimer(self.device) as timer:
                 pred = self._predict_case(image, overlap)
             infer_times.append(timer.seconds)
-            per = case_metrics(pred, np.asarray(ds.load_label(cid)), ds.spacing(cid), ds.num_classes)  # checked in __init__
+            p, g, sp = proto.evaluation_pair(pred, np.asarray(ds.load_label(cid)), ds.spacing(cid))  # label checked in __init__
+            per = case_metrics(p, g, sp, ds.num_classes, empty_rule=proto.empty_rule)
             cases[cid] = {organs[c - 1]: m for c, m in per.items()}
         summary = summarize(cases, organs)
         metrics = {

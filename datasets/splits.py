@@ -130,3 +130,21 @@ def draw_split(
     unlabeled = [c for i, c in enumerate(train_ids) if i not in set(chosen)]
     name = fraction_name(fraction) + (f"_s{seed}" if seed else "")
     return Split(name, labeled, unlabeled, list(eval_ids), list(test_ids), meta={"fraction": fraction, "seed": seed})
+
+
+PUBLISHED_DIR = Path(__file__).parent / "published_splits"
+
+
+def published_split_names(dataset: str) -> list[str]:
+    """Names of the splits shipped for ``dataset`` (``synapse``, ``amos``)."""
+    return sorted(p.stem for p in (PUBLISHED_DIR / dataset).glob("*.json"))
+
+
+def published_split(dataset: str, name: str) -> Split:
+    """A published split shipped with the suite (facts from the papers' released code)."""
+    base = dataset.split("_")[0]  # amos_ct uses amos' splits
+    path = PUBLISHED_DIR / base / f"{name}.json"
+    if not path.exists():
+        names = ", ".join(published_split_names(base)) or "none"
+        raise UserError(f"no published split '{name}' for dataset '{dataset}' (shipped: {names}); or give --split FILE / --labeled N%")
+    return Split.load(path)

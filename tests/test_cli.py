@@ -22,7 +22,8 @@ def _files(root: Path) -> list[Path]:
 def _bad(capsys, argv, expect: str, out: Path | None = None):
     before = _files(out) if out else []
     code = main(argv)
-    err = capsys.readouterr().err.strip()
+    # progress bars redraw with carriage returns; what a terminal shows is after the last one
+    err = "\n".join(line.rsplit("\r", 1)[-1] for line in capsys.readouterr().err.split("\n")).strip()
     assert code == 2
     assert len(err.splitlines()) == 1, err
     assert expect in err, err
