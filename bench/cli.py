@@ -87,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", default=None, help="dataset.json with label names (default: BTCV 13 organs)")
     e.add_argument("--protocol", default="default")
     e.add_argument("--out", default=None, help="metrics.json path (default: <pred>/metrics.json)")
+
+    rp = sub.add_parser("report", help="per-organ tables and figures from stored results")
+    rp.add_argument("--runs", default="runs", help="folder that `bench run --out` wrote")
+    rp.add_argument("--out", default=None, help="output folder (default: <runs>/report)")
+    rp.add_argument("--format", default="latex,markdown,csv,html", help="any of latex,markdown,csv,html")
+    rp.add_argument("--reference", default=None, help="'published' (or a CSV): add the published rows, marked reported")
+    rp.add_argument("--baseline", default=None, help="method to test every row against (paired Wilcoxon)")
+    rp.add_argument("--delta-against", default=None, help="row label: also write a per-organ delta table against it")
+    rp.add_argument("--skip-broken", action="store_true", help="skip unreadable result files (named on stderr)")
+    rp.add_argument("--allow-mixed-protocols", action="store_true")
+    rp.add_argument("--no-figures", action="store_true")
     return p
 
 
@@ -135,10 +146,9 @@ def _print_fingerprint(name: str, args) -> None:
 
 
 def cmd_run(args) -> int:
-    from bench.runner import RunRequest, execute
-    from reports.tables import per_organ_frame, to_markdown
-
     from bench.config import load_config_file, parse_set
+    from bench.runner import RunRequest, execute
+    from reports.tables import frame_markdown, per_organ_frame
 
     cfg = load_config_file(args.config) if args.config else {}
     known_top = {"methods", "dataset", "data_root", "dataset_opts", "label_map", "protocol", "split", "labeled", "seeds",
@@ -189,7 +199,7 @@ def cmd_run(args) -> int:
         print()
         print(f"Per-organ Dice (%) on the test split, mean over seeds; HD95 in mm ({results[0]['dataset']}, "
               f"protocol {results[0]['protocol']}, split {results[0]['split']}):")
-        print(to_markdown(per_organ_frame(results)))
+        print(frame_markdown(per_organ_frame(results)))
         print(f"\nResults are in {Path(args.out).resolve()}")
     return 0
 
@@ -198,6 +208,17 @@ def cmd_evaluate(args) -> int:
     from bench.evaluate import evaluate_folders
 
     evaluate_folders(args.pred, args.gt, args.labels, args.protocol, args.out)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from reports.report import ReportRequest, make_report
+
+    make_report(ReportRequest(
+        runs=args.runs, out=args.out, formats=tuple(_csv(args.format)), reference=args.reference, baseline=args.baseline,
+        delta_against=args.delta_against, skip_broken=args.skip_broken, allow_mixed_protocols=args.allow_mixed_protocols,
+        figures=not args.no_figures,
+    ))
     return 0
 
 
@@ -214,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "priors": cmd_priors}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "priors": cmd_priors}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

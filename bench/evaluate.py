@@ -94,8 +94,8 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
               "split": "evaluate", "seed": 0, "organs": organs, **summary, "cases": cases}
     target = Path(out) if out else pdir / "metrics.json"
     atomic_write_json(target, result)
-    from reports.tables import per_organ_frame, to_markdown
+    from reports.tables import frame_markdown, per_organ_frame
 
-    print(to_markdown(per_organ_frame([result])))
+    print(frame_markdown(per_organ_frame([result])))
     print(f"\nmetrics written to {target}", file=sys.stderr)
     return result

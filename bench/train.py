@@ -346,6 +346,8 @@ class Trainer:
             "seed": self.spec.seed,
             **self.spec.labels,
             "organs": organs,
+            # the imbalance the run was trained under (reports order organs by it)
+            "labeled_voxel_share": _share(self.ctx.labeled_voxel_counts, organs),
             "checkpoint_step": used_step,
             "val_dice": None if self.best["step"] < 0 else self.best["score"],
             **summary,
@@ -365,6 +367,12 @@ class Trainer:
         atomic_write_json(self.dir / "timing.json", timing)
         atomic_write_json(self.dir / "metrics.json", metrics)  # last: marks the run finished
         return metrics
+
+
+def _share(counts, organs) -> dict[str, float]:
+    fg = np.asarray(counts, dtype=np.float64)[1:]
+    total = max(float(fg.sum()), 1.0)
+    return {o: float(v / total) for o, v in zip(organs, fg)}
 
 
 def _checked_label(ds: Dataset, case_id: str) -> np.ndarray:

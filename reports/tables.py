@@ -1,21 +1,374 @@
-"""Per-organ result tables built with pandas from stored metrics (no torch imports)."""
+"""Per-organ result tables: one table model (pandas), three renderers (Markdown, LaTeX, CSV).
+
+The model (:class:`Table`) holds, per row and column, the mean and standard deviation over
+seeds, the number of seeds, the row's kind (``measured`` or ``reported``), protocol and group
+(labeled share), and each column's direction (Dice up, distances down). Renderers only format:
+best value per column and group bold, second underlined (ties share the mark; values are
+compared as shown, to one decimal), reported rows never ranked, NaN shown as "-".
+
+No torch imports: reports read stored JSON only.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from datasets.labels import abbreviation
+from bench.errors import UserError
+from datasets.labels import LARGE_ORGANS, abbreviation
+
+UP, DOWN = 1, -1
+
+
+@dataclass
+class Table:
+    """Rows x columns of mean / std over seeds plus row and column metadata."""
+
+    mean: pd.DataFrame  # index: row labels, columns: column keys
+    std: pd.DataFrame
+    n: pd.Series  # seeds per row
+    rows: pd.DataFrame  # index: row labels; columns: group, kind, protocol, note
+    headers: dict[str, str]  # column key -> short header
+    direction: dict[str, int]  # column key -> UP / DOWN
+    marks: dict[tuple[str, str], str] = field(default_factory=dict)  # (row, column) -> suffix, e.g. "*"
+    caption: str = ""
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.mean.columns)
+
+
+# -- building -------------------------------------------------------------------------------
+
+
+def _nanmean(values) -> float:
+    a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
+
+
+def _nanstd(values) -> float:
+    a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    a = a[np.isfinite(a)]
+    return float(a.std(ddof=1)) if a.size > 1 else math.nan
+
+
+def organ_groups(organs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """TAK's grouping: large = spleen, kidneys, liver, stomach (+ bladder on AMOS); small = the rest."""
+    large = [o for o in organs if o in LARGE_ORGANS]
+    return large, [o for o in organs if o not in LARGE_ORGANS]
+
+
+def run_values(metrics: dict) -> dict[str, float]:
+    """Column values of one run: per-organ Dice (%), Large / Small / mean Dice (%), HD95, ASD."""
+    organs = metrics["organs"]
+    per = metrics["per_organ"]
+    large, small = organ_groups(organs)
+    out = {o: 100 * _nanmean([per[o].get("dice")]) for o in organs}
+    out["Large"] = _nanmean([out[o] for o in large]) if large else math.nan
+    out["Small"] = _nanmean([out[o] for o in small]) if small else math.nan
+    out["Dice"] = 100 * _nanmean([metrics["mean"].get("dice")])
+    out["HD95"] = _nanmean([metrics["mean"].get("hd95")])
+    out["ASD"] = _nanmean([metrics["mean"].get("asd")])
+    return out
+
+
+def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mixed: bool = False, caption: str = "") -> Table:
+    """Per-organ table from stored runs (:class:`reports.collect.Run`) + optional reported rows.
+
+    Rows are grouped by labeled share, then ordered as first seen. Measured rows of different
+    protocols are refused unless ``allow_mixed`` (they are then ranked per protocol).
+    """
+    runs = list(runs)
+    if not runs:
+        raise UserError("no results to tabulate")
+    organs = list(runs[0].organs)
+    protocols = sorted({r.protocol for r in runs})
+    if len(protocols) > 1 and not allow_mixed:
+        raise UserError(f"results of different protocols ({', '.join(protocols)}) cannot be ranked in one table; "
+                        f"report them separately (--runs <folder of one protocol>) or pass --allow-mixed-protocols")
+    groups: dict[tuple[str, str, str], list] = {}
+    for r in runs:
+        groups.setdefault((r.labeled, r.variant, r.protocol), []).append(r)
+    mean_rows, std_rows, n, meta = {}, {}, {}, {}
+    multi_proto = len(protocols) > 1
+    for (labeled, variant, proto), rs in groups.items():
+        name = f"{variant} ({proto})" if multi_proto else variant
+        label = f"{name} @{labeled}" if name in mean_rows else name  # unique row key; ``name`` is shown
+        vals = [run_values(r.metrics) for r in rs]
+        keys = vals[0].keys()
+        mean_rows[label] = {k: _nanmean([v[k] for v in vals]) for k in keys}
+        std_rows[label] = {k: _nanstd([v[k] for v in vals]) for k in keys}
+        n[label] = len(rs)
+        meta[label] = {"group": labeled, "kind": "measured", "protocol": proto, "note": "", "name": name, "variant": variant}
+    if reference is not None and len(reference):
+        for (paper, proto, pct, method), df in reference.groupby(["paper", "protocol", "labeled_percent", "method"], sort=False):
+            label = f"{method} (reported, {paper})"
+            dice = df[df.metric == "dice"].set_index("organ")["value"]
+            row = {o: float(dice.get(o, math.nan)) for o in organs}
+            large, small = organ_groups(organs)
+            row["Large"] = _nanmean([row[o] for o in large]) if large else math.nan
+            row["Small"] = _nanmean([row[o] for o in small]) if small else math.nan
+            row["Dice"] = float(dice.get("mean", math.nan))
+            row["HD95"] = row["ASD"] = math.nan  # published distances use other units / grids
+            std = df[(df.metric == "dice") & (df.organ == "mean")]["std"]
+            mean_rows[label] = row
+            std_rows[label] = {k: math.nan for k in row} | {"Dice": float(std.iloc[0]) if len(std) and pd.notna(std.iloc[0]) else math.nan}
+            n[label] = 0
+            meta[label] = {"group": f"{pct:g}%", "kind": "reported", "protocol": proto, "note": str(df["source"].iloc[0]),
+                           "name": label, "variant": method}
+    rows = pd.DataFrame.from_dict(meta, orient="index")
+    order = sorted(range(len(rows)), key=lambda i: (_group_key(rows["group"].iloc[i]), rows["kind"].iloc[i] != "measured", i))
+    index = [rows.index[i] for i in order]
+    cols = organs + ["Large", "Small", "Dice", "HD95", "ASD"]
+    headers = {o: abbreviation(o) for o in organs} | {"Large": "Large", "Small": "Small", "Dice": "Dice", "HD95": "HD95", "ASD": "ASD"}
+    direction = {c: (DOWN if c in ("HD95", "ASD") else UP) for c in cols}
+    return Table(
+        mean=pd.DataFrame.from_dict(mean_rows, orient="index").reindex(index)[cols],
+        std=pd.DataFrame.from_dict(std_rows, orient="index").reindex(index)[cols],
+        n=pd.Series(n).reindex(index),
+        rows=rows.reindex(index),
+        headers=headers,
+        direction=direction,
+        caption=caption,
+    )
+
+
+def _group_key(g: str) -> tuple:
+    try:
+        return (0, float(str(g).rstrip("%")))
+    except ValueError:
+        return (1, str(g))
+
+
+def load_reference(name: str, organs: Sequence[str], groups: Iterable[str]) -> pd.DataFrame:
+    """Published rows for this label set (``published``: reports/published/<dataset>.csv),
+    restricted to the labeled shares present (all of them when none match)."""
+    if name != "published" and not Path(name).exists():
+        raise UserError(f"--reference {name}: give 'published' or a CSV in the reports/published format")
+    if name == "published":
+        dataset = "amos" if len(organs) == 15 else "synapse"
+        path = Path(__file__).parent / "published" / f"{dataset}.csv"
+    else:
+        path = Path(name)
+    try:
+        df = pd.read_csv(path)
+    except Exception as e:
+        raise UserError(f"reference table {path} is unreadable ({type(e).__name__}); fix or remove it")
+    need = {"paper", "source", "protocol", "labeled_percent", "method", "organ", "metric", "value"}
+    if not need <= set(df.columns):
+        raise UserError(f"reference table {path} lacks columns {', '.join(sorted(need - set(df.columns)))}")
+    if "std" not in df.columns:
+        df["std"] = np.nan
+    wanted = set()
+    for g in groups:
+        try:
+            wanted.add(float(str(g).rstrip("%")))
+        except ValueError:
+            pass
+    sub = df[df.labeled_percent.astype(float).isin(wanted)]
+    return sub if len(sub) else df
+
+
+# -- ranking and marks ----------------------------------------------------------------------
+
+
+def rank_marks(table: Table, digits: int = 1) -> dict[tuple[str, str], str]:
+    """(row, column) -> "best" / "second" among measured rows of one group (and protocol)."""
+    out: dict[tuple[str, str], str] = {}
+    measured = table.rows[table.rows.kind == "measured"]
+    for _, rows in measured.groupby(["group", "protocol"], sort=False):
+        if len(rows) < 2:
+            continue
+        for col in table.columns:
+            vals = table.mean.loc[rows.index, col].round(digits)
+            vals = vals[np.isfinite(vals)]
+            distinct = sorted(set(vals.tolist()), reverse=table.direction[col] == UP)
+            if not distinct:
+                continue
+            for label, v in vals.items():
+                if v == distinct[0]:
+                    out[(label, col)] = "best"
+                elif len(distinct) > 1 and v == distinct[1]:
+                    out[(label, col)] = "second"
+    return out
+
+
+def significance_marks(table: Table, runs: Iterable, baseline: str, alpha: float = 0.05) -> dict[tuple[str, str], str]:
+    """Paired Wilcoxon signed-rank test of per-case mean Dice (pairs = same seed and case) of each
+    measured row against the ``baseline`` method's row of the same group; "*" where p < alpha."""
+    from scipy.stats import wilcoxon
+
+    by_row: dict[tuple[str, str], dict[tuple[int, str], float]] = {}
+    for r in runs:
+        key = (r.labeled, r.variant)
+        for cid, organs in r.metrics["cases"].items():
+            by_row.setdefault(key, {})[(r.seed, cid)] = _nanmean([m.get("dice") for m in organs.values()])
+    methods = {r.variant for r in runs} | {r.method for r in runs}
+    if baseline not in methods:
+        raise UserError(f"--baseline {baseline} is not among the reported methods ({', '.join(sorted(methods))})")
+    marks = {}
+    for label, row in table.rows[table.rows.kind == "measured"].iterrows():
+        variant = row["variant"]
+        group = row["group"]
+        base = by_row.get((group, baseline))
+        this = by_row.get((group, variant))
+        if not base or not this or variant == baseline:
+            continue
+        pairs = [(this[k], base[k]) for k in sorted(set(this) & set(base)) if np.isfinite(this[k]) and np.isfinite(base[k])]
+        diffs = [a - b for a, b in pairs]
+        if len(pairs) < 2 or not any(diffs):
+            continue
+        p = float(wilcoxon([a for a, _ in pairs], [b for _, b in pairs]).pvalue)
+        if p < alpha:
+            marks[(label, "Dice")] = "*"
+    return marks
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _cell(mean: float, std: float, digits: int) -> str:
+    if not np.isfinite(mean):
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if np.isfinite(std) else "")
+
+
+def _cells(table: Table, digits: int, bold, under, star, pm: str) -> pd.DataFrame:
+    ranks = rank_marks(table, digits)
+    out = {}
+    for label in table.mean.index:
+        row = {}
+        for col in table.columns:
+            text = _cell(table.mean.at[label, col], table.std.at[label, col], digits).replace(" ± ", pm)
+            if text != "-":
+                text += star(table.marks.get((label, col), ""))
+                mark = ranks.get((label, col))
+                text = bold(text) if mark == "best" else under(text) if mark == "second" else text
+            row[col] = text
+        out[label] = row
+    return pd.DataFrame.from_dict(out, orient="index")[table.columns]
+
+
+def _header(table: Table, col: str, up: str, down: str) -> str:
+    return table.headers[col] + (up if table.direction[col] == UP else down)
+
+
+def to_markdown(table: Table, digits: int = 1) -> str:
+    """GitHub Markdown: **best**, <u>second</u>, arrows in the header, reported rows in italics."""
+    cells = _cells(table, digits, lambda t: f"**{t}**", lambda t: f"<u>{t}</u>", lambda s: s.replace("*", "\\*"), " ± ")
+    cells.insert(0, "Labeled", table.rows["group"])
+    cells.insert(1, "Method", [f"*{i}*" if k == "reported" else i for i, k in zip(table.rows["name"], table.rows["kind"])])
+    cells.insert(2, "Seeds", [str(int(v)) if v else "-" for v in table.n])
+    cells.columns = ["Labeled", "Method", "Seeds"] + [_header(table, c, " ↑", " ↓") for c in table.columns]
+    return cells.to_markdown(index=False, disable_numparse=True)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table, digits: int = 1) -> str:
+    """A booktabs ``tabular`` to ``\\input`` (needs ``\\usepackage{booktabs}``)."""
+    cells = _cells(table, digits, lambda t: rf"\textbf{{{t}}}", lambda t: rf"\underline{{{t}}}",
+                   lambda s: "$^{*}$" if s == "*" else tex_escape(s), r"$\pm$")
+    lines = []
+    ncol = len(table.columns)
+    lines.append(r"\begin{tabular}{ll" + "r" * ncol + "}")
+    lines.append(r"\toprule")
+    heads = ["Labeled", "Method"] + [tex_escape(_header(table, c, "", "")) + (r"$\uparrow$" if table.direction[c] == UP else r"$\downarrow$") for c in table.columns]
+    lines.append(" & ".join(heads) + r" \\")
+    lines.append(r"\midrule")
+    prev = None
+    for label in cells.index:
+        group = table.rows.at[label, "group"]
+        if prev is not None and group != prev:
+            lines.append(r"\midrule")
+        name = tex_escape(table.rows.at[label, "name"])
+        if table.rows.at[label, "kind"] == "reported":
+            name = rf"\textit{{{name}}}"
+        cell_text = [c.replace("%", r"\%") for c in cells.loc[label].tolist()]
+        lines.append(" & ".join([tex_escape(group) if group != prev else "", name] + cell_text) + r" \\")
+        prev = group
+    lines.append(r"\bottomrule")
+    lines.append(r"\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+def latex_document(fragment_name: str, caption: str = "") -> str:
+    """A standalone document that compiles the table fragment with pdflatex."""
+    cap = rf"\caption*{{{tex_escape(caption)}}}" + "\n" if caption else ""
+    return (
+        "\\documentclass{article}\n\\usepackage{booktabs}\n"
+        "\\usepackage{caption}\n\\usepackage[landscape,margin=1cm]{geometry}\n\\pagestyle{empty}\n\\begin{document}\n"
+        "\\begin{table}[h]\n\\centering\n\\scriptsize\n\\setlength{\\tabcolsep}{3pt}\n"
+        f"{cap}\\input{{{fragment_name}}}\n\\end{{table}}\n\\end{{document}}\n"
+    )
+
+
+def to_csv(table: Table) -> str:
+    """Machine-readable: one row per table row, <column>_mean / <column>_std, plus row metadata."""
+    df = table.rows[["group", "kind", "protocol"]].copy()
+    df.insert(0, "row", table.rows["name"].values)
+    df["seeds"] = table.n.values
+    for col in table.columns:
+        df[f"{col}_mean"] = table.mean[col].values
+        df[f"{col}_std"] = table.std[col].values
+    return df.to_csv(index=False, float_format="%.4f")
+
+
+# -- other tables ---------------------------------------------------------------------------
+
+
+def delta_table(table: Table, reference_row: str) -> Table:
+    """Every measured row minus ``reference_row`` in the same group (per-organ ablation deltas)."""
+    if reference_row not in table.mean.index:
+        raise UserError(f"--delta-against '{reference_row}' is not a row; rows: {', '.join(table.mean.index)}")
+    group = table.rows.at[reference_row, "group"]
+    keep = [i for i in table.mean.index if table.rows.at[i, "group"] == group and table.rows.at[i, "kind"] == "measured" and i != reference_row]
+    cols = [c for c in table.columns if c not in ("HD95", "ASD")]
+    mean = table.mean.loc[keep, cols] - table.mean.loc[reference_row, cols]
+    return Table(mean=mean, std=pd.DataFrame(np.nan, index=keep, columns=cols), n=table.n.loc[keep], rows=table.rows.loc[keep],
+                 headers={c: "Δ" + table.headers[c] for c in cols}, direction={c: UP for c in cols},
+                 caption=f"Dice difference (points) against {reference_row}")
+
+
+def timing_frame(runs: Iterable) -> pd.DataFrame:
+    """Train s/iter (median), inference s/case (median), peak memory (MB) per method and device,
+    mean over seeds."""
+    rows: dict[tuple[str, str], list] = {}
+    for r in runs:
+        if r.timing:
+            rows.setdefault((r.variant, r.timing.get("device", "?")), []).append(r.timing)
+    data = []
+    for (variant, device), ts in rows.items():
+        data.append({
+            "Method": variant,
+            "Device": device,
+            "Train s/iter": _nanmean([t.get("train_s_per_iter", {}).get("median") for t in ts]),
+            "Infer s/case": _nanmean([t.get("infer_s_per_case", {}).get("median") for t in ts]),
+            "Peak MB": _nanmean([t.get("peak_memory_mb") for t in ts]),
+            "Memory kind": ts[0].get("peak_memory_kind", "?"),
+            "Data wait %": 100 * _nanmean([t.get("data_wait_share") for t in ts]),
+            "Runs": len(ts),
+        })
+    return pd.DataFrame(data)
+
+
+# -- the summary printed after `bench run` ----------------------------------------------------
 
 
 def per_organ_frame(results: Iterable[dict], metric: str = "dice") -> pd.DataFrame:
-    """Rows = methods (in first-seen order), columns = organs (abbreviated) + means.
-
-    Each cell is the mean over seeds; Dice in %, distances in mm.
-    """
+    """Rows = methods (in first-seen order), columns = organs (abbreviated) + means; mean over seeds."""
     rows: dict[str, list[dict]] = {}
     organs: list[str] = []
     for r in results:
@@ -26,20 +379,24 @@ def per_organ_frame(results: Iterable[dict], metric: str = "dice") -> pd.DataFra
     for method, rs in rows.items():
         row = {}
         for o in organs:
-            vals = [x["per_organ"][o]["dice"] for x in rs]
-            row[abbreviation(o)] = _mean(vals) * 100
-        row["Dice"] = _mean([x["mean"]["dice"] for x in rs]) * 100
-        row["HD95"] = _mean([x["mean"]["hd95"] for x in rs])
+            row[abbreviation(o)] = _nanmean([x["per_organ"][o]["dice"] for x in rs]) * 100
+        row["Dice"] = _nanmean([x["mean"]["dice"] for x in rs]) * 100
+        row["HD95"] = _nanmean([x["mean"]["hd95"] for x in rs])
         row["seeds"] = str(len(rs))
         data[method] = row
     return pd.DataFrame.from_dict(data, orient="index")
 
 
-def _mean(values) -> float:
-    a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else math.nan
-
-
-def to_markdown(df: pd.DataFrame, digits: int = 1) -> str:
+def frame_markdown(df: pd.DataFrame, digits: int = 1) -> str:
     return df.to_markdown(floatfmt=f".{digits}f", missingval="-")
+
+
+def to_html(table: Table, digits: int = 1) -> str:
+    """An HTML table (bold best, underlined second) for the self-contained report page."""
+    import html
+
+    cells = _cells(table, digits, lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>", html.escape, " ± ")
+    cells.insert(0, "Labeled", table.rows["group"])
+    cells.insert(1, "Method", [f"<i>{html.escape(i)}</i>" if k == "reported" else html.escape(i) for i, k in zip(table.rows["name"], table.rows["kind"])])
+    cells.columns = ["Labeled", "Method"] + [html.escape(_header(table, c, " ↑", " ↓")) for c in table.columns]
+    return cells.to_html(index=False, escape=False, border=0, classes="results")

@@ -1,0 +1,127 @@
+"""``python -m bench report``: tables and figures from the result folders, in one output folder.
+
+Writes (atomically) ``table.md``, ``table.tex`` (a booktabs tabular to ``\\input``),
+``table_standalone.tex`` (compiles with pdflatex), ``table.csv``, ``timing.md`` / ``.csv``,
+optional ``delta.*`` (``--delta-against ROW``), ``figures/*.png|pdf`` and ``report.html``
+(one self-contained page: tables + figures embedded).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench.errors import UserError
+from bench.store import atomic_write_text
+from reports import figures
+from reports.collect import check_one_label_set, collect
+from reports.tables import (
+    build_table,
+    delta_table,
+    latex_document,
+    load_reference,
+    significance_marks,
+    timing_frame,
+    to_csv,
+    to_html,
+    to_latex,
+    to_markdown,
+)
+
+FORMATS = ("markdown", "latex", "csv", "html")
+
+
+@dataclass
+class ReportRequest:
+    runs: str = "runs"
+    out: str | None = None
+    formats: tuple[str, ...] = FORMATS
+    reference: str | None = None
+    baseline: str | None = None
+    delta_against: str | None = None
+    skip_broken: bool = False
+    allow_mixed_protocols: bool = False
+    figures: bool = True
+
+
+def make_report(req: ReportRequest) -> dict[str, Path]:
+    bad = [f for f in req.formats if f not in FORMATS]
+    if bad:
+        raise UserError(f"--format {bad[0]}: choose from {', '.join(FORMATS)}")
+    runs = collect(req.runs, req.skip_broken)
+    organs = check_one_label_set(runs)
+    groups = sorted({r.labeled for r in runs})
+    reference = load_reference(req.reference, organs, groups) if req.reference else None
+    datasets = sorted({r.metrics.get("dataset", "?") for r in runs})
+    caption = (f"Per-organ Dice (%) on the test split, mean ± std over seeds; {', '.join(datasets)}, protocol "
+               f"{', '.join(sorted({r.protocol for r in runs}))}. Best per column bold, second underlined; "
+               f"reported rows (italic) are another protocol and not ranked.")
+    table = build_table(runs, reference, req.allow_mixed_protocols, caption)
+    if req.baseline:
+        table.marks.update(significance_marks(table, runs, req.baseline))
+        table.caption += f" * = paired Wilcoxon signed-rank p < 0.05 against {req.baseline} (cases x seeds)."
+    out = Path(req.out) if req.out else Path(req.runs) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+
+    def put(name: str, text: str) -> None:
+        atomic_write_text(out / name, text)
+        written[name] = out / name
+
+    tables = [("table", table)]
+    if req.delta_against:
+        tables.append(("delta", delta_table(table, req.delta_against)))
+    timing = timing_frame(runs)
+    for name, t in tables:
+        if "markdown" in req.formats:
+            put(f"{name}.md", (t.caption + "\n\n" if t.caption else "") + to_markdown(t) + "\n")
+        if "latex" in req.formats:
+            put(f"{name}.tex", to_latex(t))
+            put(f"{name}_standalone.tex", latex_document(f"{name}.tex", t.caption))
+        if "csv" in req.formats:
+            put(f"{name}.csv", to_csv(t))
+    if "markdown" in req.formats and len(timing):
+        put("timing.md", timing.to_markdown(index=False, floatfmt=".3g") + "\n")
+    if "csv" in req.formats and len(timing):
+        put("timing.csv", timing.to_csv(index=False))
+    figs: list[Path] = []
+    if req.figures:
+        fdir = out / "figures"
+        fdir.mkdir(exist_ok=True)
+        figs += figures.dice_per_organ(table, runs, fdir)
+        figs += figures.dice_vs_labeled(table, fdir)
+        figs += figures.training_curves(runs, fdir)
+        if len(timing):
+            figs += figures.time_memory(runs, fdir)
+        for p in figs:
+            written[f"figures/{p.name}"] = p
+    if "html" in req.formats:
+        put("report.html", html_page(tables, timing, [p for p in figs if p.suffix == ".png"], req))
+    print(f"report of {len(runs)} run(s) written to {out.resolve()}", file=sys.stderr)
+    return written
+
+
+def html_page(tables, timing, pngs, req: ReportRequest) -> str:
+    """One self-contained page (figures embedded as data URIs)."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>bench report</title><style>",
+        "body{font-family:sans-serif;margin:2em;color:#222} table.results{border-collapse:collapse;font-size:12px}"
+        " table.results td,table.results th{padding:3px 6px;border-bottom:1px solid #ddd;text-align:right}"
+        " table.results td:nth-child(2),table.results th:nth-child(2){text-align:left} img{max-width:100%}",
+        "</style></head><body>",
+        f"<h1>Benchmark report</h1><p>Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {html.escape(str(Path(req.runs).resolve()))}.</p>",
+    ]
+    for name, t in tables:
+        parts.append(f"<h2>{'Per-organ Dice' if name == 'table' else 'Ablation deltas'}</h2><p>{html.escape(t.caption)}</p>")
+        parts.append(to_html(t))
+    if len(timing):
+        parts.append("<h2>Time and memory</h2>" + timing.to_html(index=False, border=0, classes="results", float_format=lambda v: f"{v:.3g}"))
+    for p in pngs:
+        data = base64.b64encode(p.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(p.stem.replace('_', ' '))}</h2><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

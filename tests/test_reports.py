@@ -1,0 +1,226 @@
+"""Reports from stored results: golden tables on fixed fake result folders, ranking with ties,
+NaN handling, reference rows, significance, LaTeX (pdflatex) and HTML (headless Chromium)
+rendering, figures, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from reports.collect import collect
+from reports.report import ReportRequest, make_report
+from reports.tables import build_table, rank_marks, significance_marks, to_latex, to_markdown
+from tests.test_cli import _bad
+
+GOLDEN = Path(__file__).parent / "golden"
+ORGANS = ["spleen", "liver", "gallbladder"]
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _run(root: Path, method: str, seed: int, dice: dict, cases: dict | None = None, protocol="default", split="labeled_10p",
+         organs=ORGANS, hd95=5.0, asd=1.0, timing=True):
+    d = root / "phantom" / protocol / split / method / "abc" / f"seed_{seed}"
+    d.mkdir(parents=True)
+    per = {o: {"dice": dice[o], "hd95": hd95, "asd": asd, "assd": asd} for o in organs}
+    finite = [v for v in dice.values() if not math.isnan(v)]
+    cases = cases or {"c1": {o: {"dice": dice[o]} for o in organs}}
+    metrics = {"method": method, "dataset": "phantom", "protocol": protocol, "protocol_version": "1", "split": split, "seed": seed,
+               "organs": organs, "per_organ": per, "mean": {"dice": sum(finite) / len(finite), "hd95": hd95, "asd": asd},
+               "cases": cases, "labeled_voxel_share": {"spleen": 0.1, "liver": 0.85, "gallbladder": 0.05}}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "config.json").write_text(json.dumps({"method": method}))
+    if timing:
+        (d / "timing.json").write_text(json.dumps({"device": "CPU test", "train_s_per_iter": {"median": 0.5 if method == "a" else 1.5},
+                                                   "infer_s_per_case": {"median": 0.2}, "peak_memory_mb": 100.0,
+                                                   "peak_memory_kind": "process_rss", "data_wait_share": 0.01}))
+        (d / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 1, "val_dice": 0.4}\n')
+    return d
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "runs"
+    _run(root, "a", 0, {"spleen": 0.90, "liver": 0.95, "gallbladder": 0.40})
+    _run(root, "a", 1, {"spleen": 0.80, "liver": 0.93, "gallbladder": math.nan})  # gallbladder absent: NaN
+    _run(root, "b", 0, {"spleen": 0.90, "liver": 0.90, "gallbladder": 0.20}, hd95=3.0)
+    _run(root, "c", 0, {"spleen": 0.70, "liver": 0.97, "gallbladder": 0.30}, hd95=9.0)
+    _run(root, "a", 0, {"spleen": 0.95, "liver": 0.96, "gallbladder": 0.60}, split="labeled_20p")
+    return root
+
+
+def test_golden_markdown_and_latex(results):
+    table = build_table(collect(results))
+    md, tex = to_markdown(table), to_latex(table)
+    if os.environ.get("UPDATE_GOLDEN"):
+        (GOLDEN / "report_table.md").write_text(md)
+        (GOLDEN / "report_table.tex").write_text(tex)
+    assert md == (GOLDEN / "report_table.md").read_text()
+    assert tex == (GOLDEN / "report_table.tex").read_text()
+
+
+def test_means_skip_nan_and_std_over_seeds(results):
+    table = build_table(collect(results))
+    assert table.mean.at["a", "gallbladder"] == pytest.approx(40.0)  # NaN seed excluded
+    assert math.isnan(table.std.at["a", "gallbladder"])  # one finite value: no std
+    assert table.mean.at["a", "spleen"] == pytest.approx(85.0) and table.std.at["a", "spleen"] == pytest.approx(7.0711, abs=1e-3)
+    assert table.mean.at["a", "Large"] == pytest.approx((85.0 + 94.0) / 2)  # spleen, liver
+    assert table.n["a"] == 2
+
+
+def test_bold_and_underline_with_ties(results):
+    table = build_table(collect(results))
+    marks = rank_marks(table)
+    # spleen at 10%: a 85.0, b 90.0, c 70.0 -> b best, a second
+    assert marks[("b", "spleen")] == "best" and marks[("a", "spleen")] == "second" and ("c", "spleen") not in marks
+    # HD95 is lower-is-better: b (3.0) best
+    assert marks[("b", "HD95")] == "best"
+    # a tie for best: both bold, the next distinct value underlined
+    table.mean.loc["c", "spleen"] = 90.0
+    marks = rank_marks(table)
+    assert marks[("b", "spleen")] == marks[("c", "spleen")] == "best" and marks[("a", "spleen")] == "second"
+    # a group with one row is not ranked
+    assert not [k for k in marks if k[0] == "a @20%"]
+
+
+def test_nan_cells_render_as_dash(tmp_path):
+    _run(tmp_path, "a", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": math.nan})
+    md = to_markdown(build_table(collect(tmp_path)))
+    assert "| -" in md and "nan" not in md.lower()
+
+
+def test_reference_rows_are_marked_and_not_ranked(results):
+    from reports.tables import load_reference
+
+    runs = collect(results)
+    ref = load_reference("published", [*"x" * 13], ["10%"])  # 13 organs -> the Synapse table
+    ref = ref[ref.method.isin(["V-Net(fully)"]) & (ref.paper == "TAK paper")]
+    organs = ORGANS
+    table = build_table(runs, ref)
+    label = "V-Net(fully) (reported, TAK paper)"
+    assert table.rows.at[label, "kind"] == "reported" and table.rows.at[label, "protocol"] == "tak-paper"
+    assert table.mean.at[label, "liver"] == pytest.approx(94.8)  # the paper's number, not rescaled
+    marks = rank_marks(table)
+    assert not [k for k in marks if k[0] == label]
+    assert marks[("c", "liver")] == "best"  # ranked among measured rows only
+    assert "*V-Net(fully) (reported, TAK paper)*" in to_markdown(table)
+    assert all(o in organs for o in ORGANS)
+
+
+def test_wilcoxon_marks_consistent_improvements(tmp_path):
+    six = {f"c{i}": None for i in range(6)}
+    base = {c: {o: {"dice": 0.5 + 0.01 * i} for o in ORGANS} for i, c in enumerate(six)}
+    better = {c: {o: {"dice": 0.6 + 0.01 * i + 0.001 * i * i} for o in ORGANS} for i, c in enumerate(six)}
+    d = {o: 0.5 for o in ORGANS}
+    _run(tmp_path, "base", 0, d, cases=base)
+    _run(tmp_path, "new", 0, d, cases=better)
+    _run(tmp_path, "few", 0, d, cases={c: v for c, v in list(better.items())[:3]})
+    runs = collect(tmp_path)
+    table = build_table(runs)
+    marks = significance_marks(table, runs, "base")
+    # 6 pairs all in one direction: exact two-sided p = 2 / 2^6 = 0.03125 < 0.05; 3 pairs: p = 0.25
+    assert marks == {("new", "Dice"): "*"}
+
+
+def test_delta_table(results):
+    from reports.tables import delta_table
+
+    d = delta_table(build_table(collect(results)), "b")
+    assert d.mean.at["a", "spleen"] == pytest.approx(-5.0) and d.mean.at["c", "liver"] == pytest.approx(7.0)
+    assert "a @20%" not in d.mean.index
+
+
+def test_report_command_writes_everything(results, capsys):
+    out = results.parent / "rep"
+    assert main(["report", "--runs", str(results), "--out", str(out), "--baseline", "b", "--delta-against", "b"]) == 0
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    for n in ("table.md", "table.tex", "table_standalone.tex", "table.csv", "timing.md", "timing.csv", "delta.md", "report.html",
+              "figures/dice_per_organ.png", "figures/dice_per_organ.pdf", "figures/dice_vs_labeled.png",
+              "figures/training_curves.png", "figures/time_memory.pdf"):
+        assert n in names, n
+    assert not [n for n in names if n.endswith(".tmp")]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<b>" in html and "src='http" not in html
+    csv = (out / "table.csv").read_text().splitlines()
+    assert csv[0].startswith("row,group,kind,protocol,seeds,spleen_mean,spleen_std")
+
+
+def _tool(name):
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed; .ci/run installs it")
+        pytest.skip(f"{name} not installed (CI installs it)")
+    return path
+
+
+def test_latex_compiles_and_first_page_renders(results, tmp_path):
+    pdflatex, pdftoppm = _tool("pdflatex"), _tool("pdftoppm")
+    out = tmp_path / "rep"
+    make_report(ReportRequest(runs=str(results), out=str(out), formats=("latex",), figures=False))
+    r = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "table_standalone.tex"], cwd=out,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+    subprocess.run([pdftoppm, "-png", "-r", "50", "-f", "1", "-l", "1", "table_standalone.pdf", "page"], cwd=out, check=True, timeout=60)
+    png = next(out.glob("page*.png"))
+    assert png.stat().st_size > 2000
+
+
+def test_html_renders_in_headless_chromium(results, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        _tool("chromium")
+    out = tmp_path / "rep"
+    make_report(ReportRequest(runs=str(results), out=str(out), formats=("html",)))
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1200,900",
+                    (out / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10000
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(shot)
+    assert img.shape[0] == 900 and img.std() > 0.05  # not a blank page
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_no_results(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    err = _bad(capsys, ["report", "--runs", str(tmp_path / "empty")], "no results (metrics.json) found under")
+    assert str((tmp_path / "empty").resolve()) in err
+    _bad(capsys, ["report", "--runs", str(tmp_path / "nope")], "does not exist")
+
+
+def test_refuses_mixed_protocols_unless_told(results, capsys):
+    _run(results, "a", 0, {o: 0.5 for o in ORGANS}, protocol="dhc")
+    _bad(capsys, ["report", "--runs", str(results), "--out", str(results.parent / "r")], "different protocols")
+    table = build_table(collect(results), allow_mixed=True)
+    assert "a (dhc/1)" in table.mean.index and "a (default/1)" in table.mean.index
+
+
+def test_refuses_mixed_label_sets(tmp_path, capsys):
+    _run(tmp_path, "a", 0, {o: 0.5 for o in ORGANS})
+    _run(tmp_path, "b", 0, {"spleen": 0.5, "liver": 0.5}, organs=["spleen", "liver"])
+    _bad(capsys, ["report", "--runs", str(tmp_path)], "different label sets")
+
+
+def test_corrupt_metrics_named_and_skippable(results, capsys):
+    bad = next(results.rglob("metrics.json"))
+    bad.write_text('{"method": "a", "org')
+    out = results.parent / "r"
+    err = _bad(capsys, ["report", "--runs", str(results), "--out", str(out)], str(bad))
+    assert "--skip-broken" in err and not out.exists()
+    assert main(["report", "--runs", str(results), "--out", str(out), "--skip-broken", "--no-figures"]) == 0
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_unknown_baseline_and_format(results, capsys):
+    _bad(capsys, ["report", "--runs", str(results), "--baseline", "zzz", "--out", str(results.parent / "r")], "--baseline zzz")
+    _bad(capsys, ["report", "--runs", str(results), "--format", "docx"], "--format docx")
