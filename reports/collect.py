@@ -32,6 +32,16 @@ class Run:
         return f"{self.method} [{p} x {e}]" if p else self.method
 
     @property
+    def config_hash(self) -> str:
+        return str(self.config.get("config_hash", self.path.parent.name))
+
+    def settings(self) -> dict:
+        """Flat method hyperparameters + engine settings of the run (for telling configs apart)."""
+        flat = {f"train.{k}": v for k, v in (self.config.get("train") or {}).items()}
+        flat.update(self.config.get("hparams") or {})
+        return flat
+
+    @property
     def protocol(self) -> str:
         return f"{self.metrics.get('protocol', '?')}/{self.metrics.get('protocol_version', '?')}"
 

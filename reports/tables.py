@@ -92,12 +92,14 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
     if len(protocols) > 1 and not allow_mixed:
         raise UserError(f"results of different protocols ({', '.join(protocols)}) cannot be ranked in one table; "
                         f"report them separately (--runs <folder of one protocol>) or pass --allow-mixed-protocols")
-    groups: dict[tuple[str, str, str], list] = {}
+    groups: dict[tuple[str, str, str, str], list] = {}
     for r in runs:
-        groups.setdefault((r.labeled, r.variant, r.protocol), []).append(r)
+        groups.setdefault((r.labeled, r.variant, r.protocol, r.config_hash), []).append(r)
+    tags = _config_tags(groups)
     mean_rows, std_rows, n, meta = {}, {}, {}, {}
     multi_proto = len(protocols) > 1
-    for (labeled, variant, proto), rs in groups.items():
+    for (labeled, variant, proto, chash), rs in groups.items():
+        variant = variant + tags.get((labeled, variant, proto, chash), "")
         name = f"{variant} ({proto})" if multi_proto else variant
         label = f"{name} @{labeled}" if name in mean_rows else name  # unique row key; ``name`` is shown
         vals = [run_values(r.metrics) for r in rs]
@@ -137,6 +139,23 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
         direction=direction,
         caption=caption,
     )
+
+
+def _config_tags(groups: dict) -> dict:
+    """Row-name suffixes ``{key=value, ...}`` for runs of one method that differ in settings
+    (e.g. an ablation of one hyperparameter): only the keys that differ are shown."""
+    by_variant: dict[tuple, list] = {}
+    for key, rs in groups.items():
+        by_variant.setdefault((key[0], key[1], key[2]), []).append((key, rs[0].settings()))
+    tags = {}
+    for items in by_variant.values():
+        if len(items) < 2:
+            continue
+        keys = sorted({k for _, st in items for k in st})
+        differ = [k for k in keys if len({repr(st.get(k)) for _, st in items}) > 1]
+        for key, st in items:
+            tags[key] = " {" + ", ".join(f"{k.removeprefix('train.')}={st.get(k)}" for k in differ) + "}" if differ else f" {{{key[3][:6]}}}"
+    return tags
 
 
 def _group_key(g: str) -> tuple:

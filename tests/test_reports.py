@@ -224,3 +224,16 @@ def test_corrupt_metrics_named_and_skippable(results, capsys):
 def test_unknown_baseline_and_format(results, capsys):
     _bad(capsys, ["report", "--runs", str(results), "--baseline", "zzz", "--out", str(results.parent / "r")], "--baseline zzz")
     _bad(capsys, ["report", "--runs", str(results), "--format", "docx"], "--format docx")
+
+
+def test_runs_of_one_method_with_other_settings_are_separate_rows(tmp_path):
+    for chash, weight in (("h1", 0.1), ("h2", 0.3)):
+        d = _run(tmp_path / chash, "mt", 0, {o: weight + 0.5 for o in ORGANS})
+        (d / "config.json").write_text(json.dumps({"config_hash": chash, "hparams": {"consistency": weight, "ema_decay": 0.99},
+                                                   "train": {"lr": 0.1}}))
+    from reports.tables import delta_table
+
+    table = build_table(collect(tmp_path))
+    assert list(table.rows["name"]) == ["mt {consistency=0.1}", "mt {consistency=0.3}"]
+    d = delta_table(table, "mt {consistency=0.1}")
+    assert d.mean.at["mt {consistency=0.3}", "Dice"] == pytest.approx(20.0)
