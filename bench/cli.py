@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=None, help="TOML config file (run options, [train], [method.<name>])")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--force", action="store_true", help="re-run finished runs")
+    r.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N disjoint slices of the run matrix")
     r.add_argument("--no-progress", action="store_true")
 
     from priors.cli import add_parser as add_priors
@@ -87,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", default=None, help="dataset.json with label names (default: BTCV 13 organs)")
     e.add_argument("--protocol", default="default")
     e.add_argument("--out", default=None, help="metrics.json path (default: <pred>/metrics.json)")
+
+    t = sub.add_parser("tune", help="Optuna study of one method (objective: eval-split Dice)")
+    t.add_argument("--method", required=True)
+    t.add_argument("--dataset", default="phantom")
+    t.add_argument("--data-root", default=None)
+    t.add_argument("--protocol", default="default")
+    t.add_argument("--split", default=None)
+    t.add_argument("--labeled", default="10%")
+    t.add_argument("--preset", default="quick")
+    t.add_argument("--trials", type=int, default=20, help="trials this worker runs")
+    t.add_argument("--storage", default=None, help="sqlite:///file.db (default <out>/optuna.db), postgresql://..., journal:PATH")
+    t.add_argument("--study-name", default=None)
+    t.add_argument("--budget-iterations", type=int, default=None, help="training iterations per trial (same for every method)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs")
+    t.add_argument("--export", default=None, help="write the best parameters as a bench run --config TOML")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--progress", action="store_true")
 
     rp = sub.add_parser("report", help="per-organ tables and figures from stored results")
     rp.add_argument("--runs", default="runs", help="folder that `bench run --out` wrote")
@@ -193,6 +213,7 @@ def cmd_run(args) -> int:
         config=args.config,
         progress=not args.no_progress,
         dataset_opts=opts,
+        shard=args.shard,
     )
     results = execute(req)
     if results:
@@ -208,6 +229,23 @@ def cmd_evaluate(args) -> int:
     from bench.evaluate import evaluate_folders
 
     evaluate_folders(args.pred, args.gt, args.labels, args.protocol, args.out)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    import logging
+
+    from bench.tune import TuneRequest, tune
+
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    tune(TuneRequest(
+        method=args.method, dataset=args.dataset, data_root=args.data_root, protocol=args.protocol, split=args.split,
+        labeled=args.labeled, preset=args.preset, trials=args.trials, storage=args.storage, study_name=args.study_name,
+        budget_iterations=args.budget_iterations, seed=args.seed, out=args.out, export=args.export, device=args.device,
+        sets=args.sets, progress=args.progress,
+    ))
     return 0
 
 
@@ -235,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "priors": cmd_priors}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "tune": cmd_tune, "priors": cmd_priors}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

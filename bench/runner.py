@@ -40,6 +40,7 @@ class RunRequest:
     config: str | None = None
     progress: bool = True
     dataset_opts: dict = field(default_factory=dict)  # --dataset-opt key=value, --label-map
+    shard: str | None = None  # "i/n"
 
 
 def _fmt(value, scale: float, spec: str) -> str:
@@ -211,11 +212,65 @@ def _priors_fn(prompts: str, encoder: str, class_names, device: str):
     return load
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/4"`` -> (2, 4): the 2nd of 4 disjoint slices (1-based)."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text}: write i/n, e.g. --shard 1/4")
+    if not (1 <= i <= n):
+        raise UserError(f"--shard {text}: i must lie in 1..n")
+    return i, n
+
+
+def make_spec(r: dict, dataset, protocol, split, device, progress: bool, **extra):
+    """The :class:`bench.train.RunSpec` of one planned run (see :func:`plan`)."""
+    from bench.train import RunSpec
+
+    config = {
+        **r["resolved"],
+        "seed": r["seed"],
+        "config_hash": r["hash"],
+        "device": str(device),
+        "git_commit": _git_commit(),
+        "versions": _versions(),
+        "hardware": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "command": sys.argv,
+    }
+    return RunSpec(
+        method_name=r["name"],
+        method_cls=r["cls"],
+        hparams=r["settings"].hparams,
+        train=r["settings"].train,
+        dataset=dataset,
+        protocol=protocol,
+        split=split,
+        seed=r["seed"],
+        device=device,
+        run_dir=r["dir"],
+        config=config,
+        progress=progress,
+        priors=_priors_fn(r["prompts"], r["encoder"], dataset.labels, "cpu") if r["prompts"] else None,
+        labels={"prompts": r["prompts"], "text_encoder": r["encoder"]} if r["prompts"] else {},
+        **extra,
+    )
+
+
 def execute(req: RunRequest, log=print) -> list[dict]:
-    """Run every planned run that is not finished; return the metrics of all of them."""
-    from bench.train import RunSpec, run_one
+    """Run every planned run that is not finished (of this shard); return the metrics of the
+    finished ones. A run claimed by a live worker (another process sharing the results
+    directory) is skipped, not run twice."""
+    from bench import lock
+    from bench.train import run_one
 
     runs, dataset, protocol, split = plan(req)
+    shard = parse_shard(req.shard)
+    if shard:
+        i, n = shard
+        runs = [r for k, r in enumerate(runs) if k % n == i - 1]
+        log(f"shard {i}/{n}: {len(runs)} run(s)")
     device = pick_device(req.device)
     results = []
     for i, r in enumerate(runs, 1):
@@ -224,42 +279,30 @@ def execute(req: RunRequest, log=print) -> list[dict]:
             log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: finished earlier, skipped ({d})")
             results.append(json.loads((d / "metrics.json").read_text()))
             continue
-        if req.force and d.exists():
-            shutil.rmtree(d)
-        tag = f" [{r['prompts']} x {r['encoder']}]" if r["prompts"] else ""
-        log(f"[{i}/{len(runs)}] {r['name']}{tag} seed {r['seed']} -> {d}")
-        config = {
-            **r["resolved"],
-            "seed": r["seed"],
-            "config_hash": r["hash"],
-            "device": str(device),
-            "git_commit": _git_commit(),
-            "versions": _versions(),
-            "hardware": {"platform": platform.platform(), "cpus": os.cpu_count()},
-            "command": sys.argv,
-        }
-        spec = RunSpec(
-            method_name=r["name"],
-            method_cls=r["cls"],
-            hparams=r["settings"].hparams,
-            train=r["settings"].train,
-            dataset=dataset,
-            protocol=protocol,
-            split=split,
-            seed=r["seed"],
-            device=device,
-            run_dir=d,
-            config=config,
-            progress=req.progress,
-            priors=_priors_fn(r["prompts"], r["encoder"], dataset.labels, "cpu") if r["prompts"] else None,
-            labels={"prompts": r["prompts"], "text_encoder": r["encoder"]} if r["prompts"] else {},
-        )
-        metrics = run_one(spec)
-        timing = json.loads((d / "timing.json").read_text())
-        log(
-            f"    mean Dice {_fmt(metrics['mean']['dice'], 100, '.1f')}%  "
-            f"train {_fmt(timing['train_s_per_iter']['median'], 1, '.3f')} s/it  "
-            f"inference {_fmt(timing['infer_s_per_case']['median'], 1, '.2f')} s/case"
-        )
-        results.append(metrics)
+        if not lock.claim(d):
+            log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: claimed by another worker, skipped ({d})")
+            continue
+        try:
+            if is_finished(d) and not req.force:  # finished while we waited for the claim
+                results.append(json.loads((d / "metrics.json").read_text()))
+                continue
+            if req.force:
+                for p in d.iterdir():
+                    if p.name != ".claim":
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+            tag = f" [{r['prompts']} x {r['encoder']}]" if r["prompts"] else ""
+            log(f"[{i}/{len(runs)}] {r['name']}{tag} seed {r['seed']} -> {d}")
+            spec = make_spec(r, dataset, protocol, split, device, req.progress)
+            metrics = run_one(spec)
+            timing = json.loads((d / "timing.json").read_text())
+            log(
+                f"    mean Dice {_fmt(metrics['mean']['dice'], 100, '.1f')}%  "
+                f"train {_fmt(timing['train_s_per_iter']['median'], 1, '.3f')} s/it  "
+                f"inference {_fmt(timing['infer_s_per_case']['median'], 1, '.2f')} s/case"
+            )
+            results.append(metrics)
+        finally:
+            lock.release(d)
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()  # a run that failed before writing anything leaves no folder
     return results

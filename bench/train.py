@@ -58,6 +58,8 @@ class RunSpec:
     progress: bool = True
     #: extra names recorded in metrics.json (e.g. prompts and text encoder of a text-prior run)
     labels: dict[str, Any] = field(default_factory=dict)
+    #: called with (step, validation Dice) after each validation (Optuna reports and prunes here)
+    on_validate: Callable[[int, float], None] | None = None
 
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -155,6 +157,9 @@ class Trainer:
             "timing": {"step": self.step_times, "data": self.data_times, "wall": self.train_wall},
         }
         atomic_save(self.ckpt_path, lambda f: torch.save(state, f))
+        from bench.lock import touch
+
+        touch(self.dir)  # a live claim stays fresh
 
     def load_checkpoint(self) -> bool:
         if not self.ckpt_path.exists():
@@ -302,6 +307,8 @@ class Trainer:
                      "method_state": self.method.state_dict(), "step": self.step}
             atomic_save(self.dir / "best.pt", lambda f: torch.save(state, f))
         self._log({"step": self.step - 1, "val_dice": score, "best": improved})
+        if self.spec.on_validate is not None:
+            self.spec.on_validate(self.step, score)
         return score
 
     def load_best(self) -> int:

@@ -136,7 +136,9 @@ class Method:
 
     @staticmethod
     def search_space(trial: Any) -> dict:
-        return {}
+        """Optuna search space: hyperparameter / engine setting -> suggested value. Every method
+        searches the learning rate; subclasses add their own (``{**Parent.search_space(trial), ...}``)."""
+        return {"lr": trial.suggest_float("lr", 1e-3, 0.3, log=True)}
 
     @classmethod
     def hparam_defaults(cls) -> dict[str, Any]:

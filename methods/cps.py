@@ -104,7 +104,7 @@ class CoTraining(Method):
 
     @staticmethod
     def search_space(trial) -> dict:
-        return {"cps_w": trial.suggest_float("cps_w", 0.01, 1.0, log=True)}
+        return {**Method.search_space(trial), "cps_w": trial.suggest_float("cps_w", 0.01, 1.0, log=True)}
 
 
 @register_method("cps")

@@ -291,6 +291,7 @@ class MagicNet(Method):
     @staticmethod
     def search_space(trial) -> dict:
         return {
+            **Method.search_space(trial),
             "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
             "consistency": trial.suggest_float("consistency", 0.01, 1.0, log=True),
             "loc_weight": trial.suggest_float("loc_weight", 0.01, 1.0, log=True),

@@ -66,6 +66,7 @@ class MeanTeacher(Supervised):
     @staticmethod
     def search_space(trial) -> dict:
         return {
+            **Supervised.search_space(trial),
             "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
             "consistency": trial.suggest_float("consistency", 0.01, 1.0, log=True),
         }

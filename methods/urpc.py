@@ -100,4 +100,4 @@ class URPC(Method):
 
     @staticmethod
     def search_space(trial) -> dict:
-        return {"consistency": trial.suggest_float("consistency", 0.01, 1.0, log=True)}
+        return {**Method.search_space(trial), "consistency": trial.suggest_float("consistency", 0.01, 1.0, log=True)}

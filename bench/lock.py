@@ -1,0 +1,89 @@
+"""Run claims: a lock file per run folder so that workers sharing a results directory never
+train the same run twice.
+
+``claim(dir)`` creates ``dir/.claim`` with O_CREAT | O_EXCL (atomic on local and NFS v3+
+filesystems) holding host, pid and time. A claim is stale - and is taken over - when its owner
+process is gone (same host) or it has not been refreshed for ``stale_after`` seconds (any
+host; the owner refreshes it at every checkpoint through :func:`touch`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+STALE_AFTER_S = 1800.0
+
+
+def _owner() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
+    try:
+        info = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return True  # unreadable or vanished: not a live claim
+    if info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1))):
+        return True
+    return age > stale_after
+
+
+def claim(run_dir: Path, stale_after: float = STALE_AFTER_S) -> bool:
+    """True if this process now owns ``run_dir``; False if a live worker does."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".claim"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            info = _read(path)
+            if info.get("host") == socket.gethostname() and info.get("pid") == os.getpid():
+                return True
+            if not is_stale(path, stale_after):
+                return False
+            # stale: remove it and retry once (a rival doing the same loses the O_EXCL race)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(_owner(), f)
+        return True
+    return False
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def touch(run_dir: Path) -> None:
+    """Refresh this process's claim (keeps it from looking stale on long runs)."""
+    path = run_dir / ".claim"
+    if path.exists():
+        os.utime(path)
+
+
+def release(run_dir: Path) -> None:
+    path = run_dir / ".claim"
+    info = _read(path)
+    if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+        path.unlink(missing_ok=True)

@@ -1,0 +1,231 @@
+"""``python -m bench tune``: Optuna studies with the same budget for every method.
+
+* Each method declares its search space next to its code (``Method.search_space(trial)``,
+  returning hyperparameter and engine settings, e.g. ``lr``, ``consistency``, ``ema_decay``).
+* Objective: the best mean Dice on the **eval** split during ``--budget-iterations`` of
+  training (the test split is never touched); each validation is reported to Optuna and
+  ``MedianPruner`` stops hopeless trials; ``TPESampler(seed)``; the published defaults are
+  enqueued as trial 0.
+* Storage: an SQLite file by default (``<out>/optuna.db``), any SQLAlchemy URL
+  (``postgresql://user:pw@host/db`` for many workers on many machines), or
+  ``journal:PATH`` (Optuna's journal file for shared filesystems). ``load_if_exists``: any
+  number of ``bench tune`` processes join one study. With a database, workers send heartbeats;
+  a trial whose worker died is marked failed and retried (``RetryFailedTrialCallback``) - the
+  retry has the same parameters, hence the same run folder, and resumes from its checkpoint.
+* ``--export best.toml`` writes the best parameters as a config for ``bench run --config``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import UserError
+from bench.store import atomic_write_text
+
+
+@dataclass
+class TuneRequest:
+    method: str
+    dataset: str = "phantom"
+    data_root: str | None = None
+    protocol: str = "default"
+    split: str | None = None
+    labeled: str = "10%"
+    preset: str = "quick"
+    trials: int = 20
+    storage: str | None = None
+    study_name: str | None = None
+    budget_iterations: int | None = None
+    seed: int = 0
+    out: str = "runs"
+    export: str | None = None
+    device: str = "auto"
+    sets: list[str] = field(default_factory=list)
+    progress: bool = False
+    heartbeat_s: int = 60
+
+
+def make_storage(url: str, heartbeat_s: int = 60):
+    """An Optuna storage for ``url``; unreachable or malformed URLs raise one clear line."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal:"):])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return _retry(lambda: optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=heartbeat_s,
+            grace_period=2 * heartbeat_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            engine_kwargs={"pool_pre_ping": True},
+        ))
+    except ImportError as e:
+        raise UserError(f"--storage {_safe(url)} needs a database driver ({e.name}); for PostgreSQL: pip install 'psycopg[binary]'")
+    except Exception as e:  # sqlalchemy.exc.OperationalError, ArgumentError, ...
+        raise UserError(f"--storage {_safe(url)} is not reachable ({type(e).__name__}: {' '.join(str(e).split())[:100]}); "
+                        f"check the URL, that the server runs and accepts this user")
+
+
+def _retry(make, attempts: int = 5):
+    """Workers starting together race to create the tables of a new database; retry briefly."""
+    import time
+
+    for i in range(attempts):
+        try:
+            return make()
+        except ImportError:
+            raise
+        except Exception:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.5 * (i + 1))
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    import re
+
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def _params_key(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def tune(req: TuneRequest, log=print):
+    import optuna
+
+    from bench.config import parse_set, resolve, train_fields
+    from bench.registry import METHODS
+    from bench.runner import RunRequest, make_spec, pick_device, plan
+    from bench.train import Trainer
+
+    cls = METHODS.get(req.method)
+    out = Path(req.out)
+    storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    storage = make_storage(storage_url, req.heartbeat_s)
+    study_name = req.study_name or f"{req.method}-{req.dataset}-{req.labeled.rstrip('%')}p"
+    sampler = optuna.samplers.TPESampler(seed=req.seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="maximize", load_if_exists=True)
+    except Exception as e:
+        raise UserError(f"--storage {_safe(storage_url)}: cannot open study '{study_name}' ({type(e).__name__}: {' '.join(str(e).split())[:100]})")
+    owner = study.user_attrs.get("method")
+    if owner is None:
+        study.set_user_attr("method", req.method)
+        study.set_user_attr("dataset", req.dataset)
+        study.set_user_attr("budget_iterations", req.budget_iterations)
+    elif owner != req.method:
+        raise UserError(f"study '{study_name}' belongs to method '{owner}', not '{req.method}'; pick another --study-name")
+    budget = req.budget_iterations or study.user_attrs.get("budget_iterations")
+
+    # trial 0: the defaults (method defaults, engine settings of the preset) of every searched parameter
+    space_keys = _space_keys(cls)
+    if not space_keys:
+        raise UserError(f"method '{req.method}' declares no search space (search_space(trial) returns nothing)")
+    if len(study.trials) == 0:
+        st = resolve(cls, req.preset, {}, {"iterations": budget} if budget else {}, parse_set(req.sets), [cls])
+        values = {**cls.hparam_defaults(), **st.hparams}
+        enqueue = {k: (getattr(st.train, k) if k in train_fields() else values.get(k)) for k in space_keys}
+        study.enqueue_trial({k: v for k, v in enqueue.items() if v is not None}, skip_if_exists=True)
+
+    device = pick_device(req.device)
+
+    def objective(trial):
+        params = cls.search_space(trial)
+        for k, v in params.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"search space of '{req.method}' gave {k}={v}; fix its search_space()")
+        sets = list(req.sets) + [f"{k}={v}" for k, v in params.items()]
+        runs, dataset, protocol, split = plan(RunRequest(
+            methods=[req.method], dataset=req.dataset, data_root=req.data_root, protocol=req.protocol, split=req.split,
+            labeled=req.labeled, preset=req.preset, out=str(out / "tune" / study_name), sets=sets, iterations=budget,
+            progress=req.progress, seeds=[req.seed]))
+        r = runs[0]
+        r["dir"] = out / "tune" / study_name / f"params_{_params_key(params)}"  # a retried trial resumes here
+
+        def report(step: int, score: float) -> None:
+            trial.report(score, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        spec = make_spec(r, dataset, protocol, split, device, req.progress, on_validate=report)
+        trainer = Trainer(spec)
+        if not split.eval:
+            raise UserError("tuning needs eval cases in the split (the objective never looks at test cases)")
+        trainer.fit()
+        if trainer.best["step"] < 0:
+            trainer.validate()
+        trial.set_user_attr("run_dir", str(r["dir"]))
+        return float(trainer.best["score"])
+
+    n_done = len([t for t in study.trials if t.state.is_finished()])
+    log(f"study '{study_name}' ({_safe(storage_url)}): {n_done} finished trial(s); running {req.trials} more")
+    study.optimize(objective, n_trials=req.trials, catch=())
+    best = study.best_trial
+    log(f"best trial #{best.number}: eval Dice {100 * best.value:.1f}%  {json.dumps(best.params)}")
+    if req.export:
+        export_config(req.export, req.method, best.params, req, study_name, best.value)
+        log(f"best parameters written to {req.export} (use: python -m bench run --config {req.export})")
+    return study
+
+
+def _space_keys(cls) -> list[str]:
+    """Parameter names of the method's search space (probed with a recording trial)."""
+
+    class Probe:
+        def __init__(self):
+            self.keys: list[str] = []
+
+        def _rec(self, name, low=None, *a, **k):
+            self.keys.append(name)
+            return low if low is not None else 0
+
+        suggest_float = suggest_int = _rec
+
+        def suggest_categorical(self, name, choices):
+            self.keys.append(name)
+            return choices[0]
+
+    p = Probe()
+    cls.search_space(p)
+    return p.keys
+
+
+def export_config(path: str, method: str, params: dict, req: TuneRequest, study: str, value: float) -> None:
+    from bench.config import train_fields
+
+    engine = {k: v for k, v in params.items() if k in train_fields()}
+    hparams = {k: v for k, v in params.items() if k not in train_fields()}
+
+    def val(v: Any) -> str:
+        return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
+
+    lines = [f"# best trial of Optuna study '{study}' (eval Dice {100 * value:.2f}%)",
+             f"methods = [{json.dumps(method)}]", f"dataset = {json.dumps(req.dataset)}", f"protocol = {json.dumps(req.protocol)}"]
+    if req.split:
+        lines.append(f"split = {json.dumps(req.split)}")
+    else:
+        lines.append(f"labeled = {json.dumps(req.labeled)}")
+    lines.append(f"preset = {json.dumps(req.preset)}")
+    if engine:
+        lines += ["", "[train]"] + [f"{k} = {val(v)}" for k, v in engine.items()]
+    if hparams:
+        lines += ["", f"[method.{method}]"] + [f"{k} = {val(v)}" for k, v in hparams.items()]
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")

@@ -1,0 +1,94 @@
+"""Optuna studies: SQLite and PostgreSQL storages with two worker processes in one study,
+defaults as trial 0, eval-only objective, export to a run config, and the bad inputs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from tests.test_cli import _bad
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--preset", "tiny", "--budget-iterations", "2", "--set", "val_every=1"]
+PG_URL = os.environ.get("BENCH_TEST_POSTGRES")
+
+
+def _worker(storage: str, out: Path, study: str, trials: int = 1, method: str = "supervised"):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bench", "tune", "--method", method, "--trials", str(trials), "--storage", storage,
+                             "--study-name", study, "--out", str(out), *TINY], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _two_workers(storage: str, out: Path, study: str):
+    import optuna
+
+    procs = [_worker(storage, out, study) for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    loaded = optuna.load_study(study_name=study, storage=storage)
+    done = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and len({t.number for t in done}) == 2
+    assert loaded.user_attrs["method"] == "supervised"
+    # trial 0 ran the defaults (the quick/tiny preset's learning rate)
+    assert loaded.trials[0].params == {"lr": pytest.approx(0.01)}
+    return loaded
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    _two_workers(f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "runs", "sq")
+
+
+def test_two_workers_share_one_postgresql_study(tmp_path):
+    if not PG_URL:
+        if os.environ.get("CI") == "true":
+            pytest.fail("BENCH_TEST_POSTGRES is not set; .ci/run starts PostgreSQL and sets it")
+        pytest.skip("no PostgreSQL server (set BENCH_TEST_POSTGRES=postgresql://user:pw@127.0.0.1/db)")
+    import uuid
+
+    _two_workers(PG_URL, tmp_path / "runs", f"pg-{uuid.uuid4().hex[:8]}")
+
+
+def test_journal_storage_export_and_objective_uses_eval_only(tmp_path, capsys):
+    out = tmp_path / "runs"
+    best = tmp_path / "best.toml"
+    assert main(["tune", "--method", "mean_teacher", "--trials", "2", "--storage", f"journal:{tmp_path / 'j.log'}",
+                 "--out", str(out), "--export", str(best), *TINY]) == 0
+    text = best.read_text()
+    assert "[train]\nlr = " in text and "[method.mean_teacher]" in text and "ema_decay" in text
+    # no test-split evaluation happened: trial folders hold checkpoints and logs, never metrics.json
+    assert list(out.rglob("checkpoint.pt")) and not list(out.rglob("metrics.json"))
+    # the exported file is a valid run config
+    from bench.config import load_config_file, resolve
+    from bench.registry import METHODS
+
+    cfg = load_config_file(best)
+    cls = METHODS.get("mean_teacher")
+    st = resolve(cls, cfg["preset"], cfg, {}, {}, [cls])
+    assert st.train.lr == cfg["train"]["lr"] and st.hparams["ema_decay"] == cfg["method"]["mean_teacher"]["ema_decay"]
+
+
+def test_study_name_reused_for_another_method(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    assert main(["tune", "--method", "supervised", "--trials", "1", "--storage", storage, "--study-name", "s", "--out", str(tmp_path), *TINY]) == 0
+    _bad(capsys, ["tune", "--method", "mean_teacher", "--trials", "1", "--storage", storage, "--study-name", "s", "--out", str(tmp_path), *TINY],
+         "belongs to method 'supervised'")
+
+
+def test_unreachable_storage(tmp_path, capsys):
+    err = _bad(capsys, ["tune", "--method", "supervised", "--storage", "postgresql://u:secret@127.0.0.1:1/none", *TINY], "is not reachable")
+    assert "secret" not in err
+
+
+def test_search_space_with_an_invalid_value(tmp_path, capsys, monkeypatch):
+    from bench.registry import METHODS
+
+    cls = METHODS.get("supervised")
+    monkeypatch.setattr(cls, "search_space", staticmethod(lambda trial: {"lr": trial.suggest_float("lr", 0.01, 0.1), "no_such_knob": 1}))
+    _bad(capsys, ["tune", "--method", "supervised", "--trials", "1", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--out", str(tmp_path), *TINY],
+         "no_such_knob")
