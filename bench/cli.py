@@ -235,9 +235,9 @@ def cmd_evaluate(args) -> int:
 def cmd_tune(args) -> int:
     import logging
 
-    from bench.tune import TuneRequest, tune
-
     import optuna
+
+    from bench.tune import TuneRequest, tune
 
     optuna.logging.set_verbosity(logging.WARNING)
     tune(TuneRequest(
