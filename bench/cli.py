@@ -216,6 +216,12 @@ def cmd_run(args) -> int:
         shard=args.shard,
     )
     results = execute(req)
+    from bench import distributed
+
+    if distributed.active():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     if results:
         print()
         print(f"Per-organ Dice (%) on the test split, mean over seeds; HD95 in mm ({results[0]['dataset']}, "

@@ -55,6 +55,8 @@ class TwoStreamSampler:
         unlabeled_bs: int,
         seed: int,
         flip: bool = True,
+        rank: int = 0,
+        world: int = 1,
     ):
         if not labeled:
             raise ValueError("no labeled cases")
@@ -65,6 +67,7 @@ class TwoStreamSampler:
         self.unlabeled_bs = unlabeled_bs if unlabeled else 0
         self.seed = seed
         self.flip = flip
+        self.rank, self.world = rank, world  # distributed: this rank keeps its slice of the global batch
 
     def batch(self, step: int) -> tuple[dict, dict | None]:
         rng = np.random.default_rng([self.seed, step])
@@ -74,12 +77,17 @@ class TwoStreamSampler:
             img, lab = random_crop(rng, self.labeled[int(i)], self.patch, self.flip)
             imgs.append(img)
             labs.append(lab)
-        labeled = {"image": torch.from_numpy(np.stack(imgs)[:, None]), "label": torch.from_numpy(np.stack(labs).astype(np.int64))}
+        mine = self._slice(len(imgs))
+        labeled = {"image": torch.from_numpy(np.stack(imgs[mine])[:, None]), "label": torch.from_numpy(np.stack(labs[mine]).astype(np.int64))}
         if not self.unlabeled_bs:
             return labeled, None
         ui = rng.choice(len(self.unlabeled), size=self.unlabeled_bs, replace=len(self.unlabeled) < self.unlabeled_bs)
         uimgs = [random_crop(rng, [self.unlabeled[int(i)]], self.patch, self.flip)[0] for i in ui]
-        return labeled, {"image": torch.from_numpy(np.stack(uimgs)[:, None])}
+        return labeled, {"image": torch.from_numpy(np.stack(uimgs[self._slice(len(uimgs))])[:, None])}
+
+    def _slice(self, n: int) -> slice:
+        per = n // self.world
+        return slice(self.rank * per, (self.rank + 1) * per)
 
 
 class Prefetcher:

@@ -172,6 +172,10 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
             }
             if cls.uses_priors:
                 resolved["prompts"], resolved["text_encoder"] = prompts, encoder
+            from bench.distributed import world_size
+
+            if world_size() > 1:  # a distributed run is another run (batch-pooled losses see slices)
+                resolved["world_size"] = world_size()
             chash = config_hash(resolved)
             for seed in req.seeds:
                 runs.append(
@@ -210,6 +214,10 @@ def _priors_fn(prompts: str, encoder: str, class_names, device: str):
         return prior_embeddings(prompts, encoder, class_names, device=device)
 
     return load
+
+
+def _quiet(*args, **kwargs) -> None:
+    """Log function of ranks other than 0 (only rank 0 reports)."""
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -271,22 +279,29 @@ def execute(req: RunRequest, log=print) -> list[dict]:
         i, n = shard
         runs = [r for k, r in enumerate(runs) if k % n == i - 1]
         log(f"shard {i}/{n}: {len(runs)} run(s)")
-    device = pick_device(req.device)
+    from bench import distributed
+
+    device = distributed.init_from_env(req.device) or pick_device(req.device)
+    main = distributed.is_main()
+    if not main:
+        log = _quiet
     results = []
     for i, r in enumerate(runs, 1):
         d: Path = r["dir"]
-        if is_finished(d) and not req.force:
+        if distributed.agree(is_finished(d) and not req.force):
             log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: finished earlier, skipped ({d})")
-            results.append(json.loads((d / "metrics.json").read_text()))
+            if main:
+                results.append(json.loads((d / "metrics.json").read_text()))
             continue
-        if not lock.claim(d):
+        if not distributed.agree(lock.claim(d) if main else True):
             log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: claimed by another worker, skipped ({d})")
             continue
         try:
-            if is_finished(d) and not req.force:  # finished while we waited for the claim
-                results.append(json.loads((d / "metrics.json").read_text()))
+            if distributed.agree(is_finished(d) and not req.force):  # finished while we waited for the claim
+                if main:
+                    results.append(json.loads((d / "metrics.json").read_text()))
                 continue
-            if req.force:
+            if req.force and main:
                 for p in d.iterdir():
                     if p.name != ".claim":
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -294,6 +309,9 @@ def execute(req: RunRequest, log=print) -> list[dict]:
             log(f"[{i}/{len(runs)}] {r['name']}{tag} seed {r['seed']} -> {d}")
             spec = make_spec(r, dataset, protocol, split, device, req.progress)
             metrics = run_one(spec)
+            distributed.barrier()
+            if not main:
+                continue
             timing = json.loads((d / "timing.json").read_text())
             log(
                 f"    mean Dice {_fmt(metrics['mean']['dice'], 100, '.1f')}%  "
@@ -302,7 +320,8 @@ def execute(req: RunRequest, log=print) -> list[dict]:
             )
             results.append(metrics)
         finally:
-            lock.release(d)
-            if d.is_dir() and not any(d.iterdir()):
+            if main:
+                lock.release(d)
+            if main and d.is_dir() and not any(d.iterdir()):
                 d.rmdir()  # a run that failed before writing anything leaves no folder
     return results

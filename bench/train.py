@@ -117,6 +117,14 @@ class Trainer:
             seed=spec.seed,
         )
         self.method: Method = cls(self.ctx, **spec.hparams).to(self.device)
+        from bench import distributed
+
+        self.rank, self.world = distributed.rank(), (distributed.world_size() if distributed.active() else 1)
+        if self.world > 1:
+            if self.t.labeled_bs % self.world or self.t.unlabeled_bs % self.world:
+                raise UserError(f"labeled_bs {self.t.labeled_bs} and unlabeled_bs {self.t.unlabeled_bs} must be multiples of "
+                                f"the {self.world} processes (each takes an equal slice of every batch); use --set labeled_bs=...")
+            distributed.broadcast_modules(self.method.modules().values())
         self.optimizer = torch.optim.SGD(
             self.method.parameters(),
             lr=self.t.lr,
@@ -147,6 +155,8 @@ class Trainer:
         return self.dir / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
         state = {
             "step": self.step,
             "modules": {k: m.state_dict() for k, m in self.method.modules().items()},
@@ -188,7 +198,7 @@ class Trainer:
 
     def _truncate_log(self, step: int) -> None:
         path = self.dir / "log.jsonl"
-        if not path.exists():
+        if self.rank != 0 or not path.exists():
             return
         keep = []
         for line in path.read_text().splitlines():
@@ -200,6 +210,8 @@ class Trainer:
         atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     def _log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
         with (self.dir / "log.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -210,7 +222,8 @@ class Trainer:
         resumed = self.load_checkpoint()
         if self.step >= t.iterations:
             return
-        sampler = TwoStreamSampler(self.labeled, self.unlabeled, t.patch, t.labeled_bs, t.unlabeled_bs, spec.seed, t.flip)
+        sampler = TwoStreamSampler(self.labeled, self.unlabeled, t.patch, t.labeled_bs, t.unlabeled_bs, spec.seed, t.flip,
+                                   rank=self.rank, world=self.world)
         stop = t.iterations if spec.stop_after is None else min(t.iterations, self.step + spec.stop_after)
         loader = Prefetcher(sampler, self.step, stop, self.device)
         bar = None
@@ -241,6 +254,10 @@ class Trainer:
                     self._check_finite(losses, step, last_good)
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(losses.total).backward()
+                    if self.world > 1:
+                        from bench.distributed import average_gradients
+
+                        average_gradients(self.method.parameters())
                     if t.grad_clip > 0:
                         self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
@@ -257,11 +274,15 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(losses.total.detach()):.3f}", refresh=False)
                     bar.update(1)
-                if t.val_every > 0 and self.spec.split.eval and (self.step % t.val_every == 0 or self.step == t.iterations):
+                if self.rank == 0 and t.val_every > 0 and self.spec.split.eval and (self.step % t.val_every == 0 or self.step == t.iterations):
                     self.validate()
                 if self.step % t.ckpt_every == 0 or self.step == t.iterations or self.step == stop:
                     self.save_checkpoint()
                     last_good = self.step
+            if self.world > 1:
+                from bench.distributed import check_in_sync
+
+                check_in_sync(self.method.parameters())
         finally:
             loader.close()
             if bar is not None:
@@ -396,9 +417,10 @@ def _checked_label(ds: Dataset, case_id: str) -> np.ndarray:
 def run_one(spec: RunSpec) -> dict:
     """Train (or resume), then test on the split's test cases; writes the run folder."""
     trainer = Trainer(spec)  # loads and checks all data first: bad input leaves nothing behind
-    atomic_write_json(spec.run_dir / "config.json", spec.config)
+    if trainer.rank == 0:
+        atomic_write_json(spec.run_dir / "config.json", {**spec.config, "world_size": trainer.world})
     trainer.fit()
-    if trainer.step < spec.train.iterations:
+    if trainer.step < spec.train.iterations or trainer.rank != 0:
         return {}
     return trainer.test()
 
