@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--skip-broken", action="store_true", help="skip unreadable result files (named on stderr)")
     rp.add_argument("--allow-mixed-protocols", action="store_true")
     rp.add_argument("--no-figures", action="store_true")
+    rp.add_argument("--study", default=None, help="Optuna study: add its history and parameter-importance figures")
+    rp.add_argument("--storage", default=None, help="the study's storage (default sqlite:///<runs>/optuna.db)")
     return p
 
 
@@ -261,7 +263,7 @@ def cmd_report(args) -> int:
     make_report(ReportRequest(
         runs=args.runs, out=args.out, formats=tuple(_csv(args.format)), reference=args.reference, baseline=args.baseline,
         delta_against=args.delta_against, skip_broken=args.skip_broken, allow_mixed_protocols=args.allow_mixed_protocols,
-        figures=not args.no_figures,
+        figures=not args.no_figures, study=args.study, storage=args.storage,
     ))
     return 0
 

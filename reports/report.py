@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,13 +47,44 @@ class ReportRequest:
     skip_broken: bool = False
     allow_mixed_protocols: bool = False
     figures: bool = True
+    study: str | None = None
+    storage: str | None = None
 
 
 def make_report(req: ReportRequest) -> dict[str, Path]:
     bad = [f for f in req.formats if f not in FORMATS]
     if bad:
         raise UserError(f"--format {bad[0]}: choose from {', '.join(FORMATS)}")
-    runs = collect(req.runs, req.skip_broken)
+    if req.study and not list(Path(req.runs).rglob("metrics.json")):
+        runs = []  # a study alone (tuning stores no test results)
+    else:
+        runs = collect(req.runs, req.skip_broken)
+    out = Path(req.out) if req.out else Path(req.runs) / "report"
+    written: dict[str, Path] = {}
+
+    def put(name: str, text: str) -> None:
+        out.mkdir(parents=True, exist_ok=True)  # only once there is something to write
+        atomic_write_text(out / name, text)
+        written[name] = out / name
+
+    tables = []
+    figs: list[Path] = []
+    import pandas as pd
+
+    timing = pd.DataFrame()
+    if runs:
+        tables, timing, figs = _results_part(req, runs, out, put, written)
+    if req.study:
+        for p in study_figures(req.study, req.storage or f"sqlite:///{(Path(req.runs) / 'optuna.db').resolve()}", out / "figures"):
+            figs.append(p)
+            written[f"figures/{p.name}"] = p
+    if "html" in req.formats:
+        put("report.html", html_page(tables, timing, [p for p in figs if p.suffix == ".png"], req))
+    print(f"report of {len(runs)} run(s){' and study ' + req.study if req.study else ''} written to {out.resolve()}", file=sys.stderr)
+    return written
+
+
+def _results_part(req, runs, out, put, written):
     organs = check_one_label_set(runs)
     groups = sorted({r.labeled for r in runs})
     reference = load_reference(req.reference, organs, groups) if req.reference else None
@@ -64,14 +96,6 @@ def make_report(req: ReportRequest) -> dict[str, Path]:
     if req.baseline:
         table.marks.update(significance_marks(table, runs, req.baseline))
         table.caption += f" * = paired Wilcoxon signed-rank p < 0.05 against {req.baseline} (cases x seeds)."
-    out = Path(req.out) if req.out else Path(req.runs) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-
-    def put(name: str, text: str) -> None:
-        atomic_write_text(out / name, text)
-        written[name] = out / name
-
     tables = [("table", table)]
     if req.delta_against:
         tables.append(("delta", delta_table(table, req.delta_against)))
@@ -91,7 +115,7 @@ def make_report(req: ReportRequest) -> dict[str, Path]:
     figs: list[Path] = []
     if req.figures:
         fdir = out / "figures"
-        fdir.mkdir(exist_ok=True)
+        fdir.mkdir(parents=True, exist_ok=True)
         figs += figures.dice_per_organ(table, runs, fdir)
         figs += figures.dice_vs_labeled(table, fdir)
         figs += figures.training_curves(runs, fdir)
@@ -99,10 +123,7 @@ def make_report(req: ReportRequest) -> dict[str, Path]:
             figs += figures.time_memory(runs, fdir)
         for p in figs:
             written[f"figures/{p.name}"] = p
-    if "html" in req.formats:
-        put("report.html", html_page(tables, timing, [p for p in figs if p.suffix == ".png"], req))
-    print(f"report of {len(runs)} run(s) written to {out.resolve()}", file=sys.stderr)
-    return written
+    return tables, timing, figs
 
 
 def html_page(tables, timing, pngs, req: ReportRequest) -> str:
@@ -125,3 +146,32 @@ def html_page(tables, timing, pngs, req: ReportRequest) -> str:
         parts.append(f"<h2>{html.escape(p.stem.replace('_', ' '))}</h2><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def study_figures(name: str, storage: str, out: Path) -> list[Path]:
+    """Optimisation history and parameter importances of an Optuna study (PNG + PDF)."""
+    import warnings
+
+    import optuna
+
+    from bench.tune import _safe, make_storage
+    from reports.figures import _plt, _save
+
+    _plt()
+    try:
+        study = optuna.load_study(study_name=name, storage=make_storage(storage))
+    except KeyError:
+        raise UserError(f"--study {name}: no such study in {_safe(storage)}; `bench tune` names it METHOD-DATASET-LABELEDp")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise UserError(f"--study {name} has no completed trial yet")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ax = optuna.visualization.matplotlib.plot_optimization_history(study)
+        paths += _save(ax.figure, out, f"study_{name}_history")
+        if len(done) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in done}) >= 2:
+            ax = optuna.visualization.matplotlib.plot_param_importances(study)
+            paths += _save(ax.figure, out, f"study_{name}_importance")
+    return paths

@@ -92,3 +92,14 @@ def test_search_space_with_an_invalid_value(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cls, "search_space", staticmethod(lambda trial: {"lr": trial.suggest_float("lr", 0.01, 0.1), "no_such_knob": 1}))
     _bad(capsys, ["tune", "--method", "supervised", "--trials", "1", "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--out", str(tmp_path), *TINY],
          "no_such_knob")
+
+
+def test_report_study_figures(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["tune", "--method", "supervised", "--trials", "2", "--out", str(out), "--study-name", "st", *TINY]) == 0
+    assert main(["report", "--runs", str(out), "--study", "st", "--out", str(tmp_path / "rep")]) == 0
+    figs = {p.name for p in (tmp_path / "rep" / "figures").iterdir()}
+    assert {"study_st_history.png", "study_st_importance.pdf"} <= figs
+    assert "data:image/png;base64," in (tmp_path / "rep" / "report.html").read_text()
+    capsys.readouterr()
+    _bad(capsys, ["report", "--runs", str(out), "--study", "nope"], "--study nope: no such study")
