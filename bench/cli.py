@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--progress", action="store_true")
 
+    pf = sub.add_parser("perf", help="harness overhead, metric / inference speed, GFLOP/s (ratios side by side)")
+    pf.add_argument("--methods", default="mean_teacher,dhc,tak")
+    pf.add_argument("--preset", default="quick", help="phantom and patch size (tiny | quick | paper)")
+    pf.add_argument("--device", default="auto")
+    pf.add_argument("--out", default=None, help="write the measurements as JSON")
+    pf.add_argument("--peak-gflops", type=float, default=None, help="the device's peak you assume (default: a CPU estimate)")
+
     rp = sub.add_parser("report", help="per-organ tables and figures from stored results")
     rp.add_argument("--runs", default="runs", help="folder that `bench run --out` wrote")
     rp.add_argument("--out", default=None, help="output folder (default: <runs>/report)")
@@ -257,6 +264,13 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_perf(args) -> int:
+    from bench.perf import run_perf
+
+    run_perf(_csv(args.methods), args.preset, args.device, args.out, args.peak_gflops)
+    return 0
+
+
 def cmd_report(args) -> int:
     from reports.report import ReportRequest, make_report
 
@@ -281,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "tune": cmd_tune, "priors": cmd_priors}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf, "priors": cmd_priors}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

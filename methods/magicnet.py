@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.errors import UserError
 from bench.registry import register_method
 from methods.base import Losses, Method, MethodContext
 from methods.cube_mixing import (
@@ -73,14 +74,15 @@ def pick_cube(patch: tuple[int, int, int], cube: int = 0) -> int:
     more than one voxel for InstanceNorm), dividing the patch; 3 cubes per axis if possible."""
     if cube:
         if cube < 32 or cube % 16:
-            raise ValueError(f"cube {cube} must be a multiple of 16 and at least 32")
+            raise UserError(f"cube {cube} must be a multiple of 16 and at least 32; use --set cube=32 (or 0 to choose)")
         grid(patch, cube)
         return cube
     for n in (3, 2, 1):
         c = min(patch) // n
         if c >= 32 and c % 16 == 0 and all(p % c == 0 for p in patch):
             return c
-    raise ValueError(f"patch {patch} cannot be cut into cubes of at least 32 (a multiple of 16); use e.g. 32x64x64 or 96^3")
+    raise UserError(f"patch {'x'.join(map(str, patch))} cannot be cut into MagicNet cubes of at least 32 (a multiple of 16); "
+                    f"use --set patch=32,64,64 (the quick preset) or 96,96,96")
 
 
 class MagicNetwork(nn.Module):

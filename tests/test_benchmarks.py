@@ -47,3 +47,14 @@ def test_bench_mean_teacher_step(benchmark):
         m.after_step(5)
 
     benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
+
+
+def test_bench_perf_command(tmp_path):
+    """`python -m bench perf` end to end on the tiny phantom (numbers in its JSON)."""
+    import json
+
+    from bench.perf import run_perf
+
+    run_perf(["mean_teacher"], "tiny", "cpu", str(tmp_path / "perf.json"), None, log=lambda *a: None)
+    r = json.loads((tmp_path / "perf.json").read_text())
+    assert r["harness"][0]["overhead_ratio"] > 0 and r["metrics"]["speedup_vs_medpy"] > 0

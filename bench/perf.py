@@ -1,0 +1,227 @@
+"""``python -m bench perf``: the suite's own speed, as ratios measured side by side in one run.
+
+* harness overhead: one engine training step of a method (``Trainer``: batch from the
+  prefetcher, lr schedule, AMP context, NaN check, optimiser, EMA, logging) vs the bare
+  ``training_step`` + backward + optimiser step on tensors already in memory (goal <= 1.10);
+* data wait share of the engine's steps (goal < 5 %);
+* metrics: our per-case HD95 + ASD for all organs vs MONAI's ``HausdorffDistanceMetric`` +
+  ``SurfaceDistanceMetric`` and vs medpy, on the same multi-class volume (values compared;
+  goal: >= 5x faster);
+* inference: ``tak`` vs a plain V-Net of the same width (goal <= 1.10), sliding-window overlap
+  0.5 vs 0.25;
+* achieved GFLOP/s of a training step (FLOPs counted by ``torch.utils.flop_counter``) against
+  the peak the user states (``--peak-gflops``; for CPUs we assume cores x 32 FLOP/cycle
+  (AVX2 FMA, fp32) x 2.5 GHz unless told).
+
+Timings take the median of repeated runs after warm-up (CUDA events and synchronisation on GPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.timing import StepTimer, device_description
+
+
+def _median_time(fn, device, repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        with StepTimer(device) as t:
+            fn()
+        times.append(t.seconds)
+    return statistics.median(times)
+
+
+def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_train: dict | None = None) -> dict:
+    """Engine step vs bare step of ``method`` on the same batches (seconds per step, median)."""
+    import tempfile
+
+    from bench.config import TrainConfig
+    from bench.registry import METHODS, PROTOCOLS
+    from bench.train import RunSpec, Trainer
+    from datasets.splits import draw_split
+    from priors.cache import prior_embeddings
+
+    p = dataset.partition
+    split = draw_split(p["train"], p["eval"], p["test"], 0.2, seed=0)
+    train = TrainConfig(**{**(preset_train or {}), "iterations": iterations, "val_every": 0, "ckpt_every": 10**9,
+                           "log_every": 10**9, "timing_warmup": 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = RunSpec(method, METHODS.get(method), {}, train, dataset, PROTOCOLS.get("default")(dataset.name), split, 0, device,
+                       Path(tmp) / "run", progress=False,
+                       priors=(lambda: prior_embeddings("anatomy", "hash:512", dataset.labels, use_cache=False)))
+        trainer = Trainer(spec)
+        trainer.fit()
+        engine = statistics.median(trainer.step_times)
+        wait = sum(trainer.data_times) / max(sum(trainer.data_times) + sum(trainer.step_times), 1e-12)
+        # bare: the same method object, batches prepared in memory beforehand
+        from bench.data import TwoStreamSampler
+
+        sampler = TwoStreamSampler(trainer.labeled, trainer.unlabeled, train.patch, train.labeled_bs, train.unlabeled_bs, 0, False)
+        batches = [sampler.batch(i) for i in range(iterations)]
+        batches = [({k: v.to(device) for k, v in lab.items()}, None if unl is None else {k: v.to(device) for k, v in unl.items()})
+                   for lab, unl in batches]
+        m, opt = trainer.method, trainer.optimizer
+        it = iter(range(10**9))
+
+        def bare():
+            i = next(it) % iterations
+            losses = m.training_step(*batches[i], iterations + i)
+            opt.zero_grad(set_to_none=True)
+            losses.total.backward()
+            opt.step()
+            m.after_step(iterations + i)
+
+        bare_s = _median_time(bare, device, repeat=iterations - 1)
+    return {"method": method, "engine_s": engine, "bare_s": bare_s, "overhead_ratio": engine / bare_s, "data_wait_share": wait}
+
+
+def metrics_speed(repeat: int = 3) -> dict:
+    """Our HD95 + ASD for every organ of a phantom case vs MONAI and medpy (same inputs)."""
+    from bench.metrics import case_metrics
+    from datasets.labels import BTCV_13
+    from datasets.phantom import generate_case
+
+    img, gt, spacing = generate_case(BTCV_13, (40, 80, 80), 3)
+    pred = np.roll(gt, 1, axis=1)  # a plausible prediction: shifted by one voxel
+    c = len(BTCV_13)
+    ours = lambda: case_metrics(pred, gt, spacing, c)  # noqa: E731
+    ours_s = _median_time(ours, torch.device("cpu"), repeat)
+    res = ours()
+    out = {"ours_s": ours_s}
+    try:
+        from monai.metrics import HausdorffDistanceMetric, SurfaceDistanceMetric
+
+        p1 = torch.nn.functional.one_hot(torch.from_numpy(pred.astype(np.int64)), c).permute(3, 0, 1, 2)[None].float()
+        g1 = torch.nn.functional.one_hot(torch.from_numpy(gt.astype(np.int64)), c).permute(3, 0, 1, 2)[None].float()
+
+        def monai_fn():
+            hd = HausdorffDistanceMetric(include_background=False, percentile=95)(p1, g1, spacing=list(spacing))
+            sd = SurfaceDistanceMetric(include_background=False, symmetric=False)(p1, g1, spacing=list(spacing))
+            return hd, sd
+
+        out["monai_s"] = _median_time(monai_fn, torch.device("cpu"), repeat)
+        hd, sd = monai_fn()
+        ours_hd = np.array([res[k]["hd95"] for k in range(1, c)])
+        ours_asd = np.array([res[k]["asd"] for k in range(1, c)])
+        ok = np.isfinite(ours_hd)
+        out["monai_max_abs_diff_hd95_mm"] = float(np.max(np.abs(hd.numpy().ravel()[ok] - ours_hd[ok])))
+        out["monai_max_abs_diff_asd_mm"] = float(np.max(np.abs(sd.numpy().ravel()[ok] - ours_asd[ok])))
+        out["speedup_vs_monai"] = out["monai_s"] / ours_s
+    except ImportError:
+        pass
+    try:
+        from medpy.metric import binary
+
+        def medpy_fn():
+            return [(binary.hd95(pred == k, gt == k, voxelspacing=spacing), binary.asd(pred == k, gt == k, voxelspacing=spacing))
+                    for k in range(1, c) if (pred == k).any() and (gt == k).any()]
+
+        out["medpy_s"] = _median_time(medpy_fn, torch.device("cpu"), repeat, warmup=0)
+        vals = medpy_fn()
+        mine = [(res[k]["hd95"], res[k]["asd"]) for k in range(1, c) if (pred == k).any() and (gt == k).any()]
+        out["medpy_max_abs_diff_mm"] = float(np.max(np.abs(np.array(vals) - np.array(mine))))
+        out["speedup_vs_medpy"] = out["medpy_s"] / ours_s
+    except ImportError:
+        pass
+    return out
+
+
+def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 64)) -> dict:
+    """Sliding-window inference of tak vs a plain V-Net of equal width; overlap 0.5 vs 0.25."""
+    from bench.inference import predict_volume
+    from bench.registry import METHODS
+    from datasets.labels import BTCV_13
+    from methods.base import MethodContext
+    from methods.networks import VNet
+    from priors.cache import prior_embeddings
+
+    ctx = MethodContext(num_classes=14, class_names=BTCV_13, patch_size=patch, width=width, device=device,
+                        priors=lambda: prior_embeddings("anatomy", "hash:512", BTCV_13, use_cache=False))
+    tak = METHODS.get("tak")(ctx).to(device)
+    tak.train(False)
+    plain = VNet(1, 14, width, "instancenorm").to(device).eval()
+    vol = np.random.default_rng(0).random(shape, dtype=np.float32)
+    t = {}
+    for name, fn in (("tak", tak.predict), ("vnet", plain)):
+        for ov in (0.5, 0.25):
+            t[f"{name}_overlap{ov}"] = _median_time(lambda fn=fn, ov=ov: predict_volume(fn, vol, patch, ov, device, sw_batch_size=2), device, 3)
+    return {**t, "tak_vs_vnet": t["tak_overlap0.5"] / t["vnet_overlap0.5"],
+            "overlap_0.5_vs_0.25": t["vnet_overlap0.5"] / t["vnet_overlap0.25"]}
+
+
+def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, peak: float | None = None) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.registry import METHODS
+    from datasets.labels import BTCV_13
+    from methods.base import MethodContext
+    from priors.cache import prior_embeddings
+
+    ctx = MethodContext(num_classes=14, class_names=BTCV_13, patch_size=patch, width=width, device=device, iterations=1000,
+                        labeled_voxel_counts=(1e5 / (np.arange(14) + 1) ** 2).astype(np.int64), n_unlabeled=8,
+                        priors=lambda: prior_embeddings("anatomy", "hash:512", BTCV_13, use_cache=False))
+    m = METHODS.get(method)(ctx).to(device)
+    g = torch.Generator().manual_seed(0)
+    lab = {"image": torch.rand(2, 1, *patch, generator=g).to(device), "label": torch.randint(0, 14, (2, *patch), generator=g).to(device)}
+    unl = {"image": torch.rand(2, 1, *patch, generator=g).to(device)}
+
+    def step():
+        losses = m.training_step(lab, unl, 500)
+        losses.total.backward()
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    flops = fc.get_total_flops()
+    secs = _median_time(step, device, 3)
+    if peak is None:
+        peak = (os.cpu_count() or 1) * 32 * 2.5 if device.type == "cpu" else float("nan")
+    gf = flops / secs / 1e9
+    return {"method": method, "gflop_per_step": flops / 1e9, "s_per_step": secs, "gflops": gf, "peak_gflops_assumed": peak,
+            "share_of_peak": gf / peak if peak == peak else float("nan")}
+
+
+def run_perf(methods: list[str], preset: str, device_name: str, out: str | None, peak: float | None, log=print) -> dict:
+    from bench.config import PRESETS
+    from bench.runner import load_dataset, pick_device
+
+    device = pick_device(device_name)
+    torch.backends.cudnn.benchmark = True
+    ds = load_dataset("phantom", preset, None)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device_description(device), "preset": preset,
+              "torch_threads": torch.get_num_threads(), "harness": [], "metrics": {}, "inference": {}, "gflops": []}
+    train = dict(PRESETS[preset]["train"])
+    for name in methods:
+        h = harness_overhead(name, ds, device, preset_train={k: v for k, v in train.items() if k in ("patch", "width", "lr")})
+        result["harness"].append(h)
+        log(f"harness  {name:14s} engine {h['engine_s']:.3f} s  bare {h['bare_s']:.3f} s  ratio {h['overhead_ratio']:.3f}  "
+            f"data wait {100 * h['data_wait_share']:.2f}%")
+        f = achieved_gflops(name, device, tuple(train.get("patch", (32, 64, 64))), train.get("width", 8), peak)
+        result["gflops"].append(f)
+        log(f"gflops   {name:14s} {f['gflop_per_step']:.1f} GFLOP/step  {f['gflops']:.1f} GFLOP/s  "
+            f"({100 * f['share_of_peak']:.1f}% of an assumed {f['peak_gflops_assumed']:.0f})")
+    result["metrics"] = metrics_speed()
+    m = result["metrics"]
+    log("metrics  ours {:.3f} s/case".format(m["ours_s"])
+        + (f"  MONAI {m['monai_s']:.3f} s ({m['speedup_vs_monai']:.1f}x)" if "monai_s" in m else "")
+        + (f"  medpy {m['medpy_s']:.3f} s ({m['speedup_vs_medpy']:.1f}x)" if "medpy_s" in m else ""))
+    ipatch = tuple(train.get("patch", (32, 64, 64)))
+    ipatch = ipatch if min(ipatch) >= 32 else (32, 64, 64)  # TAK's cubes need >= 32
+    result["inference"] = inference_speed(device, train.get("width", 8), shape=tuple(max(a, b) for a, b in zip(ipatch, (40, 80, 80))), patch=ipatch)
+    i = result["inference"]
+    log(f"infer    tak/V-Net {i['tak_vs_vnet']:.2f}x   overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x")
+    if out:
+        from bench.store import atomic_write_text
+
+        atomic_write_text(Path(out), json.dumps(result, indent=1))
+        log(f"written to {out}")
+    return result
