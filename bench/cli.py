@@ -254,7 +254,7 @@ def cmd_tune(args) -> int:
 
     from bench.tune import TuneRequest, tune
 
-    optuna.logging.set_verbosity(logging.WARNING)
+    optuna.logging.set_verbosity(logging.ERROR)  # a failing trial is reported once, by us
     tune(TuneRequest(
         method=args.method, dataset=args.dataset, data_root=args.data_root, protocol=args.protocol, split=args.split,
         labeled=args.labeled, preset=args.preset, trials=args.trials, storage=args.storage, study_name=args.study_name,

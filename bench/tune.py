@@ -115,6 +115,14 @@ def tune(req: TuneRequest, log=print):
     from bench.train import Trainer
 
     cls = METHODS.get(req.method)
+    space_keys = _space_keys(cls)
+    if not space_keys:
+        raise UserError(f"method '{req.method}' declares no search space (search_space(trial) returns nothing)")
+    known = set(train_fields()) | {f for f in cls.hparam_defaults()}
+    unknown = [k for k in space_keys if k not in known]
+    if unknown:
+        raise UserError(f"search space of '{req.method}' names '{unknown[0]}', which is neither an engine setting nor one of its "
+                        f"hyperparameters; fix its search_space()")
     out = Path(req.out)
     storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     storage = make_storage(storage_url, req.heartbeat_s)
@@ -136,9 +144,6 @@ def tune(req: TuneRequest, log=print):
     budget = req.budget_iterations or study.user_attrs.get("budget_iterations")
 
     # trial 0: the defaults (method defaults, engine settings of the preset) of every searched parameter
-    space_keys = _space_keys(cls)
-    if not space_keys:
-        raise UserError(f"method '{req.method}' declares no search space (search_space(trial) returns nothing)")
     if len(study.trials) == 0:
         st = resolve(cls, req.preset, {}, {"iterations": budget} if budget else {}, parse_set(req.sets), [cls])
         values = {**cls.hparam_defaults(), **st.hparams}
