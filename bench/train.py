@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -240,6 +242,11 @@ class Trainer:
             )
         self.method.train(True)
         last_good = self.step
+        # Ctrl-C / SIGINT: finish the step in flight, save a checkpoint, then stop (exit 130)
+        interrupted = []
+        handler = None
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
         try:
             while self.step < stop:
                 step = self.step
@@ -276,14 +283,18 @@ class Trainer:
                     bar.update(1)
                 if self.rank == 0 and t.val_every > 0 and self.spec.split.eval and (self.step % t.val_every == 0 or self.step == t.iterations):
                     self.validate()
-                if self.step % t.ckpt_every == 0 or self.step == t.iterations or self.step == stop:
+                if self.step % t.ckpt_every == 0 or self.step == t.iterations or self.step == stop or interrupted:
                     self.save_checkpoint()
                     last_good = self.step
+                if interrupted:
+                    raise KeyboardInterrupt
             if self.world > 1:
                 from bench.distributed import check_in_sync
 
                 check_in_sync(self.method.parameters())
         finally:
+            if handler is not None:
+                signal.signal(signal.SIGINT, handler)
             loader.close()
             if bar is not None:
                 bar.close()
