@@ -62,7 +62,7 @@ def test_five_random_sigkills_then_the_same_result(tmp_path):
     ref_metrics = json.loads(next((tmp_path / "ref").rglob("metrics.json")).read_text())
     out = tmp_path / "killed"
     rng = random.Random(0)
-    for kill in range(5):
+    for _kill in range(5):
         proc = _run(out, env, iters)
         target = rng.randint(2, 5)  # more steps each time
         deadline = time.time() + 600
@@ -88,7 +88,6 @@ def test_memory_does_not_grow_over_1000_steps(tmp_path):
     beyond allocator noise."""
     import resource
 
-    from bench.config import TrainConfig
     from bench.train import Trainer
     from datasets.phantom import build_phantom
     from tests.helpers import tiny_spec
@@ -107,4 +106,4 @@ def test_memory_does_not_grow_over_1000_steps(tmp_path):
     assert trainer.step == 1000
     print(f"peak RSS after 200 steps {rss_200 / 1024:.0f} MB, after 1000 steps {rss_1000 / 1024:.0f} MB")
     assert rss_1000 <= rss_200 * 1.05 + 20 * 1024
-    del TrainConfig
+
