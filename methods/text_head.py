@@ -57,6 +57,7 @@ class TextDrivenHead(nn.Module):
         )
         self.controller = nn.Conv3d(2 * hidden, N_PARAMS, 1)
         self.precls = nn.Sequential(_gn(dec_channels), nn.ReLU(inplace=True), nn.Conv3d(dec_channels, HEAD_CH, 1))
+        self.chunk = 8192  # voxels per chunk at inference
 
     def text_hidden(self) -> torch.Tensor:
         """Shared projection of every view embedding: (V * C, hidden)."""
@@ -82,13 +83,25 @@ class TextDrivenHead(nn.Module):
         w1, w2, w3, b1, b2, b3 = torch.split(params, list(WEIGHT_NUMS) + list(BIAS_NUMS), dim=2)
         x = self.precls(dec).flatten(2)  # (B, 8, DHW)
         dt = x.dtype
-        # the per-class 1x1x1 convolutions as batched matrix products with fused bias (a
-        # grouped conv with B C groups computes the same, but is very slow on CPUs)
-        x = torch.baddbmm(b1.reshape(b, c * HEAD_CH, 1).to(dt), w1.reshape(b, c * HEAD_CH, HEAD_CH).to(dt), x).relu_()
-        x = x.reshape(b * c, HEAD_CH, -1)
-        x = torch.baddbmm(b2.reshape(b * c, HEAD_CH, 1).to(dt), w2.reshape(b * c, HEAD_CH, HEAD_CH).to(dt), x).relu_()
-        x = torch.baddbmm(b3.reshape(b * c, 1, 1).to(dt), w3.reshape(b * c, 1, HEAD_CH).to(dt), x)
-        return x.reshape(b, c, d, h, w)
+        ws = (b1.reshape(b, c * HEAD_CH, 1).to(dt), w1.reshape(b, c * HEAD_CH, HEAD_CH).to(dt),
+              b2.reshape(b * c, HEAD_CH, 1).to(dt), w2.reshape(b * c, HEAD_CH, HEAD_CH).to(dt),
+              b3.reshape(b * c, 1, 1).to(dt), w3.reshape(b * c, 1, HEAD_CH).to(dt))
+        if torch.is_grad_enabled() or x.shape[2] <= self.chunk:
+            return _dynamic_head(x, *ws, b, c).reshape(b, c, d, h, w)
+        # inference: voxel chunks keep the (B, 8C, n) intermediates in cache (same result)
+        return torch.cat([_dynamic_head(x[:, :, i : i + self.chunk], *ws, b, c) for i in range(0, x.shape[2], self.chunk)],
+                         dim=2).reshape(b, c, d, h, w)
+
+
+def _dynamic_head(x, b1, w1, b2, w2, b3, w3, b: int, c: int) -> torch.Tensor:
+    """The per-class 1x1x1 convolutions 8 -> 8 -> 8 -> 1 as batched matrix products with fused
+    bias (a grouped conv with B C groups computes the same, but is very slow on CPUs).
+    x (B, 8, n) -> (B, C, n)."""
+    x = torch.baddbmm(b1, w1, x).relu_()
+    x = x.reshape(b * c, HEAD_CH, -1)
+    x = torch.baddbmm(b2, w2, x).relu_()
+    x = torch.baddbmm(b3, w3, x)
+    return x.reshape(b, c, -1)
 
 
 class StaticHead(nn.Module):

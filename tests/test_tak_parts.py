@@ -176,3 +176,15 @@ def test_ga_dice_gradient_finite_when_one_class_fills_the_batch():
     p = torch.softmax(torch.randn(2, 3, 2, 2, 2), 1).requires_grad_(True)
     ga_dice(p, torch.zeros(2, 2, 2, 2, dtype=torch.long)).backward()
     assert torch.isfinite(p.grad).all()
+
+
+def test_text_head_chunked_inference_equals_one_pass():
+    torch.manual_seed(0)
+    head = TextDrivenHead(torch.randn(28, 48), 14, (16, 32, 64), 4).eval()
+    feats = [torch.randn(2, 16, 4, 8, 8), torch.randn(2, 32, 2, 4, 4), torch.randn(2, 64, 1, 2, 2)]
+    dec = torch.randn(2, 4, 16, 32, 32)
+    with torch.no_grad():
+        head.chunk = 10**9
+        ref = head(feats, dec)
+        head.chunk = 1000  # not a divisor of 16384 voxels: the last chunk is shorter
+        assert torch.allclose(head(feats, dec), ref, atol=1e-5)
