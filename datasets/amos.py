@@ -32,7 +32,9 @@ def is_mri(case_id: str) -> bool:
 
 def amos_cases(root: Path, modality: str) -> list[SourceCase]:
     if not (root / "imagesTr").is_dir():
-        raise UserError(f"--data-root {root} has no imagesTr/; point it at the AMOS 2022 folder (imagesTr, labelsTr, imagesVa, labelsVa)")
+        found = ", ".join(sorted(p.name for p in root.iterdir())[:6]) if root.is_dir() else "not a folder"
+        raise UserError(f"--data-root {root} has no imagesTr/ (found: {found}); point it at the AMOS 2022 folder "
+                        f"(imagesTr, labelsTr, imagesVa, labelsVa)")
     cases = []
     for images, labels in (("imagesTr", "labelsTr"), ("imagesVa", "labelsVa")):
         for img in sorted((root / images).glob("amos_*.nii*")):

@@ -32,7 +32,7 @@ from bench.errors import UserError
 from bench.store import read_json
 from datasets.base import Dataset, DatasetWriter, cache_root
 from datasets.labels import LABEL_SETS, canonical_organ
-from datasets.nifti import as_label, read_nifti
+from datasets.nifti import as_label, read_nifti, same_grid
 
 IMPORT_VERSION = 1
 LABEL_MAP_DIR = Path(__file__).parent / "label_maps"
@@ -184,6 +184,9 @@ def import_dataset(
                 src = str(getattr(case.label, "path", case.label))
                 if raw.shape != image.shape:
                     raise UserError(f"case '{case.case_id}': label shape {raw.shape} differs from image shape {image.shape}; the files do not belong together")
+                if not callable(case.label) and not callable(case.image) and not same_grid(case.image, case.label):
+                    raise UserError(f"case '{case.case_id}': image and label affines differ (origin / spacing / direction); "
+                                    f"{src} was not drawn on {case.image}'s grid - resample or re-export it")
                 raw = as_label(raw, src)
                 if label_map is not None:
                     raw = label_map.apply(raw, src)

@@ -27,6 +27,7 @@ def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple
         img = nib.as_closest_canonical(nib.load(str(path)))
         data = np.asarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+        affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as e:  # nibabel / gzip / numpy raise many types for truncated or corrupt files
         detail = " ".join(str(e).split())[:120]  # one line
         raise UserError(f"{path} is not a readable NIfTI file ({type(e).__name__}: {detail}); re-export or re-download it")
@@ -36,9 +37,20 @@ def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple
         raise UserError(f"{path} has {data.ndim} dimensions; expected a 3D volume")
     if len(zooms) < 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
         raise UserError(f"{path} has an invalid voxel spacing {zooms}; fix its header (pixdim)")
+    _AFFINES[str(path)] = affine
     if layout == "xyz":
         return data, zooms  # type: ignore[return-value]
     return np.ascontiguousarray(data.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0])
+
+
+#: affine (after reorientation) of the files read last, for image/label consistency checks
+_AFFINES: dict[str, np.ndarray] = {}
+
+
+def same_grid(image_path, label_path, tol_mm: float = 1e-2) -> bool:
+    """Whether two files read by :func:`read_nifti` share one voxel grid (affines within tol)."""
+    a, b = _AFFINES.get(str(image_path)), _AFFINES.get(str(label_path))
+    return a is None or b is None or bool(np.allclose(a, b, atol=tol_mm))
 
 
 def as_label(data: np.ndarray, path: str | Path) -> np.ndarray:

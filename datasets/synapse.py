@@ -61,8 +61,9 @@ def synapse_cases(root: Path) -> tuple[list[SourceCase], str]:
                 cid = img.name[: -len("_image.npy")]
                 cases.append(SourceCase(cid, NpyArray(img), NpyArray(base / f"{cid}_label.npy")))
             return cases, "dhc-npy"
+    found = ", ".join(sorted(p.name for p in root.iterdir())[:6]) if root.is_dir() else "not a folder"
     raise UserError(f"--data-root {root} holds neither the BTCV layout (img/img0001.nii.gz, label/label0001.nii.gz) "
-                    f"nor DHC's npy layout (npy/0001_image.npy); point it at one of them")
+                    f"nor DHC's npy layout (npy/0001_image.npy) - found: {found}; point it at one of them")
 
 
 @register_dataset("synapse")

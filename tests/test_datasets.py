@@ -298,3 +298,112 @@ def test_unknown_config_key_and_dataset_option(tmp_path, capsys):
     _bad(capsys, ["run", "--config", str(cfg), "--out", str(tmp_path / "o")], "unknown key 'datset'")
     _bad(capsys, ["run", "--methods", "supervised", "--preset", "tiny", "--dataset-opt", "colour=red", "--out", str(tmp_path / "o")],
          "has no option 'colour'")
+
+
+# -- fake trees of each layout, built from phantom cases, through `bench run` ------------------
+
+
+def _phantom_nifti(path: Path, array_dhw: np.ndarray, spacing_dhw, dtype):
+    """Write a (D, H, W) array as a RAS NIfTI (x, y, z) with the given spacing."""
+    sd, sh, sw = spacing_dhw
+    _nifti(path, np.asarray(array_dhw).transpose(2, 1, 0), np.diag([sw, sh, sd, 1.0]), dtype)
+
+
+def _tree_cases(tiny_dataset, ids):
+    src = tiny_dataset.case_ids()
+    for i, cid in enumerate(ids):
+        c = tiny_dataset.load(src[i % len(src)])
+        yield cid, c
+
+
+def _run_on(tmp_path, capsys, args):
+    out = tmp_path / "runs"
+    assert main(["run", "--methods", "supervised", "--preset", "tiny", "--iterations", "2", "--no-progress", "--out", str(out), *args]) == 0
+    m = json.loads(next(out.rglob("metrics.json")).read_text())
+    capsys.readouterr()
+    return m
+
+
+def test_bench_run_on_a_synapse_rawdata_tree(tiny_dataset, tmp_path, capsys):
+    split = published_split("synapse", "ga_10p")
+    ids = split.labeled + split.unlabeled[:2] + split.eval[:1] + split.test[:2]
+    root = tmp_path / "Synapse"
+    for cid, c in _tree_cases(tiny_dataset, ids):
+        _phantom_nifti(root / "img" / f"img{cid}.nii.gz", c.image, c.spacing, np.int16)
+        _phantom_nifti(root / "label" / f"label{cid}.nii.gz", c.label, c.spacing, np.uint8)
+    sub = tmp_path / "split.json"
+    from datasets.splits import Split
+
+    Split("ga_10p_sub", split.labeled, split.unlabeled[:2], split.eval[:1], split.test[:2]).save(sub)
+    m = _run_on(tmp_path, capsys, ["--dataset", "synapse", "--data-root", str(root), "--split", str(sub), "--protocol", "ga"])
+    assert m["dataset"] == "synapse" and m["protocol"] == "ga" and set(m["cases"]) == set(split.test[:2])
+
+
+def test_bench_run_on_an_amos_tree(tiny_dataset, tmp_path, capsys):
+    from datasets.labels import AMOS_15
+
+    ref = published_split("amos", "dhc_2p")
+    ids = ref.labeled[:2] + ref.unlabeled[:2] + ref.eval[:1] + ref.test[:1]
+    root = tmp_path / "amos22"
+    for k, (cid, c) in enumerate(_tree_cases(tiny_dataset, ids)):
+        folder = "Va" if cid in ref.test else "Tr"
+        lab = np.where(c.label == BTCV_13.index("portal vein and splenic vein"), 0, c.label)  # AMOS has no such class
+        _phantom_nifti(root / f"images{folder}" / f"{cid}.nii.gz", c.image, c.spacing, np.int16)
+        _phantom_nifti(root / f"labels{folder}" / f"{cid}.nii.gz", lab, c.spacing, np.uint8)
+    m = _run_on(tmp_path, capsys, ["--dataset", "amos", "--data-root", str(root), "--labeled", "50%", "--protocol", "dhc"])
+    assert m["organs"] == list(AMOS_15[1:]) and m["protocol"] == "dhc"
+
+
+def test_bench_run_on_an_nnunet_folder(tiny_dataset, tmp_path, capsys):
+    root = tmp_path / "Dataset001_Phantom"
+    for cid, c in _tree_cases(tiny_dataset, [f"ph_{i:03d}" for i in range(7)]):
+        _phantom_nifti(root / "imagesTr" / f"{cid}_0000.nii.gz", c.image, c.spacing, np.int16)
+        _phantom_nifti(root / "labelsTr" / f"{cid}.nii.gz", c.label, c.spacing, np.uint8)
+    labels = {name.replace(" ", "_"): i for i, name in enumerate(BTCV_13)}
+    (root / "dataset.json").write_text(json.dumps({"name": "Phantom", "labels": labels, "file_ending": ".nii.gz", "channel_names": {"0": "CT"}}))
+    m = _run_on(tmp_path, capsys, ["--dataset", "folder", "--data-root", str(root), "--labeled", "40%"])
+    assert m["dataset"] == "folder_phantom" and m["organs"] == list(BTCV_13[1:])
+
+
+def test_image_label_affine_mismatch(tmp_path, capsys):
+    root = tmp_path / "aff"
+    _nifti(root / "imagesTr" / "c_0000.nii.gz", np.zeros((4, 4, 4)))
+    shifted = np.diag([1.5, 1.0, 2.0, 1.0])
+    shifted[:3, 3] = [10.0, 0.0, 0.0]
+    _nifti(root / "labelsTr" / "c.nii.gz", np.zeros((4, 4, 4)), shifted, dtype=np.uint8)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz"}))
+    _bad(capsys, ["list", "datasets", "--details", "--dataset", "folder", "--data-root", str(root)], "affines differ")
+
+
+def test_wrong_layout_says_what_was_found(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "scans").mkdir()
+    err = _bad(capsys, ["list", "datasets", "--details", "--dataset", "synapse", "--data-root", str(tmp_path / "x")], "found: scans")
+    assert "img/img0001.nii.gz" in err
+
+
+# -- protocol transforms on hand-made arrays ----------------------------------------------------
+
+
+def test_protocol_windows_by_hand():
+    a = np.array([[[-1000.0, -125.0, 75.0, 275.0, 3000.0]]], dtype=np.float32)
+    assert PROTOCOLS.get("default")().normalize(a).ravel().tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
+    assert PROTOCOLS.get("ga")().normalize(a).ravel().tolist() == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])  # (x + 125) / 400
+    # dhc: clip to [-75, 275], then min-max of the clipped volume
+    b = np.array([[[-50.0, 0.0, 100.0, 150.0]]], dtype=np.float32)
+    assert PROTOCOLS.get("dhc")().normalize(b).ravel().tolist() == pytest.approx([0.0, 0.25, 0.75, 1.0])
+
+
+def test_protocol_grids_and_strides():
+    dhc_syn, dhc_amos, ga = PROTOCOLS.get("dhc")("synapse"), PROTOCOLS.get("dhc")("amos"), PROTOCOLS.get("ga")("amos")
+    assert dhc_syn.grid_shape((90, 512, 512)) == (90, 256, 256) and dhc_amos.grid_shape((100, 512, 400)) == (80, 160, 160)
+    assert dhc_syn.grid_spacing((90, 512, 512), (2.5, 0.7, 0.7)) == pytest.approx((2.5, 1.4, 1.4))
+    # DHC's stride (16, 32, 32) on 64x128x128 patches; GA / TAK's 16 on 96^3
+    assert dhc_syn.overlap == pytest.approx(1 - 32 / 128) == pytest.approx(1 - 16 / 64)
+    assert ga.overlap == pytest.approx(1 - 16 / 96)
+    lab = np.zeros((4, 8, 8), np.uint8)
+    lab[:, 2:6, 2:6] = 3
+    down = dhc_syn.prepare_label(lab)
+    assert down.shape == (4, 4, 4) and down.dtype == np.uint8 and set(np.unique(down)) == {0, 3}
+    p, g, sp = ga.evaluation_pair(lab, lab, (1.0, 1.0, 1.0))
+    assert p.shape == g.shape == (80, 160, 160) and sp == (1.0, 1.0, 1.0)
