@@ -345,7 +345,7 @@ def test_bench_run_on_an_amos_tree(tiny_dataset, tmp_path, capsys):
     ref = published_split("amos", "dhc_2p")
     ids = ref.labeled[:2] + ref.unlabeled[:2] + ref.eval[:1] + ref.test[:1]
     root = tmp_path / "amos22"
-    for k, (cid, c) in enumerate(_tree_cases(tiny_dataset, ids)):
+    for cid, c in _tree_cases(tiny_dataset, ids):
         folder = "Va" if cid in ref.test else "Tr"
         lab = np.where(c.label == BTCV_13.index("portal vein and splenic vein"), 0, c.label)  # AMOS has no such class
         _phantom_nifti(root / f"images{folder}" / f"{cid}.nii.gz", c.image, c.spacing, np.int16)
