@@ -15,14 +15,8 @@ import numpy as np
 from bench.errors import UserError
 from bench.metrics import case_metrics, summarize
 from bench.store import atomic_write_json, read_json
-from datasets.labels import BTCV_13
-
-
-def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Array in the suite's canonical layout and its spacing (see :mod:`datasets.nifti`)."""
-    from datasets.nifti import read_nifti as _read
-
-    return _read(path)
+from datasets.labels import BTCV_13, names_by_id
+from datasets.nifti import read_nifti
 
 
 def read_labels_json(path: str | None) -> tuple[str, ...]:
@@ -35,17 +29,9 @@ def read_labels_json(path: str | None) -> tuple[str, ...]:
         raise UserError(f"--labels {p} has no 'labels' entry; write {{\"labels\": {{\"background\": 0, \"liver\": 1, ...}}}}")
     if isinstance(labels, list):
         return tuple(str(x) for x in labels)
-    try:
-        pairs = {int(v): str(k) for k, v in labels.items()} if all(
-            isinstance(v, int) for v in labels.values()
-        ) else {int(k): str(v) for k, v in labels.items()}
-    except (TypeError, ValueError):
+    if not isinstance(labels, dict):
         raise UserError(f"--labels {p}: 'labels' must map names to integers (nnU-Net style)")
-    n = max(pairs) + 1
-    missing = [i for i in range(n) if i not in pairs]
-    if missing:
-        raise UserError(f"--labels {p}: label ids must be 0..{n - 1} without gaps; missing {missing}")
-    return tuple(pairs[i] for i in range(n))
+    return names_by_id(labels, f"--labels {p}")
 
 
 def _cases(folder: Path) -> dict[str, Path]:

@@ -26,27 +26,15 @@ from bench.registry import register_dataset
 from bench.store import read_json
 from datasets.base import Dataset
 from datasets.importing import LabelMap, SourceCase, default_partition, import_dataset
-from datasets.labels import canonical_organ
+from datasets.labels import canonical_organ, names_by_id
 
 
 def _labels(meta: dict, path: Path) -> tuple[str, ...]:
     raw = meta.get("labels")
     if not isinstance(raw, dict) or not raw:
         raise UserError(f"{path}: 'labels' must map label ids to names (or names to ids); see the nnU-Net dataset.json format")
-    pairs: dict[int, str] = {}
-    for k, v in raw.items():
-        try:
-            if isinstance(v, int) or (isinstance(v, str) and v.isdigit() and not k.isdigit()):
-                pairs[int(v)] = str(k)  # v2: name -> id
-            else:
-                pairs[int(k)] = str(v)  # v1: id -> name
-        except (TypeError, ValueError):
-            raise UserError(f"{path}: label entry {k!r}: {v!r} is neither 'id': 'name' nor 'name': id (region lists are not supported)")
-    n = max(pairs) + 1
-    missing = [i for i in range(n) if i not in pairs]
-    if missing:
-        raise UserError(f"{path}: label ids must be 0..{n - 1} without gaps; missing {missing}")
-    return tuple("background" if i == 0 else canonical_organ(pairs[i]) for i in range(n))
+    names = names_by_id(raw, str(path))
+    return tuple("background" if i == 0 else canonical_organ(name) for i, name in enumerate(names))
 
 
 def _resolve(root: Path, rel: str, channel: bool) -> Path:

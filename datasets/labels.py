@@ -124,3 +124,25 @@ def canonical_organ(name: str) -> str:
 
 def abbreviation(name: str) -> str:
     return ABBREVIATIONS.get(canonical_organ(name), name)
+
+
+def names_by_id(raw: dict, origin: str) -> tuple[str, ...]:
+    """Label names in id order from an nnU-Net / MSD ``labels`` mapping: ``{"0": "background",
+    "1": "liver"}`` (v1, id -> name) or ``{"background": 0, "liver": 1}`` (v2, name -> id).
+    Ids must run 0..n-1 without gaps; ``origin`` names the file in errors."""
+    from bench.errors import UserError
+
+    pairs: dict[int, str] = {}
+    for k, v in raw.items():
+        try:
+            if isinstance(v, int) or (isinstance(v, str) and v.isdigit() and not k.isdigit()):
+                pairs[int(v)] = str(k)  # v2: name -> id
+            else:
+                pairs[int(k)] = str(v)  # v1: id -> name
+        except (TypeError, ValueError):
+            raise UserError(f"{origin}: label entry {k!r}: {v!r} is neither 'id': 'name' nor 'name': id (region lists are not supported)")
+    n = max(pairs) + 1
+    missing = [i for i in range(n) if i not in pairs]
+    if missing:
+        raise UserError(f"{origin}: label ids must be 0..{n - 1} without gaps; missing {missing}")
+    return tuple(pairs[i] for i in range(n))
