@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from bench.registry import register_method
 from methods.base import MethodContext
 from methods.class_weighting import InverseFrequency
-from methods.cps import CoTraining, _labeled_counts
+from methods.cps import CoTraining, _initialised_pair
 
 
 class ConfidenceBank:
@@ -93,10 +93,7 @@ class CLD(CoTraining):
         self.banks = {k: ConfidenceBank(initial, self.hp.confs_momentum, self.hp.confs_iter) for k in ("A", "B")}
 
     def make_weighting(self, ctx):
-        pair = InverseFrequency(ctx.num_classes), InverseFrequency(ctx.num_classes)
-        for s in pair:
-            s.init(_labeled_counts(ctx))
-        return pair
+        return _initialised_pair(ctx, InverseFrequency)  # static: never updated
 
     def update_weights(self, out_A, out_B, label, n_l) -> None:
         self.banks["A"].record(out_A[:n_l], label)

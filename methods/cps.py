@@ -139,17 +139,26 @@ def _initialised_pair(ctx: MethodContext, strategy: type) -> tuple[Weighting, We
     return pair
 
 
-@register_method("crest")
-class CReSTCPS(CoTraining):
-    """CReST class-rebalancing weights (Wei et al., 2021) on the CPS pair, as in DHC's code."""
+class _UnlabeledUpdatedPair(CoTraining):
+    """A pair of one strategy, initialised from the labeled voxel counts, each updated from its
+    own network's predictions on the unlabeled images."""
+
+    strategy: type = Weighting
 
     def make_weighting(self, ctx):
-        return _initialised_pair(ctx, CReST)
+        return _initialised_pair(ctx, self.strategy)
 
     def update_weights(self, out_A, out_B, label, n_l) -> None:
         if out_A.shape[0] > n_l:
             self.weight_A.update(out_A[n_l:])
             self.weight_B.update(out_B[n_l:])
+
+
+@register_method("crest")
+class CReSTCPS(_UnlabeledUpdatedPair):
+    """CReST class-rebalancing weights (Wei et al., 2021) on the CPS pair, as in DHC's code."""
+
+    strategy = CReST
 
 
 @register_method("simis")
@@ -165,17 +174,10 @@ class SimiSCPS(CoTraining):
 
 
 @register_method("dist_dw")
-class DistDWOnly(CoTraining):
+class DistDWOnly(_UnlabeledUpdatedPair):
     """DHC ablation: DistDW on both networks (each updated from its own unlabeled predictions)."""
 
-
-    def make_weighting(self, ctx):
-        return _initialised_pair(ctx, DistDW)
-
-    def update_weights(self, out_A, out_B, label, n_l) -> None:
-        if out_B.shape[0] > n_l:
-            self.weight_A.update(out_A[n_l:])
-            self.weight_B.update(out_B[n_l:])
+    strategy = DistDW
 
 
 @register_method("diff_dw")
