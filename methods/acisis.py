@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.registry import register_method
-from methods.base import Losses, MethodContext
+from methods.base import Losses, MethodContext, RunningState
 from methods.cps import dc_ce_loss
 from methods.mean_teacher import MeanTeacher
 
@@ -51,7 +51,7 @@ def fuzzy_rank_fusion(indicators: torch.Tensor, top_m: int = 12) -> torch.Tensor
     return (cfs * k.sum(0)).float()
 
 
-class ClassIndicators:
+class ClassIndicators(RunningState):
     """Accumulates the three per-class indicators on labeled batches; every ``update_iter``
     records it refreshes the sampling rate (see module docstring)."""
 
@@ -82,13 +82,6 @@ class ClassIndicators:
             self.rate = (rate / (rate.max() + 1e-12)) ** self.lam
             self.sums.zero_()
             self.records = 0
-
-    def state_dict(self) -> dict:
-        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in vars(self).items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, v.clone() if torch.is_tensor(v) else v)
 
 
 def sampling_weights(logits: torch.Tensor, rate: torch.Tensor, beta: float = 1.5) -> torch.Tensor:

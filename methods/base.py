@@ -50,6 +50,18 @@ class MethodContext:
     seed: int = 0
 
 
+class RunningState:
+    """Running statistics kept outside the networks (class weights, confidence banks, ...):
+    checkpointed as copies of all their attributes."""
+
+    def state_dict(self) -> dict:
+        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.clone() if torch.is_tensor(v) else v)
+
+
 @dataclass
 class Losses:
     """``total`` is back-propagated; ``parts`` are named terms (tensors, kept for tests/logs)."""

@@ -22,25 +22,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from methods.base import RunningState
+
 
 def ema(current: torch.Tensor, past: torch.Tensor, momentum: float) -> torch.Tensor:
     """DHC's EMA: momentum * past + (1 - momentum) * current."""
     return momentum * past + (1 - momentum) * current
 
 
-class Weighting:
+class Weighting(RunningState):
     """Uniform weights (plain CPS); base class of the strategies."""
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
         self.weights = torch.ones(num_classes)
-
-    def state_dict(self) -> dict:
-        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in vars(self).items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, v.clone() if torch.is_tensor(v) else v)
 
 
 class DistDW(Weighting):

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.registry import register_method
-from methods.base import MethodContext
+from methods.base import MethodContext, RunningState
 from methods.class_weighting import InverseFrequency
 from methods.cps import CoTraining, _initialised_pair
 
 
-class ConfidenceBank:
+class ConfidenceBank(RunningState):
     """Per-class mean confidence on ground-truth voxels, block-averaged then EMA-smoothed.
 
     ``confs`` (C,) starts at ``initial``; ``record(logits, label)`` adds a batch
@@ -55,13 +55,6 @@ class ConfidenceBank:
             self.confs = block if self.records <= self.update_iter else self.momentum * self.confs + (1 - self.momentum) * block
             self.total.zero_()
             self.count.zero_()
-
-    def state_dict(self) -> dict:
-        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in vars(self).items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            setattr(self, k, v.clone() if torch.is_tensor(v) else v)
 
 
 def sampling_rate(confs: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
