@@ -103,7 +103,7 @@ class SourceCase:
     label: Path | Callable[[], tuple[np.ndarray, tuple]] | None = None
 
 
-def _read(src, kind: str) -> tuple[np.ndarray, tuple]:
+def _read(src) -> tuple[np.ndarray, tuple]:
     if callable(src):
         return src()
     return read_nifti(src)
@@ -175,12 +175,12 @@ def import_dataset(
         it = tqdm(cases, desc=f"importing {name}", unit="case", leave=False)
     try:
         for case in it:
-            image, spacing = _read(case.image, "image")
+            image, spacing = _read(case.image)
             if not np.issubdtype(image.dtype, np.number):
                 raise UserError(f"image of case '{case.case_id}' is not numeric ({image.dtype}); re-export it")
             label = None
             if case.label is not None:
-                raw, lsp = _read(case.label, "label")
+                raw, lsp = _read(case.label)
                 src = str(getattr(case.label, "path", case.label))
                 if raw.shape != image.shape:
                     raise UserError(f"case '{case.case_id}': label shape {raw.shape} differs from image shape {image.shape}; the files do not belong together")

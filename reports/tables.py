@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import UserError
+from bench.metrics import nanmean
 from datasets.labels import LARGE_ORGANS, abbreviation
 
 UP, DOWN = 1, -1
@@ -46,12 +47,6 @@ class Table:
 # -- building -------------------------------------------------------------------------------
 
 
-def _nanmean(values) -> float:
-    a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else math.nan
-
-
 def _nanstd(values) -> float:
     a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     a = a[np.isfinite(a)]
@@ -69,12 +64,12 @@ def run_values(metrics: dict) -> dict[str, float]:
     organs = metrics["organs"]
     per = metrics["per_organ"]
     large, small = organ_groups(organs)
-    out = {o: 100 * _nanmean([per[o].get("dice")]) for o in organs}
-    out["Large"] = _nanmean([out[o] for o in large]) if large else math.nan
-    out["Small"] = _nanmean([out[o] for o in small]) if small else math.nan
-    out["Dice"] = 100 * _nanmean([metrics["mean"].get("dice")])
-    out["HD95"] = _nanmean([metrics["mean"].get("hd95")])
-    out["ASD"] = _nanmean([metrics["mean"].get("asd")])
+    out = {o: 100 * nanmean([per[o].get("dice")]) for o in organs}
+    out["Large"] = nanmean([out[o] for o in large]) if large else math.nan
+    out["Small"] = nanmean([out[o] for o in small]) if small else math.nan
+    out["Dice"] = 100 * nanmean([metrics["mean"].get("dice")])
+    out["HD95"] = nanmean([metrics["mean"].get("hd95")])
+    out["ASD"] = nanmean([metrics["mean"].get("asd")])
     return out
 
 
@@ -104,7 +99,7 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
         label = f"{name} @{labeled}" if name in mean_rows else name  # unique row key; ``name`` is shown
         vals = [run_values(r.metrics) for r in rs]
         keys = vals[0].keys()
-        mean_rows[label] = {k: _nanmean([v[k] for v in vals]) for k in keys}
+        mean_rows[label] = {k: nanmean([v[k] for v in vals]) for k in keys}
         std_rows[label] = {k: _nanstd([v[k] for v in vals]) for k in keys}
         n[label] = len(rs)
         meta[label] = {"group": labeled, "kind": "measured", "protocol": proto, "note": "", "name": name, "variant": variant}
@@ -114,8 +109,8 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
             dice = df[df.metric == "dice"].set_index("organ")["value"]
             row = {o: float(dice.get(o, math.nan)) for o in organs}
             large, small = organ_groups(organs)
-            row["Large"] = _nanmean([row[o] for o in large]) if large else math.nan
-            row["Small"] = _nanmean([row[o] for o in small]) if small else math.nan
+            row["Large"] = nanmean([row[o] for o in large]) if large else math.nan
+            row["Small"] = nanmean([row[o] for o in small]) if small else math.nan
             row["Dice"] = float(dice.get("mean", math.nan))
             row["HD95"] = row["ASD"] = math.nan  # published distances use other units / grids
             std = df[(df.metric == "dice") & (df.organ == "mean")]["std"]
@@ -227,7 +222,7 @@ def significance_marks(table: Table, runs: Iterable, baseline: str, alpha: float
     for r in runs:
         key = (r.labeled, r.variant)
         for cid, organs in r.metrics["cases"].items():
-            by_row.setdefault(key, {})[(r.seed, cid)] = _nanmean([m.get("dice") for m in organs.values()])
+            by_row.setdefault(key, {})[(r.seed, cid)] = nanmean([m.get("dice") for m in organs.values()])
     methods = {r.variant for r in runs} | {r.method for r in runs}
     if baseline not in methods:
         raise UserError(f"--baseline {baseline} is not among the reported methods ({', '.join(sorted(methods))})")
@@ -373,11 +368,11 @@ def timing_frame(runs: Iterable) -> pd.DataFrame:
         data.append({
             "Method": variant,
             "Device": device,
-            "Train s/iter": _nanmean([t.get("train_s_per_iter", {}).get("median") for t in ts]),
-            "Infer s/case": _nanmean([t.get("infer_s_per_case", {}).get("median") for t in ts]),
-            "Peak MB": _nanmean([t.get("peak_memory_mb") for t in ts]),
+            "Train s/iter": nanmean([t.get("train_s_per_iter", {}).get("median") for t in ts]),
+            "Infer s/case": nanmean([t.get("infer_s_per_case", {}).get("median") for t in ts]),
+            "Peak MB": nanmean([t.get("peak_memory_mb") for t in ts]),
             "Memory kind": ts[0].get("peak_memory_kind", "?"),
-            "Data wait %": 100 * _nanmean([t.get("data_wait_share") for t in ts]),
+            "Data wait %": 100 * nanmean([t.get("data_wait_share") for t in ts]),
             "Runs": len(ts),
         })
     return pd.DataFrame(data)
@@ -398,9 +393,9 @@ def per_organ_frame(results: Iterable[dict], metric: str = "dice") -> pd.DataFra
     for method, rs in rows.items():
         row = {}
         for o in organs:
-            row[abbreviation(o)] = _nanmean([x["per_organ"][o]["dice"] for x in rs]) * 100
-        row["Dice"] = _nanmean([x["mean"]["dice"] for x in rs]) * 100
-        row["HD95"] = _nanmean([x["mean"]["hd95"] for x in rs])
+            row[abbreviation(o)] = nanmean([x["per_organ"][o]["dice"] for x in rs]) * 100
+        row["Dice"] = nanmean([x["mean"]["dice"] for x in rs]) * 100
+        row["HD95"] = nanmean([x["mean"]["hd95"] for x in rs])
         row["seeds"] = str(len(rs))
         data[method] = row
     return pd.DataFrame.from_dict(data, orient="index")
