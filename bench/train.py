@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from bench import distributed, lock
 from bench.config import TrainConfig
 from bench.data import Prefetcher, TwoStreamSampler
 from bench.errors import UserError
@@ -102,6 +103,9 @@ class Trainer:
         self.unlabeled = [self._image(c) for c in unlabeled_ids]
         for cid in split.eval + split.test:  # fail now, not after hours of training
             ds.load_image(cid)
+        # labels checked once here; validation reuses the eval ones on the protocol grid
+        self.eval_labels = {cid: self._label(cid) for cid in split.eval}
+        for cid in split.test:
             _checked_label(ds, cid)
         counts = np.zeros(ds.num_classes, dtype=np.int64)
         for _, lab in self.labeled:
@@ -119,8 +123,6 @@ class Trainer:
             seed=spec.seed,
         )
         self.method: Method = cls(self.ctx, **spec.hparams).to(self.device)
-        from bench import distributed
-
         self.rank, self.world = distributed.rank(), (distributed.world_size() if distributed.active() else 1)
         if self.world > 1:
             if self.t.labeled_bs % self.world or self.t.unlabeled_bs % self.world:
@@ -169,9 +171,7 @@ class Trainer:
             "timing": {"step": self.step_times, "data": self.data_times, "wall": self.train_wall},
         }
         atomic_save(self.ckpt_path, lambda f: torch.save(state, f))
-        from bench.lock import touch
-
-        touch(self.dir)  # a live claim stays fresh
+        lock.touch(self.dir)  # a live claim stays fresh
 
     def load_checkpoint(self) -> bool:
         if not self.ckpt_path.exists():
@@ -262,9 +262,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scaler.scale(losses.total).backward()
                     if self.world > 1:
-                        from bench.distributed import average_gradients
-
-                        average_gradients(self.method.parameters())
+                        distributed.average_gradients(self.method.parameters())
                     if t.grad_clip > 0:
                         self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
@@ -289,9 +287,7 @@ class Trainer:
                 if interrupted:
                     raise KeyboardInterrupt
             if self.world > 1:
-                from bench.distributed import check_in_sync
-
-                check_in_sync(self.method.parameters())
+                distributed.check_in_sync(self.method.parameters())
         finally:
             if handler is not None:
                 signal.signal(signal.SIGINT, handler)
@@ -328,7 +324,7 @@ class Trainer:
         scores = []
         for cid in self.spec.split.eval:
             pred = self._predict_case(self._image(cid), self.t.val_overlap)
-            per = case_metrics(pred, self._label(cid), ds.spacing(cid), ds.num_classes, distances=False)
+            per = case_metrics(pred, self.eval_labels[cid], ds.spacing(cid), ds.num_classes, distances=False)
             scores.append(nanmean([v["dice"] for v in per.values()]))
         self.method.train(True)
         score = nanmean(scores)
