@@ -155,10 +155,21 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _dataset_options(items: list[str], label_map: str | None, base: dict | None = None) -> dict:
+    """Dataset factory options: ``base`` (a config's ``dataset_opts``) < ``--dataset-opt k=v`` <
+    ``--label-map``."""
+    from bench.config import parse_set
+
+    opts = dict(base or {})
+    opts.update(parse_set(items, flag="--dataset-opt"))
+    if label_map:
+        opts["label_map"] = label_map
+    return opts
+
+
 def _print_fingerprint(name: str, args) -> None:
     import inspect
 
-    from bench.config import parse_set
     from bench.registry import DATASETS
     from bench.runner import load_dataset
     from datasets.fingerprint import fingerprint, format_fingerprint
@@ -167,15 +178,13 @@ def _print_fingerprint(name: str, args) -> None:
     if needs_root and not args.data_root:
         print(" " * 25 + f"(fingerprint: python -m bench list datasets --details --dataset {name} --data-root DIR)")
         return
-    opts = parse_set(args.dataset_opts, flag="--dataset-opt")
-    if args.label_map:
-        opts["label_map"] = args.label_map
-    ds = load_dataset(name, args.preset, args.data_root if needs_root else None, progress=True, options=opts)
+    ds = load_dataset(name, args.preset, args.data_root if needs_root else None, progress=True,
+                      options=_dataset_options(args.dataset_opts, args.label_map))
     print(format_fingerprint(fingerprint(ds)))
 
 
 def cmd_run(args) -> int:
-    from bench.config import load_config_file, parse_set
+    from bench.config import load_config_file
     from bench.runner import RunRequest, execute
     from reports.tables import frame_markdown, per_organ_frame
 
@@ -198,11 +207,7 @@ def cmd_run(args) -> int:
     methods = pick(args.methods, "methods", None)
     if not methods:
         raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
-    opts = dict(cfg.get("dataset_opts", {}) or {})
-    opts.update(parse_set(args.dataset_opts, flag="--dataset-opt"))
-    label_map = pick(args.label_map, "label_map", None)
-    if label_map:
-        opts["label_map"] = label_map
+    opts = _dataset_options(args.dataset_opts, pick(args.label_map, "label_map", None), cfg.get("dataset_opts"))
     req = RunRequest(
         methods=_csv(as_csv(methods)),
         dataset=pick(args.dataset, "dataset", "phantom"),
@@ -227,10 +232,7 @@ def cmd_run(args) -> int:
     results = execute(req)
     from bench import distributed
 
-    if distributed.active():
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    distributed.shutdown()
     if results:
         print()
         print(f"Per-organ Dice (%) on the test split, mean over seeds; HD95 in mm ({results[0]['dataset']}, "

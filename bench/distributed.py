@@ -97,6 +97,12 @@ def agree(value: bool) -> bool:
     return bool(obj[0])
 
 
+def shutdown() -> None:
+    """Leave the process group (no-op for one process)."""
+    if active():
+        torch.distributed.destroy_process_group()
+
+
 def barrier() -> None:
     if active():
         torch.distributed.barrier()
