@@ -8,7 +8,10 @@ encoder maps x3, x4, x5. A controller ``Conv3d(512 -> 153, k=1)`` on [g ‖ e_c]
 weights and biases of a per-class 1x1x1 head 8 -> 8 -> 8 -> 1 (ReLU between layers) applied to
 ``GN -> ReLU -> Conv(n -> 8)`` of the decoder output. The C outputs are the class logits
 (softmax over classes). The per-class heads run as batched matrix products (equal to TAK's
-grouped convolution, and much faster on CPUs).
+grouped convolution, and much faster on CPUs), over voxel chunks, with a hand-written backward
+that recomputes each chunk's hidden activations instead of storing them (``DynamicHead``): the
+(B, 8C, DHW) intermediates never exist in full, which makes the head about 2x faster on a CPU
+and saves their memory.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class TextDrivenHead(nn.Module):
         )
         self.controller = nn.Conv3d(2 * hidden, N_PARAMS, 1)
         self.precls = nn.Sequential(_gn(dec_channels), nn.ReLU(inplace=True), nn.Conv3d(dec_channels, HEAD_CH, 1))
-        self.chunk = 8192  # voxels per chunk at inference
+        self.chunk = 2048  # voxels per chunk on CPUs (cache-sized intermediates)
 
     def text_hidden(self) -> torch.Tensor:
         """Shared projection of every view embedding: (V * C, hidden)."""
@@ -86,22 +89,72 @@ class TextDrivenHead(nn.Module):
         ws = (b1.reshape(b, c * HEAD_CH, 1).to(dt), w1.reshape(b, c * HEAD_CH, HEAD_CH).to(dt),
               b2.reshape(b * c, HEAD_CH, 1).to(dt), w2.reshape(b * c, HEAD_CH, HEAD_CH).to(dt),
               b3.reshape(b * c, 1, 1).to(dt), w3.reshape(b * c, 1, HEAD_CH).to(dt))
-        if torch.is_grad_enabled() or x.shape[2] <= self.chunk:
-            return _dynamic_head(x, *ws, b, c).reshape(b, c, d, h, w)
-        # inference: voxel chunks keep the (B, 8C, n) intermediates in cache (same result)
-        return torch.cat([_dynamic_head(x[:, :, i : i + self.chunk], *ws, b, c) for i in range(0, x.shape[2], self.chunk)],
-                         dim=2).reshape(b, c, d, h, w)
+        chunk = self.chunk if x.device.type == "cpu" else x.shape[2]  # GPUs: one pass, still no stored intermediates
+        return dynamic_head(x, *ws, b, c, chunk).reshape(b, c, d, h, w)
 
 
-def _dynamic_head(x, b1, w1, b2, w2, b3, w3, b: int, c: int) -> torch.Tensor:
-    """The per-class 1x1x1 convolutions 8 -> 8 -> 8 -> 1 as batched matrix products with fused
-    bias (a grouped conv with B C groups computes the same, but is very slow on CPUs).
-    x (B, 8, n) -> (B, C, n)."""
-    x = torch.baddbmm(b1, w1, x).relu_()
-    x = x.reshape(b * c, HEAD_CH, -1)
-    x = torch.baddbmm(b2, w2, x).relu_()
-    x = torch.baddbmm(b3, w3, x)
-    return x.reshape(b, c, -1)
+def _hidden(x, b1, w1, b2, w2, b: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden activations of the per-class heads for voxels x (B, 8, n): (B C, 8, n) twice."""
+    h1 = torch.baddbmm(b1, w1, x).relu_().view(b * c, HEAD_CH, -1)
+    return h1, torch.baddbmm(b2, w2, h1).relu_()
+
+
+class DynamicHead(torch.autograd.Function):
+    """The per-class 1x1x1 convolutions 8 -> 8 -> 8 -> 1 (ReLU between layers) over voxel chunks.
+
+    Shapes: x (B, 8, n); b1 (B, 8C, 1), w1 (B, 8C, 8), b2 (BC, 8, 1), w2 (BC, 8, 8),
+    b3 (BC, 1, 1), w3 (BC, 1, 8) -> logits (B, C, n). Forward keeps only the inputs; backward
+    recomputes each chunk's hidden activations and accumulates the weight gradients (the same
+    values as autograd through ``baddbmm``, tested).
+    """
+
+    @staticmethod
+    def forward(ctx, x, b1, w1, b2, w2, b3, w3, b: int, c: int, chunk: int):
+        with torch.autocast(x.device.type, enabled=False):
+            n = x.shape[2]
+            out = x.new_empty(b * c, 1, n)
+            for i in range(0, n, chunk):
+                _, h2 = _hidden(x[:, :, i : i + chunk], b1, w1, b2, w2, b, c)
+                out[:, :, i : i + chunk] = torch.baddbmm(b3, w3, h2)
+        ctx.save_for_backward(x, b1, w1, b2, w2, b3, w3)
+        ctx.sizes = (b, c, chunk)
+        return out.view(b, c, n)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, b1, w1, b2, w2, b3, w3 = ctx.saved_tensors
+        b, c, chunk = ctx.sizes
+        n = x.shape[2]
+        with torch.autocast(x.device.type, enabled=False):
+            grad = grad.reshape(b * c, 1, n).to(x.dtype)
+            gx = torch.empty_like(x)
+            gb1, gw1, gb2, gw2, gb3, gw3 = (torch.zeros_like(t) for t in (b1, w1, b2, w2, b3, w3))
+            w1t, w2t, w3t = w1.transpose(1, 2), w2.transpose(1, 2), w3.transpose(1, 2)
+            for i in range(0, n, chunk):
+                xc, gc = x[:, :, i : i + chunk], grad[:, :, i : i + chunk]
+                h1, h2 = _hidden(xc, b1, w1, b2, w2, b, c)
+                gw3.baddbmm_(gc, h2.transpose(1, 2))
+                gb3 += gc.sum(2, keepdim=True)
+                g2 = torch.ops.aten.threshold_backward(torch.bmm(w3t, gc), h2, 0)  # (BC, 8, n)
+                gw2.baddbmm_(g2, h1.transpose(1, 2))
+                gb2 += g2.sum(2, keepdim=True)
+                g1 = torch.ops.aten.threshold_backward(torch.bmm(w2t, g2), h1, 0).view(b, c * HEAD_CH, -1)
+                gw1.baddbmm_(g1, xc.transpose(1, 2))
+                gb1 += g1.sum(2, keepdim=True)
+                gx[:, :, i : i + chunk] = torch.bmm(w1t, g1)
+        return gx, gb1, gw1, gb2, gw2, gb3, gw3, None, None, None
+
+
+def dynamic_head(x, b1, w1, b2, w2, b3, w3, b: int, c: int, chunk: int = 2048) -> torch.Tensor:
+    """Per-class heads on x (B, 8, n) -> (B, C, n); see ``DynamicHead``."""
+    return DynamicHead.apply(x, b1, w1, b2, w2, b3, w3, b, c, chunk)
+
+
+def reference_dynamic_head(x, b1, w1, b2, w2, b3, w3, b: int, c: int) -> torch.Tensor:
+    """The same heads with plain autograd (stores every intermediate): the test reference."""
+    h = torch.baddbmm(b1, w1, x).relu().reshape(b * c, HEAD_CH, -1)
+    h = torch.baddbmm(b2, w2, h).relu()
+    return torch.baddbmm(b3, w3, h).reshape(b, c, -1)
 
 
 class StaticHead(nn.Module):

@@ -188,3 +188,24 @@ def test_text_head_chunked_inference_equals_one_pass():
         ref = head(feats, dec)
         head.chunk = 1000  # not a divisor of 16384 voxels: the last chunk is shorter
         assert torch.allclose(head(feats, dec), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 10**9])
+def test_dynamic_head_recomputing_backward_equals_autograd(chunk):
+    """The chunked head with its hand-written backward gives autograd's values and gradients
+    (chunk 7 does not divide the 100 voxels; ReLUs are active and inactive on random inputs)."""
+    from methods.text_head import dynamic_head, reference_dynamic_head
+
+    torch.manual_seed(0)
+    b, c, n = 2, 3, 100
+    shapes = [(b, 8, n), (b, 8 * c, 1), (b, 8 * c, 8), (b * c, 8, 1), (b * c, 8, 8), (b * c, 1, 1), (b * c, 1, 8)]
+    inputs = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    weight = torch.randn(b, c, n, dtype=torch.float64)
+    out = dynamic_head(*inputs, b, c, chunk)
+    grads = torch.autograd.grad((out * weight).sum(), inputs)
+    ref = reference_dynamic_head(*inputs, b, c)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), inputs)
+    assert torch.allclose(out, ref)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r)
+    assert torch.autograd.gradcheck(lambda *t: dynamic_head(*t, b, c, chunk), inputs)
