@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.config import DEFAULT_PRESET
 from bench.errors import UserError
 
 
@@ -67,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--labeled", default=None, help="labeled fraction of the training cases, e.g. 10%% (default 10%%)")
     r.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default 0)")
     r.add_argument("--iterations", type=int, default=None)
-    r.add_argument("--preset", default=None, help="quick | paper | tiny (default quick)")
+    r.add_argument("--preset", default=None, help=f"demo | quick | paper | tiny (default {DEFAULT_PRESET}: about 10 min for 3 methods on 2 CPU cores)")
     r.add_argument("--device", default="auto")
     r.add_argument("--prompts", default=None, help="prompt set(s), comma-separated (default anatomy)")
     r.add_argument("--text-encoder", default=None, help="text encoder(s), comma-separated (default minilm)")
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--protocol", default="default")
     t.add_argument("--split", default=None)
     t.add_argument("--labeled", default="10%")
-    t.add_argument("--preset", default="quick")
+    t.add_argument("--preset", default=DEFAULT_PRESET, help=f"demo | quick | paper | tiny (default {DEFAULT_PRESET})")
     t.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     t.add_argument("--storage", default=None, help="sqlite:///file.db (default <out>/optuna.db), postgresql://..., journal:PATH")
     t.add_argument("--study-name", default=None)
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--device", default="auto")
     pf.add_argument("--out", default=None, help="write the measurements as JSON")
     pf.add_argument("--peak-gflops", type=float, default=None, help="the device's peak you assume (default: a CPU estimate)")
+    pf.add_argument("--variants", action="store_true",
+                    help="also time each method's step with AMP / cudnn.benchmark (CUDA), channels_last_3d and torch.compile on and off")
+    pf.add_argument("--memory", action="store_true",
+                    help="only peak memory of two training steps per method, each in a fresh process ('--methods all' for every method)")
 
     rp = sub.add_parser("report", help="per-organ tables and figures from stored results")
     rp.add_argument("--runs", default="runs", help="folder that `bench run --out` wrote")
@@ -217,7 +222,7 @@ def cmd_run(args) -> int:
         labeled=str(pick(args.labeled, "labeled", "10%")),
         seeds=_seeds(as_csv(pick(args.seeds, "seeds", "0"))),
         iterations=args.iterations,
-        preset=pick(args.preset, "preset", "quick"),
+        preset=pick(args.preset, "preset", DEFAULT_PRESET),
         device=args.device,
         prompts=as_csv(pick(args.prompts, "prompts", "anatomy")),
         text_encoder=as_csv(pick(args.text_encoder, "text_encoder", "minilm")),
@@ -238,6 +243,8 @@ def cmd_run(args) -> int:
         print(f"Per-organ Dice (%) on the test split, mean over seeds; HD95 in mm ({results[0]['dataset']}, "
               f"protocol {results[0]['protocol']}, split {results[0]['split']}):")
         print(frame_markdown(per_organ_frame(results)))
+        for line in untrained_notes(results, req.preset):
+            print(line)
         print(f"\nResults are in {Path(args.out).resolve()}")
     return 0
 
@@ -266,11 +273,46 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def cmd_perf(args) -> int:
-    from bench.perf import run_perf
+#: best validation Dice below which a run is reported as "had not started to learn"
+UNTRAINED_VAL_DICE = 0.05
 
-    run_perf(_csv(args.methods), args.preset, args.device, args.out, args.peak_gflops)
-    return 0
+
+def untrained_notes(results: list[dict], preset: str) -> list[str]:
+    """One line per run whose best validation Dice stayed below 5 %: its test numbers say the
+    budget was too short for the method, not how good the method is."""
+    notes = []
+    for r in results:
+        v = r.get("val_dice")
+        if v is not None and v == v and v < UNTRAINED_VAL_DICE:
+            notes.append(f"note: {r['method']} seed {r['seed']} had not started to learn (best validation Dice "
+                         f"{100 * v:.1f}% at step {r.get('checkpoint_step')}, preset {preset}); its row measures the budget, "
+                         f"not the method - give it more iterations (--preset quick, or --iterations N)")
+    return notes
+
+
+def cmd_perf(args) -> int:
+    from bench.config import PRESETS
+    from bench.perf import memory_table, run_perf
+    from bench.registry import METHODS
+
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)}")
+    methods = METHODS.names() if args.methods == "all" else _csv(args.methods)
+    for name in methods:
+        METHODS.get(name)  # unknown names fail here, with the list of known ones
+    if not args.memory:
+        run_perf(methods, args.preset, args.device, args.out, args.peak_gflops, variants=args.variants)
+        return 0
+    rows = memory_table(methods, args.preset, args.device)
+    if args.out:
+        import json
+        from pathlib import Path
+
+        from bench.store import atomic_write_text
+
+        atomic_write_text(Path(args.out), json.dumps({"memory": rows}, indent=1))
+        print(f"written to {args.out}")
+    return 0 if all("error" not in r for r in rows) else 1
 
 
 def cmd_report(args) -> int:

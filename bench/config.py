@@ -51,16 +51,37 @@ class TrainConfig:
     #: into a "left" one at the wrong side, and on the phantom it cut validation Dice after 400
     #: iterations from 0.26 to 0.07 (DHC's protocol flips; its config turns this on)
     flip: bool = False
+    #: execution only (not part of a run's identity, see ``EXECUTION_ONLY``): compile every
+    #: network with ``torch.compile`` / keep activations in ``channels_last_3d`` memory format
+    compile: bool = False
+    channels_last: bool = False
+
+
+#: engine settings that change how fast a run goes, not what it computes: kept out of the
+#: config hash (a run resumed with them switched keeps its folder), recorded in config.json
+EXECUTION_ONLY = ("compile", "channels_last")
 
 
 #: Presets set the phantom size and engine defaults; config files and flags override them.
+#: the preset used when none is given
+DEFAULT_PRESET = "demo"
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "dataset_preset": "tiny",
         "train": {"iterations": 4, "patch": (16, 32, 32), "width": 4, "val_every": 2, "ckpt_every": 2,
                   "log_every": 1, "timing_warmup": 1},
     },
-    # quick: minutes on 2 CPU cores. A 0.1 learning rate (published: 0.01 over 30k+ iterations)
+    # demo: the no-flag default, sized so that `bench run --methods tak,dhc,mean_teacher` takes
+    # about 10 minutes on 2 CPU cores (docs/performance.md); the quick phantom, half quick's
+    # patch (32x32x64: 2 MagicNet cubes of 32) and half its iterations.
+    "demo": {
+        "dataset_preset": "quick",
+        "train": {"iterations": 300, "lr": 0.1, "patch": (32, 32, 64), "width": 8, "val_every": 100,
+                  "ckpt_every": 50},
+    },
+    # quick: the figure protocol of the closing notes, about an hour for tak,dhc,mean_teacher on
+    # 2 CPU cores. A 0.1 learning rate (published: 0.01 over 30k+ iterations)
     # lets a width-8 V-Net learn the phantom in a few hundred iterations. 32x64x64 is the
     # smallest patch that MagicNet-style methods can cut into cubes (2x2 cubes of 32).
     "quick": {

@@ -11,7 +11,10 @@
   0.5 vs 0.25;
 * achieved GFLOP/s of a training step (FLOPs counted by ``torch.utils.flop_counter``) against
   the peak the user states (``--peak-gflops``; for CPUs we assume cores x 32 FLOP/cycle
-  (AVX2 FMA, fp32) x 2.5 GHz unless told).
+  (AVX2 FMA, fp32) x 2.5 GHz unless told);
+* ``--memory``: peak memory of two training steps (forward, backward, SGD with momentum) of
+  each method at a preset's patch, width and batch, every method in a fresh process (CUDA
+  allocator peak on GPUs, peak RSS minus the RSS before the first step on CPUs).
 
 Timings take the median of repeated runs after warm-up (CUDA events and synchronisation on GPUs).
 """
@@ -159,9 +162,10 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
             "overlap_0.5_vs_0.25": t["vnet_overlap0.5"] / t["vnet_overlap0.25"]}
 
 
-def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, peak: float | None = None) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
+def synthetic_method(method: str, device, patch=(32, 64, 64), width: int = 8, labeled_bs: int = 2, unlabeled_bs: int = 2,
+                     seed: int = 0):
+    """A method built on a 14-class BTCV context with hash text priors, and one random batch
+    (labeled image (B_l, 1, *patch) + label (B_l, *patch), unlabeled image (B_u, 1, *patch))."""
     from bench.registry import METHODS
     from datasets.labels import BTCV_13
     from methods.base import MethodContext
@@ -171,9 +175,17 @@ def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, pea
                         labeled_voxel_counts=(1e5 / (np.arange(14) + 1) ** 2).astype(np.int64), n_unlabeled=8,
                         priors=lambda: prior_embeddings("anatomy", "hash:512", BTCV_13, use_cache=False))
     m = METHODS.get(method)(ctx).to(device)
-    g = torch.Generator().manual_seed(0)
-    lab = {"image": torch.rand(2, 1, *patch, generator=g).to(device), "label": torch.randint(0, 14, (2, *patch), generator=g).to(device)}
-    unl = {"image": torch.rand(2, 1, *patch, generator=g).to(device)}
+    g = torch.Generator().manual_seed(seed)
+    lab = {"image": torch.rand(labeled_bs, 1, *patch, generator=g).to(device),
+           "label": torch.randint(0, 14, (labeled_bs, *patch), generator=g).to(device)}
+    unl = {"image": torch.rand(unlabeled_bs, 1, *patch, generator=g).to(device)} if unlabeled_bs else None
+    return m, lab, unl
+
+
+def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, peak: float | None = None) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m, lab, unl = synthetic_method(method, device, patch, width)
 
     def step():
         losses = m.training_step(lab, unl, 500)
@@ -190,7 +202,127 @@ def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, pea
             "share_of_peak": gf / peak if peak == peak else float("nan")}
 
 
-def run_perf(methods: list[str], preset: str, device_name: str, out: str | None, peak: float | None, log=print) -> dict:
+def execution_variants(method: str, device, patch=(32, 64, 64), width: int = 8, compile_: bool = True, repeat: int = 5) -> list[dict]:
+    """Seconds per training step (forward, backward, SGD) of ``method`` with each execution
+    switch on and off: AMP (bf16 where supported, CUDA only), cudnn.benchmark (CUDA only),
+    ``channels_last_3d``, ``torch.compile``. Each variant builds the method afresh (same seed)
+    and is timed after 2 warm-up steps (compile's first steps compile)."""
+    cuda = device.type == "cuda"
+    variants = [{"name": "baseline (fp32)"}]
+    if cuda:
+        variants += [{"name": "amp", "amp": True}, {"name": "amp, no cudnn.benchmark", "amp": True, "cudnn_benchmark": False}]
+    last = {"amp": True} if cuda else {}
+    variants += [{"name": ("amp + " if cuda else "") + "channels_last_3d", **last, "channels_last": True}]
+    if compile_:
+        variants += [{"name": ("amp + " if cuda else "") + "torch.compile", **last, "compile": True},
+                     {"name": ("amp + " if cuda else "") + "torch.compile + channels_last_3d", **last, "compile": True,
+                      "channels_last": True}]
+    rows = []
+    for v in variants:
+        torch.manual_seed(0)
+        torch.backends.cudnn.benchmark = v.get("cudnn_benchmark", True)
+        m, lab, unl = synthetic_method(method, device, patch, width)
+        if v.get("channels_last"):
+            for net in m.modules().values():
+                net.to(memory_format=torch.channels_last_3d)
+            lab = {k: t.contiguous(memory_format=torch.channels_last_3d) if t.dim() == 5 else t for k, t in lab.items()}
+            unl = {k: t.contiguous(memory_format=torch.channels_last_3d) for k, t in unl.items()}
+        if v.get("compile"):
+            for net in m.modules().values():
+                net.compile()
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+
+        def step(m=m, lab=lab, unl=unl, opt=opt, amp=bool(v.get("amp")), dtype=dtype):
+            with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                losses = m.training_step(lab, unl, 500)
+            opt.zero_grad(set_to_none=True)
+            losses.total.backward()
+            opt.step()
+
+        t0 = time.perf_counter()
+        try:
+            secs = _median_time(step, device, repeat, warmup=2)
+            rows.append({"method": method, "variant": v["name"], "s_per_step": secs, "warmup_s": time.perf_counter() - t0 - secs * repeat})
+        except Exception as e:  # e.g. torch.compile without a C++ compiler: reported, not hidden
+            rows.append({"method": method, "variant": v["name"], "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+    torch.backends.cudnn.benchmark = True
+    base = rows[0].get("s_per_step")
+    for r in rows:
+        if base and "s_per_step" in r:
+            r["speedup"] = base / r["s_per_step"]
+    return rows
+
+
+def _current_rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; elsewhere the peak so far)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def step_memory(method: str, preset: str, device) -> dict:
+    """Peak memory (MiB) of two training steps of ``method`` at ``preset``'s patch, width and
+    batch, in this process (call it in a fresh one: ``memory_table`` does). On CPUs: the
+    process' peak RSS minus its RSS after the method and batch were built."""
+    from bench.config import PRESETS, TrainConfig
+    from bench.timing import peak_memory, reset_peak_memory
+
+    t = TrainConfig(**{k: v for k, v in PRESETS[preset]["train"].items() if k in ("patch", "width", "lr")})
+    m, lab, unl = synthetic_method(method, device, tuple(t.patch), t.width, t.labeled_bs, t.unlabeled_bs)
+    opt = torch.optim.SGD(m.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
+    amp = device.type == "cuda"
+    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    before = _current_rss_mb()
+    reset_peak_memory(device)
+    for step in range(2):
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            losses = m.training_step(lab, unl, 500 + step)
+        opt.zero_grad(set_to_none=True)
+        losses.total.backward()
+        opt.step()
+        m.after_step(500 + step)
+    peak = peak_memory(device)
+    if device.type != "cuda":
+        peak["baseline_rss_mb"] = before
+        peak["peak_memory_mb"] -= before
+        peak["peak_memory_kind"] = "process_rss_increase"
+    return {"method": method, "preset": preset, "patch": list(t.patch), "width": t.width,
+            "batch": [t.labeled_bs, t.unlabeled_bs], **peak}
+
+
+def memory_table(methods: list[str], preset: str, device_name: str, log=print) -> list[dict]:
+    """``step_memory`` of each method, each in a fresh Python process (a clean peak)."""
+    import subprocess
+    import sys
+
+    rows = []
+    for i, name in enumerate(methods):
+        code = ("import json, torch; from bench.perf import step_memory; from bench.runner import pick_device; "
+                f"print('RESULT ' + json.dumps(step_memory({name!r}, {preset!r}, pick_device({device_name!r}))))")
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode or line is None:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            row = {"method": name, "preset": preset, "error": tail}
+            log(f"memory   {name:14s} failed: {tail}")
+        else:
+            row = json.loads(line[len("RESULT "):])
+            log(f"memory   {name:14s} {row['peak_memory_mb']:9.0f} MiB ({row['peak_memory_kind']}, "
+                f"{time.perf_counter() - t0:.0f} s)  [{i + 1}/{len(methods)}]")
+        rows.append(row)
+    return rows
+
+
+def run_perf(methods: list[str], preset: str, device_name: str, out: str | None, peak: float | None, log=print,
+             variants: bool = False) -> dict:
     from bench.config import PRESETS
     from bench.runner import load_dataset, pick_device
 
@@ -219,6 +351,13 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
     result["inference"] = inference_speed(device, train.get("width", 8), shape=tuple(max(a, b) for a, b in zip(ipatch, (40, 80, 80))), patch=ipatch)
     i = result["inference"]
     log(f"infer    tak/V-Net {i['tak_vs_vnet']:.2f}x   overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x")
+    if variants:
+        result["variants"] = []
+        for name in methods:
+            for r in execution_variants(name, device, ipatch, train.get("width", 8)):
+                result["variants"].append(r)
+                log(f"variant  {name:14s} {r['variant']:40s} " + (f"{r['s_per_step']:.3f} s/step  x{r['speedup']:.2f}"
+                                                                    if "s_per_step" in r else f"failed: {r['error']}"))
     if out:
         from bench.store import atomic_write_text
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import PRESETS, load_config_file, parse_set, resolve
+from bench.config import DEFAULT_PRESET, EXECUTION_ONLY, PRESETS, load_config_file, parse_set, resolve
 from bench.errors import UserError
 from bench.registry import DATASETS, METHODS, PROTOCOLS
 from bench.store import config_hash, is_finished, run_dir
@@ -30,7 +30,7 @@ class RunRequest:
     labeled: str = "10%"
     seeds: list[int] = field(default_factory=lambda: [0])
     iterations: int | None = None
-    preset: str = "quick"
+    preset: str = DEFAULT_PRESET
     device: str = "auto"
     prompts: str = "anatomy"
     text_encoder: str = "minilm"
@@ -160,11 +160,13 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
         override = getattr(cls, "prompts_override", None)
         prompts_for = [override] if override else prompt_list
         grid = [(p, e) for p in prompts_for for e in encoder_list] if cls.uses_priors else [(None, None)]
+        train = asdict(st.train)
+        execution = {k: train.pop(k) for k in EXECUTION_ONLY}
         for prompts, encoder in grid:
             resolved = {
                 "method": name,
                 "hparams": {**cls.hparam_defaults(), **st.hparams},
-                "train": asdict(st.train),
+                "train": train,
                 "dataset": dataset.name,
                 "preset": req.preset,
                 "protocol": protocol.describe(),
@@ -177,6 +179,7 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
             if world_size() > 1:  # a distributed run is another run (batch-pooled losses see slices)
                 resolved["world_size"] = world_size()
             chash = config_hash(resolved)
+            resolved = {**resolved, "execution": execution}
             for seed in req.seeds:
                 runs.append(
                     {

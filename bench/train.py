@@ -77,6 +77,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _channels_last(batch: dict | None) -> dict | None:
+    """Images (B, 1, D, H, W) of a batch in ``channels_last_3d`` layout."""
+    if batch is None:
+        return None
+    return {k: v.contiguous(memory_format=torch.channels_last_3d) if v.dim() == 5 else v for k, v in batch.items()}
+
+
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
 
@@ -123,6 +130,12 @@ class Trainer:
             seed=spec.seed,
         )
         self.method: Method = cls(self.ctx, **spec.hparams).to(self.device)
+        if self.t.channels_last:  # execution only: same values, another memory layout
+            for net in self.method.modules().values():
+                net.to(memory_format=torch.channels_last_3d)
+        if self.t.compile:  # in place: state_dict keys (checkpoints) stay the same
+            for net in self.method.modules().values():
+                net.compile()
         self.rank, self.world = distributed.rank(), (distributed.world_size() if distributed.active() else 1)
         if self.world > 1:
             if self.t.labeled_bs % self.world or self.t.unlabeled_bs % self.world:
@@ -255,6 +268,8 @@ class Trainer:
                     g["lr"] = lr
                 torch.manual_seed(_step_seed(spec.seed, step))
                 labeled, unlabeled, wait = loader.get()
+                if t.channels_last:
+                    labeled, unlabeled = _channels_last(labeled), _channels_last(unlabeled)
                 with StepTimer(self.device) as timer:
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
                         losses = self.method.training_step(labeled, unlabeled, step)

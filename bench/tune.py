@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.config import DEFAULT_PRESET
 from bench.errors import UserError
 from bench.store import atomic_write_text
 
@@ -36,7 +37,7 @@ class TuneRequest:
     protocol: str = "default"
     split: str | None = None
     labeled: str = "10%"
-    preset: str = "quick"
+    preset: str = DEFAULT_PRESET
     trials: int = 20
     storage: str | None = None
     study_name: str | None = None

@@ -149,7 +149,7 @@ class MagicNet(Method):
     #: the quick preset's lr 0.1 stalled TAK's text-driven head (val Dice ~0 at step 100); the
     #: whole family (magicnet, ga, tak*) uses 0.03 there so that tak vs ga stays a fair pair.
     #: GA alone learns alike at 0.1 and 0.03 (val Dice 0.090 / 0.085 after 200 quick steps).
-    preset_train = {"quick": {"lr": 0.03}}
+    preset_train = {"quick": {"lr": 0.03}, "demo": {"lr": 0.03}}
 
     @dataclass
     class Hparams(Method.Hparams):

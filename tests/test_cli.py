@@ -177,3 +177,28 @@ def test_evaluate_shape_mismatch_and_bad_labels(tmp_path, capsys):
     _bad(capsys, ["evaluate", "--pred", str(pred), "--gt", str(gt)], "outside 0..13", pred)
     (pred / "a.nii.gz").write_bytes(b"\x1f\x8b garbage")
     _bad(capsys, ["evaluate", "--pred", str(pred), "--gt", str(gt)], "not a readable NIfTI", pred)
+
+
+def test_perf_memory_command(tmp_path):
+    """`python -m bench perf --memory`: one fresh process per method; a method that cannot run
+    at the preset is reported as such (exit 1), not measured as zero."""
+    import json
+
+    from bench.cli import main
+
+    rc = main(["perf", "--memory", "--methods", "mean_teacher,tak", "--preset", "tiny", "--device", "cpu",
+               "--out", str(tmp_path / "mem.json")])
+    rows = json.loads((tmp_path / "mem.json").read_text())["memory"]
+    assert rc == 1
+    assert rows[0]["method"] == "mean_teacher" and rows[0]["peak_memory_mb"] > 0 and rows[0]["batch"] == [2, 2]
+    assert "cannot be cut into MagicNet cubes" in rows[1]["error"]
+
+
+def test_untrained_runs_are_called_out():
+    from bench.cli import untrained_notes
+
+    results = [{"method": "tak", "seed": 0, "val_dice": 0.012, "checkpoint_step": 200},
+               {"method": "dhc", "seed": 0, "val_dice": 0.6, "checkpoint_step": 300},
+               {"method": "fully", "seed": 0, "val_dice": None}]
+    notes = untrained_notes(results, "demo")
+    assert len(notes) == 1 and notes[0].startswith("note: tak seed 0 had not started to learn (best validation Dice 1.2% at step 200")

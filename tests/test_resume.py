@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from bench.train import Trainer, run_one
@@ -44,3 +45,39 @@ def test_run_folder_contents(tiny_dataset, tmp_path):
     assert 0 <= timing["data_wait_share"] <= 1 and timing["peak_memory_mb"] > 0
     assert set(metrics["per_organ"]) == set(tiny_dataset.organs)
     assert set(metrics["cases"]) == set(spec.split.test)
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+def test_channels_last_is_execution_only(tiny_dataset, tmp_path):
+    """--set channels_last=true changes the memory layout, not the computation: the same losses
+    (up to float reassociation in the convolutions) and the same run folder hash."""
+    from bench.runner import RunRequest, plan
+
+    run_one(tiny_spec(tiny_dataset, "mean_teacher", tmp_path / "a"))
+    run_one(tiny_spec(tiny_dataset, "mean_teacher", tmp_path / "b", channels_last=True))
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert len(a) == len(b) > 0
+    assert all(abs(x - y) <= 1e-3 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+    plain, _, _, _ = plan(RunRequest(methods=["mean_teacher"], preset="tiny", out=str(tmp_path / "runs"), progress=False))
+    fast, _, _, _ = plan(RunRequest(methods=["mean_teacher"], preset="tiny", out=str(tmp_path / "runs"), progress=False,
+                                    sets=["channels_last=true", "compile=true"]))
+    assert plain[0]["dir"] == fast[0]["dir"]
+    assert fast[0]["resolved"]["execution"] == {"compile": True, "channels_last": True}
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_and_checkpoint_like_eager(tiny_dataset, tmp_path):
+    """--set compile=true (torch.compile of every network, in place): same losses within float
+    tolerance, and a checkpoint with the eager state_dict keys."""
+    run_one(tiny_spec(tiny_dataset, "mean_teacher", tmp_path / "a"))
+    run_one(tiny_spec(tiny_dataset, "mean_teacher", tmp_path / "b", compile=True))
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert all(abs(x - y) <= 1e-3 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
+    ka = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    kb = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert ka["modules"].keys() == kb["modules"].keys()
+    for name in ka["modules"]:
+        assert ka["modules"][name].keys() == kb["modules"][name].keys(), name
