@@ -152,13 +152,15 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
                         priors=lambda: prior_embeddings("anatomy", "hash:512", BTCV_13, use_cache=False))
     tak = METHODS.get("tak")(ctx).to(device)
     tak.train(False)
+    ga = METHODS.get("ga")(ctx).to(device)  # the same MagicNet V-Net with a static 1x1x1 head
+    ga.train(False)
     plain = VNet(1, 14, width, "instancenorm").to(device).eval()
     vol = np.random.default_rng(0).random(shape, dtype=np.float32)
     t = {}
-    for name, fn in (("tak", tak.predict), ("vnet", plain)):
+    for name, fn in (("tak", tak.predict), ("ga", ga.predict), ("vnet", plain)):
         for ov in (0.5, 0.25):
             t[f"{name}_overlap{ov}"] = _median_time(lambda fn=fn, ov=ov: predict_volume(fn, vol, patch, ov, device, sw_batch_size=2), device, 3)
-    return {**t, "tak_vs_vnet": t["tak_overlap0.5"] / t["vnet_overlap0.5"],
+    return {**t, "tak_vs_vnet": t["tak_overlap0.5"] / t["vnet_overlap0.5"], "tak_vs_ga": t["tak_overlap0.5"] / t["ga_overlap0.5"],
             "overlap_0.5_vs_0.25": t["vnet_overlap0.5"] / t["vnet_overlap0.25"]}
 
 
@@ -350,7 +352,7 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
     ipatch = ipatch if min(ipatch) >= 32 else (32, 64, 64)  # TAK's cubes need >= 32
     result["inference"] = inference_speed(device, train.get("width", 8), shape=tuple(max(a, b) for a, b in zip(ipatch, (40, 80, 80))), patch=ipatch)
     i = result["inference"]
-    log(f"infer    tak/V-Net {i['tak_vs_vnet']:.2f}x   overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x")
+    log(f"infer    tak/V-Net {i['tak_vs_vnet']:.2f}x   tak/ga {i['tak_vs_ga']:.2f}x   overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x")
     if variants:
         result["variants"] = []
         for name in methods:
