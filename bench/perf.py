@@ -14,7 +14,8 @@
   (AVX2 FMA, fp32) x 2.5 GHz unless told);
 * ``--memory``: peak memory of two training steps (forward, backward, SGD with momentum) of
   each method at a preset's patch, width and batch, every method in a fresh process (CUDA
-  allocator peak on GPUs, peak RSS minus the RSS before the first step on CPUs).
+  allocator peak on GPUs, peak RSS minus the RSS before the first step on CPUs), and the time
+  of the second step (one sample: a rough figure, the harness timing is the careful one).
 
 Timings take the median of repeated runs after warm-up (CUDA events and synchronisation on GPUs).
 """
@@ -284,13 +285,15 @@ def step_memory(method: str, preset: str, device) -> dict:
     before = _current_rss_mb()
     reset_peak_memory(device)
     for step in range(2):
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            losses = m.training_step(lab, unl, 500 + step)
-        opt.zero_grad(set_to_none=True)
-        losses.total.backward()
-        opt.step()
-        m.after_step(500 + step)
+        with StepTimer(device) as timer:
+            with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                losses = m.training_step(lab, unl, 500 + step)
+            opt.zero_grad(set_to_none=True)
+            losses.total.backward()
+            opt.step()
+            m.after_step(500 + step)
     peak = peak_memory(device)
+    peak["second_step_s"] = timer.seconds
     if device.type != "cuda":
         peak["baseline_rss_mb"] = before
         peak["peak_memory_mb"] -= before
@@ -317,8 +320,8 @@ def memory_table(methods: list[str], preset: str, device_name: str, log=print) -
             log(f"memory   {name:14s} failed: {tail}")
         else:
             row = json.loads(line[len("RESULT "):])
-            log(f"memory   {name:14s} {row['peak_memory_mb']:9.0f} MiB ({row['peak_memory_kind']}, "
-                f"{time.perf_counter() - t0:.0f} s)  [{i + 1}/{len(methods)}]")
+            log(f"memory   {name:14s} {row['peak_memory_mb']:9.0f} MiB ({row['peak_memory_kind']})  "
+                f"second step {row['second_step_s']:.2f} s  ({time.perf_counter() - t0:.0f} s in all)  [{i + 1}/{len(methods)}]")
         rows.append(row)
     return rows
 
