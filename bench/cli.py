@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--peak-gflops", type=float, default=None, help="the device's peak you assume (default: a CPU estimate)")
     pf.add_argument("--variants", action="store_true",
                     help="also time each method's step with AMP / cudnn.benchmark (CUDA), channels_last_3d and torch.compile on and off")
+    pf.add_argument("--memory-limit-gb", type=float, default=None,
+                    help="with --memory: cap each method's process at this much address space (fail, not swap or OOM-kill)")
     pf.add_argument("--memory", action="store_true",
                     help="only peak memory of two training steps per method, each in a fresh process ('--methods all' for every method)")
 
@@ -303,7 +305,7 @@ def cmd_perf(args) -> int:
     if not args.memory:
         run_perf(methods, args.preset, args.device, args.out, args.peak_gflops, variants=args.variants)
         return 0
-    rows = memory_table(methods, args.preset, args.device)
+    rows = memory_table(methods, args.preset, args.device, limit_gb=args.memory_limit_gb)
     if args.out:
         import json
         from pathlib import Path

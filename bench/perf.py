@@ -302,21 +302,31 @@ def step_memory(method: str, preset: str, device) -> dict:
             "batch": [t.labeled_bs, t.unlabeled_bs], **peak}
 
 
-def memory_table(methods: list[str], preset: str, device_name: str, log=print) -> list[dict]:
-    """``step_memory`` of each method, each in a fresh Python process (a clean peak)."""
+def memory_table(methods: list[str], preset: str, device_name: str, log=print, limit_gb: float | None = None) -> list[dict]:
+    """``step_memory`` of each method, each in a fresh Python process (a clean peak).
+    ``limit_gb`` caps each child's address space (RLIMIT_AS), so that a method too big for the
+    machine fails with an allocation error instead of waking the kernel's OOM killer."""
+    import resource
     import subprocess
     import sys
+
+    def cap():
+        if limit_gb:
+            lim = int(limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
 
     rows = []
     for i, name in enumerate(methods):
         code = ("import json, torch; from bench.perf import step_memory; from bench.runner import pick_device; "
                 f"print('RESULT ' + json.dumps(step_memory({name!r}, {preset!r}, pick_device({device_name!r}))))")
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=cap)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            row = {"method": name, "preset": preset, "error": tail}
+            if limit_gb and any(k in tail for k in ("MemoryError", "allocate", "failed to map segment", "std::bad_alloc")):
+                tail = f"needs more than the {limit_gb:g} GB address-space cap ({tail[:120]})"
+            row = {"method": name, "preset": preset, "error": tail, "limit_gb": limit_gb}
             log(f"memory   {name:14s} failed: {tail}")
         else:
             row = json.loads(line[len("RESULT "):])

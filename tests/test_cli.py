@@ -202,3 +202,15 @@ def test_untrained_runs_are_called_out():
                {"method": "fully", "seed": 0, "val_dice": None}]
     notes = untrained_notes(results, "demo")
     assert len(notes) == 1 and notes[0].startswith("note: tak seed 0 had not started to learn (best validation Dice 1.2% at step 200")
+
+
+def test_perf_memory_cap_reports_out_of_memory(tmp_path):
+    """--memory-limit-gb: a method beyond the cap is reported as such, never OOM-killed."""
+    import json
+
+    from bench.cli import main
+
+    rc = main(["perf", "--memory", "--methods", "mean_teacher", "--preset", "tiny", "--device", "cpu",
+               "--memory-limit-gb", "0.5", "--out", str(tmp_path / "mem.json")])
+    row = json.loads((tmp_path / "mem.json").read_text())["memory"][0]
+    assert rc == 1 and row["error"].startswith("needs more than the 0.5 GB address-space cap")
