@@ -21,6 +21,14 @@ Where paper and code differ, the code is followed: softmax over classes with CE 
 paper's Universal-Model head uses sigmoids); the text tensor is frozen (not trained); the
 contrastive projection of the 16n-channel scale reuses the head's shared text projection
 when 16n equals its 256 width (as released: ``text_to_256``).
+
+Slow start, as released: the controller keeps PyTorch's default initialisation (the released
+script defines ``kaiming_normal_init_weight`` but never calls it), so each of the three
+generated layers shrinks the spatial signal 6-9x and the logits vary by ~0.001 across voxels
+at step 0 (``ga``'s static output conv: 0.31). Training first has to grow that product of
+small weights: on the phantom TAK's validation Dice stays near 0 for ~300-400 steps at lr 0.03,
+0.1 or 0.3 (measured, docs/performance.md), while ``ga`` learns from the first 50 steps. Over
+the paper's 30k+ iterations this costs little; in CPU-sized runs it dominates.
 """
 
 from __future__ import annotations
