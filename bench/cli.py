@@ -282,13 +282,17 @@ UNTRAINED_VAL_DICE = 0.05
 def untrained_notes(results: list[dict], preset: str) -> list[str]:
     """One line per run whose best validation Dice stayed below 5 %: its test numbers say the
     budget was too short for the method, not how good the method is."""
+    from bench.registry import METHODS
+
     notes = []
     for r in results:
         v = r.get("val_dice")
         if v is not None and v == v and v < UNTRAINED_VAL_DICE:
+            why = getattr(METHODS.get(r["method"]), "slow_start", "") if r["method"] in METHODS else ""
             notes.append(f"note: {r['method']} seed {r['seed']} had not started to learn (best validation Dice "
                          f"{100 * v:.1f}% at step {r.get('checkpoint_step')}, preset {preset}); its row measures the budget, "
-                         f"not the method - give it more iterations (--preset quick, or --iterations N)")
+                         f"not the method - give it more iterations (--preset quick, or --iterations N)"
+                         + (f"; {r['method']}: {why}" if why else ""))
     return notes
 
 

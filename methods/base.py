@@ -90,6 +90,9 @@ class Method:
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: engine settings applied over a preset, per preset name (see bench/config.py)
     preset_train: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: why the method may not have started to learn in a short run (shown with such a run's
+    #: results); empty when there is no known reason
+    slow_start: ClassVar[str] = ""
 
     @dataclass
     class Hparams:

@@ -52,6 +52,8 @@ class TAK(GA):
     uses_priors = True
     text_head = True
     contrastive = True
+    slow_start = ("its text-driven head starts almost flat (logits vary ~0.001 across voxels) and needs "
+                  "~300-400 steps to leave that plateau (docs/performance.md)")
 
     @dataclass
     class Hparams(GA.Hparams):

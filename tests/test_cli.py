@@ -202,6 +202,9 @@ def test_untrained_runs_are_called_out():
                {"method": "fully", "seed": 0, "val_dice": None}]
     notes = untrained_notes(results, "demo")
     assert len(notes) == 1 and notes[0].startswith("note: tak seed 0 had not started to learn (best validation Dice 1.2% at step 200")
+    assert "text-driven head starts almost flat" in notes[0]  # the method's own known reason
+    other = untrained_notes([{"method": "mean_teacher", "seed": 1, "val_dice": 0.0, "checkpoint_step": 4}], "tiny")
+    assert len(other) == 1 and other[0].endswith("(--preset quick, or --iterations N)")  # no reason known
 
 
 def test_perf_memory_cap_reports_out_of_memory(tmp_path):
