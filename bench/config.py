@@ -74,11 +74,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # demo: the no-flag default, sized so that `bench run --methods tak,dhc,mean_teacher` takes
     # about 10 minutes on 2 CPU cores (docs/performance.md); the quick phantom, half quick's
-    # patch (32x32x64: 2 MagicNet cubes of 32) and 270 iterations (300 took 10:38 on a quiet
-    # 2-core CPU).
+    # patch (32x32x64: 2 MagicNet cubes of 32) and 220 iterations (300 took 10:38 on a quiet
+    # 2-core CPU, 270 took 11:04 in a later measurement).
     "demo": {
         "dataset_preset": "quick",
-        "train": {"iterations": 270, "lr": 0.1, "patch": (32, 32, 64), "width": 8, "val_every": 100,
+        "train": {"iterations": 220, "lr": 0.1, "patch": (32, 32, 64), "width": 8, "val_every": 100,
                   "ckpt_every": 50},
     },
     # quick: the figure protocol of the closing notes, about an hour for tak,dhc,mean_teacher on
