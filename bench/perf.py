@@ -7,8 +7,8 @@
 * metrics: our per-case HD95 + ASD for all organs vs MONAI's ``HausdorffDistanceMetric`` +
   ``SurfaceDistanceMetric`` and vs medpy, on the same multi-class volume (values compared;
   goal: >= 5x faster);
-* inference: ``tak`` vs a plain V-Net of the same width (goal <= 1.10), sliding-window overlap
-  0.5 vs 0.25;
+* inference: ``tak`` vs a plain V-Net of the same width (goal <= 1.10), timed in interleaved
+  rounds; sliding-window overlap 0.5 vs 0.25 (and how many windows each needs);
 * achieved GFLOP/s of a training step (FLOPs counted by ``torch.utils.flop_counter``) against
   the peak the user states (``--peak-gflops``; for CPUs we assume cores x 32 FLOP/cycle
   (AVX2 FMA, fp32) x 2.5 GHz unless told);
@@ -140,8 +140,33 @@ def metrics_speed(repeat: int = 3) -> dict:
     return out
 
 
-def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 64)) -> dict:
-    """Sliding-window inference of tak vs a plain V-Net of equal width; overlap 0.5 vs 0.25."""
+def _interleaved_medians(fns: dict, device, rounds: int, warmup: int = 1, seed: int = 0) -> dict:
+    """Median seconds of each callable over ``rounds`` rounds; each round runs all of them in a
+    new shuffled order, so drift and a busy neighbour weigh on every callable alike (timing one
+    callable's repeats back to back and then the next one's gave ratios off by up to 10 %)."""
+    import random
+
+    rng = random.Random(seed)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {k: [] for k in fns}
+    for _ in range(rounds):
+        order = list(fns)
+        rng.shuffle(order)
+        for k in order:
+            with StepTimer(device) as t:
+                fns[k]()
+            times[k].append(t.seconds)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 64), rounds: int = 7) -> dict:
+    """Sliding-window inference (overlap 0.5, 2 patches per batch) of ``tak`` vs a plain V-Net of
+    equal width and vs ``ga`` (the same MagicNet V-Net with a static 1x1x1 head) on a volume of
+    ``shape``, timed interleaved; and the plain V-Net at overlap 0.5 vs 0.25 on a volume of
+    2.25 patches per axis, where the two overlaps need different numbers of windows (on
+    ``shape`` they often need the same)."""
     from bench.inference import predict_volume
     from bench.registry import METHODS
     from datasets.labels import BTCV_13
@@ -156,13 +181,27 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
     ga = METHODS.get("ga")(ctx).to(device)  # the same MagicNet V-Net with a static 1x1x1 head
     ga.train(False)
     plain = VNet(1, 14, width, "instancenorm").to(device).eval()
-    vol = np.random.default_rng(0).random(shape, dtype=np.float32)
-    t = {}
-    for name, fn in (("tak", tak.predict), ("ga", ga.predict), ("vnet", plain)):
-        for ov in (0.5, 0.25):
-            t[f"{name}_overlap{ov}"] = _median_time(lambda fn=fn, ov=ov: predict_volume(fn, vol, patch, ov, device, sw_batch_size=2), device, 3)
-    return {**t, "tak_vs_vnet": t["tak_overlap0.5"] / t["vnet_overlap0.5"], "tak_vs_ga": t["tak_overlap0.5"] / t["ga_overlap0.5"],
-            "overlap_0.5_vs_0.25": t["vnet_overlap0.5"] / t["vnet_overlap0.25"]}
+    rng = np.random.default_rng(0)
+    vol = rng.random(shape, dtype=np.float32)
+    t = _interleaved_medians({f"{name}_overlap0.5": (lambda fn=fn: predict_volume(fn, vol, patch, 0.5, device, sw_batch_size=2))
+                              for name, fn in (("tak", tak.predict), ("ga", ga.predict), ("vnet", plain))}, device, rounds)
+    big = rng.random(tuple(int(2.25 * p) for p in patch), dtype=np.float32)
+    windows = {}
+
+    def counted(ov):
+        def fn(x):
+            windows[ov] = windows.get(ov, 0) + x.shape[0]
+            return plain(x)
+        return fn
+
+    for ov in (0.5, 0.25):  # count the windows once
+        predict_volume(counted(ov), big, patch, ov, device, sw_batch_size=2)
+    t_ov = _interleaved_medians({f"vnet_big_overlap{ov}": (lambda ov=ov: predict_volume(plain, big, patch, ov, device, sw_batch_size=2))
+                                 for ov in (0.5, 0.25)}, device, max(rounds // 2, 2))
+    return {**t, **t_ov, "rounds": rounds, "volume": list(shape), "big_volume": list(big.shape),
+            "windows_overlap0.5": windows[0.5], "windows_overlap0.25": windows[0.25],
+            "tak_vs_vnet": t["tak_overlap0.5"] / t["vnet_overlap0.5"], "tak_vs_ga": t["tak_overlap0.5"] / t["ga_overlap0.5"],
+            "overlap_0.5_vs_0.25": t_ov["vnet_big_overlap0.5"] / t_ov["vnet_big_overlap0.25"]}
 
 
 def synthetic_method(method: str, device, patch=(32, 64, 64), width: int = 8, labeled_bs: int = 2, unlabeled_bs: int = 2,
@@ -365,7 +404,8 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
     ipatch = ipatch if min(ipatch) >= 32 else (32, 64, 64)  # TAK's cubes need >= 32
     result["inference"] = inference_speed(device, train.get("width", 8), shape=tuple(max(a, b) for a, b in zip(ipatch, (40, 80, 80))), patch=ipatch)
     i = result["inference"]
-    log(f"infer    tak/V-Net {i['tak_vs_vnet']:.2f}x   tak/ga {i['tak_vs_ga']:.2f}x   overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x")
+    log(f"infer    tak/V-Net {i['tak_vs_vnet']:.3f}x   tak/ga {i['tak_vs_ga']:.3f}x   (median of {i['rounds']} interleaved rounds)   "
+        f"overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x ({i['windows_overlap0.5']} vs {i['windows_overlap0.25']} windows)")
     if variants:
         result["variants"] = []
         for name in methods:

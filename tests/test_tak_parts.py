@@ -190,10 +190,11 @@ def test_text_head_chunked_inference_equals_one_pass():
         assert torch.allclose(head(feats, dec), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk", [7, 64, 10**9])
-def test_dynamic_head_recomputing_backward_equals_autograd(chunk):
+@pytest.mark.parametrize("chunk,backward_chunk", [(7, 7), (64, 64), (10**9, 10**9), (7, 64), (64, 7)])
+def test_dynamic_head_recomputing_backward_equals_autograd(chunk, backward_chunk):
     """The chunked head with its hand-written backward gives autograd's values and gradients
-    (chunk 7 does not divide the 100 voxels; ReLUs are active and inactive on random inputs)."""
+    (chunk 7 does not divide the 100 voxels; ReLUs are active and inactive on random inputs;
+    forward and backward chunk sizes may differ)."""
     from methods.text_head import dynamic_head, reference_dynamic_head
 
     torch.manual_seed(0)
@@ -201,11 +202,11 @@ def test_dynamic_head_recomputing_backward_equals_autograd(chunk):
     shapes = [(b, 8, n), (b, 8 * c, 1), (b, 8 * c, 8), (b * c, 8, 1), (b * c, 8, 8), (b * c, 1, 1), (b * c, 1, 8)]
     inputs = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in shapes]
     weight = torch.randn(b, c, n, dtype=torch.float64)
-    out = dynamic_head(*inputs, b, c, chunk)
+    out = dynamic_head(*inputs, b, c, chunk, backward_chunk)
     grads = torch.autograd.grad((out * weight).sum(), inputs)
     ref = reference_dynamic_head(*inputs, b, c)
     ref_grads = torch.autograd.grad((ref * weight).sum(), inputs)
     assert torch.allclose(out, ref)
     for g, r in zip(grads, ref_grads):
         assert torch.allclose(g, r)
-    assert torch.autograd.gradcheck(lambda *t: dynamic_head(*t, b, c, chunk), inputs)
+    assert torch.autograd.gradcheck(lambda *t: dynamic_head(*t, b, c, chunk, backward_chunk), inputs)
