@@ -162,9 +162,10 @@ def _interleaved_medians(fns: dict, device, rounds: int, warmup: int = 1, seed: 
 
 
 def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 64), rounds: int = 7) -> dict:
-    """Sliding-window inference (overlap 0.5, 2 patches per batch) of ``tak`` vs a plain V-Net of
-    equal width and vs ``ga`` (the same MagicNet V-Net with a static 1x1x1 head) on a volume of
-    ``shape``, timed interleaved; and the plain V-Net at overlap 0.5 vs 0.25 on a volume of
+    """``tak`` vs a plain V-Net of equal width and vs ``ga`` (the same MagicNet V-Net with a
+    static 1x1x1 head): the networks' forward pass on one batch of 2 patches (the precise ratio
+    of what the head adds) and sliding-window inference (overlap 0.5, 2 patches per batch) of a
+    volume of ``shape``, both timed in interleaved rounds; and the plain V-Net at overlap 0.5 vs 0.25 on a volume of
     2.25 patches per axis, where the two overlaps need different numbers of windows (on
     ``shape`` they often need the same)."""
     from bench.inference import predict_volume
@@ -185,6 +186,18 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
     vol = rng.random(shape, dtype=np.float32)
     t = _interleaved_medians({f"{name}_overlap0.5": (lambda fn=fn: predict_volume(fn, vol, patch, 0.5, device, sw_batch_size=2))
                               for name, fn in (("tak", tak.predict), ("ga", ga.predict), ("vnet", plain))}, device, rounds)
+    x = torch.from_numpy(rng.random((2, 1, *patch), dtype=np.float32)).to(device)
+
+    def forward(fn):
+        def run():
+            with torch.no_grad():
+                fn(x)
+        return run
+
+    # the networks alone on one batch of 2 patches: what the head adds, without the sliding
+    # window's own costs (equal for all three, but noisy: +-8 % between identical networks)
+    f = _interleaved_medians({"tak_forward": forward(tak.predict), "ga_forward": forward(ga.predict),
+                              "vnet_forward": forward(plain)}, device, 3 * rounds)
     big = rng.random(tuple(int(2.25 * p) for p in patch), dtype=np.float32)
     windows = {}
 
@@ -198,7 +211,8 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
         predict_volume(counted(ov), big, patch, ov, device, sw_batch_size=2)
     t_ov = _interleaved_medians({f"vnet_big_overlap{ov}": (lambda ov=ov: predict_volume(plain, big, patch, ov, device, sw_batch_size=2))
                                  for ov in (0.5, 0.25)}, device, max(rounds // 2, 2))
-    return {**t, **t_ov, "rounds": rounds, "volume": list(shape), "big_volume": list(big.shape),
+    return {**t, **f, **t_ov, "rounds": rounds,
+            "tak_vs_vnet_forward": f["tak_forward"] / f["vnet_forward"], "tak_vs_ga_forward": f["tak_forward"] / f["ga_forward"], "volume": list(shape), "big_volume": list(big.shape),
             "windows_overlap0.5": windows[0.5], "windows_overlap0.25": windows[0.25],
             "tak_vs_vnet": t["tak_overlap0.5"] / t["vnet_overlap0.5"], "tak_vs_ga": t["tak_overlap0.5"] / t["ga_overlap0.5"],
             "overlap_0.5_vs_0.25": t_ov["vnet_big_overlap0.5"] / t_ov["vnet_big_overlap0.25"]}
@@ -404,7 +418,8 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
     ipatch = ipatch if min(ipatch) >= 32 else (32, 64, 64)  # TAK's cubes need >= 32
     result["inference"] = inference_speed(device, train.get("width", 8), shape=tuple(max(a, b) for a, b in zip(ipatch, (40, 80, 80))), patch=ipatch)
     i = result["inference"]
-    log(f"infer    tak/V-Net {i['tak_vs_vnet']:.3f}x   tak/ga {i['tak_vs_ga']:.3f}x   (median of {i['rounds']} interleaved rounds)   "
+    log(f"infer    forward tak/V-Net {i['tak_vs_vnet_forward']:.3f}x  tak/ga {i['tak_vs_ga_forward']:.3f}x;  sliding window "
+        f"tak/V-Net {i['tak_vs_vnet']:.3f}x  tak/ga {i['tak_vs_ga']:.3f}x  (medians of interleaved rounds)   "
         f"overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x ({i['windows_overlap0.5']} vs {i['windows_overlap0.25']} windows)")
     if variants:
         result["variants"] = []
