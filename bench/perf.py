@@ -34,15 +34,30 @@ import torch
 from bench.timing import StepTimer, device_description
 
 
-def _median_time(fn, device, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        with StepTimer(device) as t:
+def _interleaved_medians(fns: dict, device, rounds: int, warmup: int = 1, seed: int = 0) -> dict:
+    """Median seconds of each callable over ``rounds`` rounds; each round runs all of them in a
+    new shuffled order, so drift and a busy neighbour weigh on every callable alike (timing one
+    callable's repeats back to back and then the next one's gave ratios off by up to 10 %)."""
+    import random
+
+    rng = random.Random(seed)
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-        times.append(t.seconds)
-    return statistics.median(times)
+    times: dict = {k: [] for k in fns}
+    for _ in range(rounds):
+        order = list(fns)
+        rng.shuffle(order)
+        for k in order:
+            with StepTimer(device) as t:
+                fns[k]()
+            times[k].append(t.seconds)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _median_time(fn, device, repeat: int, warmup: int = 1) -> float:
+    """Median seconds of ``fn`` over ``repeat`` timed runs after ``warmup`` untimed ones."""
+    return _interleaved_medians({"fn": fn}, device, repeat, warmup)["fn"]
 
 
 def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_train: dict | None = None) -> dict:
@@ -140,34 +155,13 @@ def metrics_speed(repeat: int = 3) -> dict:
     return out
 
 
-def _interleaved_medians(fns: dict, device, rounds: int, warmup: int = 1, seed: int = 0) -> dict:
-    """Median seconds of each callable over ``rounds`` rounds; each round runs all of them in a
-    new shuffled order, so drift and a busy neighbour weigh on every callable alike (timing one
-    callable's repeats back to back and then the next one's gave ratios off by up to 10 %)."""
-    import random
-
-    rng = random.Random(seed)
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {k: [] for k in fns}
-    for _ in range(rounds):
-        order = list(fns)
-        rng.shuffle(order)
-        for k in order:
-            with StepTimer(device) as t:
-                fns[k]()
-            times[k].append(t.seconds)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 64), rounds: int = 7) -> dict:
     """``tak`` vs a plain V-Net of equal width and vs ``ga`` (the same MagicNet V-Net with a
     static 1x1x1 head): the networks' forward pass on one batch of 2 patches (the precise ratio
     of what the head adds) and sliding-window inference (overlap 0.5, 2 patches per batch) of a
-    volume of ``shape``, both timed in interleaved rounds; and the plain V-Net at overlap 0.5 vs 0.25 on a volume of
-    2.25 patches per axis, where the two overlaps need different numbers of windows (on
-    ``shape`` they often need the same)."""
+    volume of ``shape``, both timed in interleaved rounds; and the plain V-Net at overlap 0.5
+    vs 0.25 on a volume of 2.25 patches per axis, where the two overlaps need different numbers
+    of windows (on ``shape`` they often need the same)."""
     from bench.inference import predict_volume
     from bench.registry import METHODS
     from datasets.labels import BTCV_13
@@ -207,13 +201,13 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
             return plain(x)
         return fn
 
-    for ov in (0.5, 0.25):  # count the windows once
+    for ov in (0.5, 0.25):  # the warm-up runs, counting the windows
         predict_volume(counted(ov), big, patch, ov, device, sw_batch_size=2)
     t_ov = _interleaved_medians({f"vnet_big_overlap{ov}": (lambda ov=ov: predict_volume(plain, big, patch, ov, device, sw_batch_size=2))
-                                 for ov in (0.5, 0.25)}, device, max(rounds // 2, 2))
-    return {**t, **f, **t_ov, "rounds": rounds,
-            "tak_vs_vnet_forward": f["tak_forward"] / f["vnet_forward"], "tak_vs_ga_forward": f["tak_forward"] / f["ga_forward"], "volume": list(shape), "big_volume": list(big.shape),
-            "windows_overlap0.5": windows[0.5], "windows_overlap0.25": windows[0.25],
+                                 for ov in (0.5, 0.25)}, device, max(rounds // 2, 2), warmup=0)
+    return {"rounds": rounds, "volume": list(shape), "big_volume": list(big.shape),
+            "windows_overlap0.5": windows[0.5], "windows_overlap0.25": windows[0.25], **t, **f, **t_ov,
+            "tak_vs_vnet_forward": f["tak_forward"] / f["vnet_forward"], "tak_vs_ga_forward": f["tak_forward"] / f["ga_forward"],
             "tak_vs_vnet": t["tak_overlap0.5"] / t["vnet_overlap0.5"], "tak_vs_ga": t["tak_overlap0.5"] / t["ga_overlap0.5"],
             "overlap_0.5_vs_0.25": t_ov["vnet_big_overlap0.5"] / t_ov["vnet_big_overlap0.25"]}
 
