@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bench.config import DEFAULT_PRESET
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def _check_shadowing() -> None:
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(args) -> int:
-    from bench.registry import REGISTRIES
+    from bench.core.registry import REGISTRIES
 
     reg = REGISTRIES[args.kind]
     names = reg.names()
@@ -177,7 +177,7 @@ def _dataset_options(items: list[str], label_map: str | None, base: dict | None 
 def _print_fingerprint(name: str, args) -> None:
     import inspect
 
-    from bench.registry import DATASETS
+    from bench.core.registry import DATASETS
     from bench.runner import load_dataset
     from datasets.fingerprint import fingerprint, format_fingerprint
 
@@ -242,8 +242,8 @@ def cmd_run(args) -> int:
     distributed.shutdown()
     if results:
         print()
-        print(f"Per-organ Dice (%) on the test split, mean over seeds; HD95 in mm ({results[0]['dataset']}, "
-              f"protocol {results[0]['protocol']}, split {results[0]['split']}):")
+        print(f"Per-organ Dice (%) on the test split, mean over seeds; HD95 in mm ({results[0].dataset}, "
+              f"protocol {results[0].protocol}, split {results[0].split}):")
         print(frame_markdown(per_organ_frame(results)))
         for line in untrained_notes(results, req.preset):
             print(line)
@@ -279,27 +279,27 @@ def cmd_tune(args) -> int:
 UNTRAINED_VAL_DICE = 0.05
 
 
-def untrained_notes(results: list[dict], preset: str) -> list[str]:
+def untrained_notes(results: list, preset: str) -> list[str]:
     """One line per run whose best validation Dice stayed below 5 %: its test numbers say the
     budget was too short for the method, not how good the method is."""
-    from bench.registry import METHODS
+    from bench.core.registry import METHODS
 
     notes = []
     for r in results:
-        v = r.get("val_dice")
+        v = r.val_dice
         if v is not None and v == v and v < UNTRAINED_VAL_DICE:
-            why = getattr(METHODS.get(r["method"]), "slow_start", "") if r["method"] in METHODS else ""
-            notes.append(f"note: {r['method']} seed {r['seed']} had not started to learn (best validation Dice "
-                         f"{100 * v:.1f}% at step {r.get('checkpoint_step')}, preset {preset}); its row measures the budget, "
+            why = getattr(METHODS.get(r.method), "slow_start", "") if r.method in METHODS else ""
+            notes.append(f"note: {r.method} seed {r.seed} had not started to learn (best validation Dice "
+                         f"{100 * v:.1f}% at step {r.checkpoint_step}, preset {preset}); its row measures the budget, "
                          f"not the method - give it more iterations (--preset quick, or --iterations N)"
-                         + (f"; {r['method']}: {why}" if why else ""))
+                         + (f"; {r.method}: {why}" if why else ""))
     return notes
 
 
 def cmd_perf(args) -> int:
     from bench.config import PRESETS
+    from bench.core.registry import METHODS
     from bench.perf import memory_table, run_perf
-    from bench.registry import METHODS
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)}")
@@ -314,7 +314,7 @@ def cmd_perf(args) -> int:
         import json
         from pathlib import Path
 
-        from bench.store import atomic_write_text
+        from bench.core.store import atomic_write_text
 
         atomic_write_text(Path(args.out), json.dumps({"memory": rows}, indent=1))
         print(f"written to {args.out}")

@@ -1,87 +1,96 @@
 """``python -m bench evaluate``: score any folder of NIfTI predictions against labels.
 
-Files are matched by name (``case.nii.gz`` in both folders). Both are reoriented to the
-closest canonical (RAS) orientation, spacing comes from the label's header, and metrics are
-those of :mod:`bench.metrics` (the same code as after training).
+A prediction ``<case>.nii.gz`` is matched to the label file of the same name, or to one whose
+name is a non-digit prefix followed by the case id (Synapse: ``label0001.nii.gz`` for case
+``0001``). Both are reoriented to RAS and must share one voxel grid; the label's header gives
+the spacing. Scores come from :func:`bench.core.scoring.score_case`, the function that scores
+a run's test cases, so ``bench run --save-predictions`` followed by ``bench evaluate`` on its
+``predictions/`` folder reproduces the run's metrics.json.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.metrics import case_metrics, summarize
-from bench.store import atomic_write_json, read_json
-from datasets.labels import BTCV_13, names_by_id
-from datasets.nifti import read_nifti
-
-
-def read_labels_json(path: str | None) -> tuple[str, ...]:
-    if path is None:
-        return BTCV_13
-    p = Path(path)
-    meta = read_json(p, f"--labels {p}")
-    labels = meta.get("labels") if isinstance(meta, dict) else None
-    if not labels:
-        raise UserError(f"--labels {p} has no 'labels' entry; write {{\"labels\": {{\"background\": 0, \"liver\": 1, ...}}}}")
-    if isinstance(labels, list):
-        return tuple(str(x) for x in labels)
-    if not isinstance(labels, dict):
-        raise UserError(f"--labels {p}: 'labels' must map names to integers (nnU-Net style)")
-    return names_by_id(labels, f"--labels {p}")
+from bench.core.errors import UserError
+from bench.core.labels import read_labels_json
+from bench.core.records import MetricsRecord, write_record
+from bench.core.scoring import score_case
+from datasets.nifti import read_nifti, same_grid
 
 
 def _cases(folder: Path) -> dict[str, Path]:
     out = {}
     for f in sorted(folder.iterdir()):
         for ext in (".nii.gz", ".nii"):
-            if f.name.endswith(ext):
+            if f.name.endswith(ext) and f.is_file():
                 out[f.name[: -len(ext)]] = f
     return out
 
 
-def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str = "default", out: str | None = None) -> dict:
-    from bench.registry import PROTOCOLS
+def match_cases(preds: dict[str, Path], gts: dict[str, Path]) -> dict[str, tuple[Path, Path]]:
+    """``{case: (prediction, label)}``: same name, or label name = non-digit prefix + case id."""
+    out = {}
+    for stem, g in gts.items():
+        if stem in preds:
+            out[stem] = (preds[stem], g)
+            continue
+        m = re.fullmatch(r"([^\d]+)(\d.*)", stem)
+        if m and m.group(2) in preds:
+            out[m.group(2)] = (preds[m.group(2)], g)
+    return out
 
-    proto = PROTOCOLS.get(protocol)(Path(gt).name)
+
+def _check_labels(arr: np.ndarray, path: Path, n: int) -> np.ndarray:
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise UserError(f"{path} holds non-integer values; a label map must hold class ids")
+        arr = arr.astype(np.int64)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n:
+        raise UserError(f"{path} holds label {hi if hi >= n else lo}, outside 0..{n - 1} of the label set; pass --labels dataset.json")
+    return arr
+
+
+def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str = "default", out: str | None = None) -> dict:
+    from bench.core.registry import PROTOCOLS
+
     pdir, gdir = Path(pred), Path(gt)
     for d, flag in ((pdir, "--pred"), (gdir, "--gt")):
         if not d.is_dir():
             raise UserError(f"{flag} {d} is not a folder; give the folder that holds the .nii.gz files")
+    target = Path(out) if out else pdir / "metrics.json"
+    if target.is_dir():
+        raise UserError(f"--out {target} is a folder; give a file name such as {target / 'metrics.json'}")
+    proto = PROTOCOLS.get(protocol)(gdir.name)
     labels = read_labels_json(labels_json)
-    preds, gts = _cases(pdir), _cases(gdir)
+    gts = _cases(gdir)
     if not gts:
         raise UserError(f"--gt {gdir} holds no .nii / .nii.gz files")
-    missing = sorted(set(gts) - set(preds))
-    if missing:
+    pairs = match_cases(_cases(pdir), gts)
+    if len(pairs) < len(gts):
+        missing = sorted(set(gts) - {g.name.split(".nii")[0] for _, g in pairs.values()})
         raise UserError(f"no prediction for {len(missing)} case(s) in {pdir}, e.g. '{missing[0]}'; predict every case of --gt")
     organs = list(labels[1:])
     cases = {}
-    for cid, gpath in gts.items():
+    for cid, (ppath, gpath) in sorted(pairs.items()):
         g, spacing = read_nifti(gpath)
-        p, _ = read_nifti(preds[cid])
+        p, p_spacing = read_nifti(ppath)
         if p.shape != g.shape:
             raise UserError(f"case '{cid}': prediction shape {p.shape} differs from label shape {g.shape}")
-        for arr, path in ((g, gpath), (p, preds[cid])):
-            if not np.issubdtype(arr.dtype, np.integer):
-                if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-                    raise UserError(f"{path} holds non-integer values; a label map must hold class ids")
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi >= len(labels):
-                raise UserError(f"{path} holds label {hi if hi >= len(labels) else lo}, outside 0..{len(labels) - 1} of the label set; pass --labels dataset.json")
-        per = case_metrics(p.astype(np.int32), g.astype(np.int32), (1.0, 1.0, 1.0) if proto.distance_unit == "voxel" else spacing, len(labels),
-                           empty_rule=proto.empty_rule)
-        cases[cid] = {organs[c - 1]: m for c, m in per.items()}
-    summary = summarize(cases, organs)
-    result = {"method": pdir.name, "dataset": gdir.name, "protocol": proto.name, "protocol_version": proto.version,
-              "split": "evaluate", "seed": 0, "organs": organs, **summary, "cases": cases}
-    target = Path(out) if out else pdir / "metrics.json"
-    atomic_write_json(target, result)
+        if not np.allclose(p_spacing, spacing, rtol=1e-3, atol=1e-3) or not same_grid(ppath, gpath):
+            raise UserError(f"case '{cid}': {ppath} is not on the voxel grid of {gpath} (spacing {p_spacing} vs {spacing}); "
+                            f"resample the prediction onto its label's grid")
+        cases[cid] = score_case(_check_labels(p, ppath, len(labels)), _check_labels(g, gpath, len(labels)), spacing, proto, organs)
+    record = MetricsRecord.build(method=pdir.name, dataset=gdir.name, protocol=proto, split="evaluate", seed=0,
+                                 organs=organs, cases=cases)
+    write_record(target, record)
     from reports.tables import frame_markdown, per_organ_frame
 
-    print(frame_markdown(per_organ_frame([result])))
+    print(frame_markdown(per_organ_frame([record])))
     print(f"\nmetrics written to {target}", file=sys.stderr)
-    return result
+    return record.to_dict()

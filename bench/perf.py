@@ -65,7 +65,7 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
     import tempfile
 
     from bench.config import TrainConfig
-    from bench.registry import METHODS, PROTOCOLS
+    from bench.core.registry import METHODS, PROTOCOLS
     from bench.train import RunSpec, Trainer
     from datasets.splits import draw_split
     from priors.cache import prior_embeddings
@@ -106,8 +106,8 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
 
 def metrics_speed(repeat: int = 3) -> dict:
     """Our HD95 + ASD for every organ of a phantom case vs MONAI and medpy (same inputs)."""
-    from bench.metrics import case_metrics
-    from datasets.labels import BTCV_13
+    from bench.core.labels import BTCV_13
+    from bench.core.metrics import case_metrics
     from datasets.phantom import generate_case
 
     img, gt, spacing = generate_case(BTCV_13, (40, 80, 80), 3)
@@ -162,9 +162,9 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
     volume of ``shape``, both timed in interleaved rounds; and the plain V-Net at overlap 0.5
     vs 0.25 on a volume of 2.25 patches per axis, where the two overlaps need different numbers
     of windows (on ``shape`` they often need the same)."""
+    from bench.core.labels import BTCV_13
+    from bench.core.registry import METHODS
     from bench.inference import predict_volume
-    from bench.registry import METHODS
-    from datasets.labels import BTCV_13
     from methods.base import MethodContext
     from methods.networks import VNet
     from priors.cache import prior_embeddings
@@ -216,8 +216,8 @@ def synthetic_method(method: str, device, patch=(32, 64, 64), width: int = 8, la
                      seed: int = 0):
     """A method built on a 14-class BTCV context with hash text priors, and one random batch
     (labeled image (B_l, 1, *patch) + label (B_l, *patch), unlabeled image (B_u, 1, *patch))."""
-    from bench.registry import METHODS
-    from datasets.labels import BTCV_13
+    from bench.core.labels import BTCV_13
+    from bench.core.registry import METHODS
     from methods.base import MethodContext
     from priors.cache import prior_embeddings
 
@@ -423,7 +423,7 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
                 log(f"variant  {name:14s} {r['variant']:40s} " + (f"{r['s_per_step']:.3f} s/step  x{r['speedup']:.2f}"
                                                                     if "s_per_step" in r else f"failed: {r['error']}"))
     if out:
-        from bench.store import atomic_write_text
+        from bench.core.store import atomic_write_text
 
         atomic_write_text(Path(out), json.dumps(result, indent=1))
         log(f"written to {out}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -13,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import DEFAULT_PRESET, EXECUTION_ONLY, PRESETS, load_config_file, parse_set, resolve
-from bench.errors import UserError
-from bench.registry import DATASETS, METHODS, PROTOCOLS
-from bench.store import config_hash, is_finished, run_dir
+from bench.core.errors import UserError
+from bench.core.records import MetricsRecord, read_record
+from bench.core.registry import DATASETS, METHODS, PROTOCOLS
+from bench.core.store import config_hash, is_finished, run_dir
 
 
 @dataclass
@@ -199,7 +199,7 @@ def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
 
 def _check_priors(prompt_list: list[str], encoder_list: list[str]) -> None:
     """Fail on unknown prompt sets / encoders before any run starts (without loading weights)."""
-    from bench.registry import ENCODERS, PROMPTS
+    from bench.core.registry import ENCODERS, PROMPTS
 
     if not prompt_list or not encoder_list:
         raise UserError("--prompts and --text-encoder need at least one name each")
@@ -243,6 +243,7 @@ def make_spec(r: dict, dataset, protocol, split, device, progress: bool, **extra
     config = {
         **r["resolved"],
         "seed": r["seed"],
+        "labeled_fraction": split.labeled_fraction,
         "config_hash": r["hash"],
         "device": str(device),
         "git_commit": _git_commit(),
@@ -269,7 +270,7 @@ def make_spec(r: dict, dataset, protocol, split, device, progress: bool, **extra
     )
 
 
-def execute(req: RunRequest, log=print) -> list[dict]:
+def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
     """Run every planned run that is not finished (of this shard); return the metrics of the
     finished ones. A run claimed by a live worker (another process sharing the results
     directory) is skipped, not run twice."""
@@ -294,7 +295,7 @@ def execute(req: RunRequest, log=print) -> list[dict]:
         if distributed.agree(is_finished(d) and not req.force):
             log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: finished earlier, skipped ({d})")
             if main:
-                results.append(json.loads((d / "metrics.json").read_text()))
+                results.append(read_record(d / "metrics.json", "metrics"))
             continue
         if not distributed.agree(lock.claim(d) if main else True):
             log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: claimed by another worker, skipped ({d})")
@@ -302,7 +303,7 @@ def execute(req: RunRequest, log=print) -> list[dict]:
         try:
             if distributed.agree(is_finished(d) and not req.force):  # finished while we waited for the claim
                 if main:
-                    results.append(json.loads((d / "metrics.json").read_text()))
+                    results.append(read_record(d / "metrics.json", "metrics"))
                 continue
             if req.force and main:
                 for p in d.iterdir():
@@ -315,11 +316,11 @@ def execute(req: RunRequest, log=print) -> list[dict]:
             distributed.barrier()
             if not main:
                 continue
-            timing = json.loads((d / "timing.json").read_text())
+            timing = read_record(d / "timing.json", "timing")
             log(
-                f"    mean Dice {_fmt(metrics['mean']['dice'], 100, '.1f')}%  "
-                f"train {_fmt(timing['train_s_per_iter']['median'], 1, '.3f')} s/it  "
-                f"inference {_fmt(timing['infer_s_per_case']['median'], 1, '.2f')} s/case"
+                f"    mean Dice {_fmt(metrics.mean['dice'], 100, '.1f')}%  "
+                f"train {_fmt(timing.train_s_per_iter.get('median'), 1, '.3f')} s/it  "
+                f"inference {_fmt(timing.infer_s_per_case.get('median'), 1, '.2f')} s/case"
             )
             results.append(metrics)
         finally:

@@ -24,14 +24,16 @@ import torch
 
 from bench import distributed, lock
 from bench.config import TrainConfig
+from bench.core.errors import UserError
+from bench.core.metrics import case_metrics, nanmean
+from bench.core.protocol import Protocol
+from bench.core.records import ConfigRecord, MetricsRecord, TimingRecord, write_record
+from bench.core.scoring import score_case
+from bench.core.store import atomic_save, atomic_write_text
 from bench.data import Prefetcher, TwoStreamSampler
-from bench.errors import UserError
 from bench.inference import predict_volume
-from bench.metrics import case_metrics, nanmean, summarize
-from bench.store import atomic_save, atomic_write_json, atomic_write_text
 from bench.timing import StepTimer, device_description, peak_memory, reset_peak_memory, summarize_times
 from datasets.base import Dataset
-from datasets.protocols import Protocol
 from datasets.splits import Split
 from methods.base import Method, MethodContext
 
@@ -63,6 +65,8 @@ class RunSpec:
     labels: dict[str, Any] = field(default_factory=dict)
     #: called with (step, validation Dice) after each validation (Optuna reports and prunes here)
     on_validate: Callable[[int, float], None] | None = None
+    #: write each test case's prediction as predictions/<case>.nii.gz (source image geometry)
+    save_predictions: bool = False
 
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -364,7 +368,7 @@ class Trainer:
         self.method.load_state_dict(state["method_state"])
         return int(state["step"])
 
-    def test(self) -> dict:
+    def test(self) -> MetricsRecord:
         ds, proto = self.spec.dataset, self.spec.protocol
         overlap = self.t.overlap if self.t.overlap >= 0 else proto.overlap
         used_step = self.load_best()
@@ -383,39 +387,41 @@ class Trainer:
             with StepTimer(self.device) as timer:
                 pred = self._predict_case(image, overlap)
             infer_times.append(timer.seconds)
-            p, g, sp = proto.evaluation_pair(pred, np.asarray(ds.load_label(cid)), ds.spacing(cid))  # label checked in __init__
-            per = case_metrics(p, g, sp, ds.num_classes, empty_rule=proto.empty_rule)
-            cases[cid] = {organs[c - 1]: m for c, m in per.items()}
-        summary = summarize(cases, organs)
-        metrics = {
-            "method": self.spec.method_name,
-            "dataset": ds.name,
-            "protocol": proto.name,
-            "protocol_version": proto.version,
-            "split": self.spec.split.name,
-            "seed": self.spec.seed,
+            gt = np.asarray(ds.load_label(cid))  # checked in __init__
+            native = proto.to_native(pred, gt.shape)  # the source image's grid: what is saved and scored
+            if self.spec.save_predictions:
+                from datasets.nifti import write_nifti
+
+                write_nifti(self.dir / "predictions" / f"{cid}.nii.gz", native, ds.spacing(cid), ds.affine(cid))
+            cases[cid] = score_case(native, gt, ds.spacing(cid), proto, organs)
+        metrics = MetricsRecord.build(
+            method=self.spec.method_name,
+            dataset=ds.name,
+            protocol=proto,
+            split=self.spec.split.name,
+            labeled_fraction=self.spec.split.labeled_fraction,
+            seed=self.spec.seed,
             **self.spec.labels,
-            "organs": organs,
+            organs=organs,
             # the imbalance the run was trained under (reports order organs by it)
-            "labeled_voxel_share": _share(self.ctx.labeled_voxel_counts, organs),
-            "checkpoint_step": used_step,
-            "val_dice": None if self.best["step"] < 0 else self.best["score"],
-            **summary,
-            "cases": cases,
-        }
-        timing = {
-            "device": device_description(self.device),
-            "train_s_per_iter": summarize_times(self.step_times),
-            "data_wait_share": float(sum(self.data_times) / max(sum(self.data_times) + sum(self.step_times), 1e-12)),
-            "infer_s_per_case": summarize_times(infer_times),
-            "train_wall_s": self.train_wall,
-            "iterations": self.t.iterations,
-            "timing_warmup": self.t.timing_warmup,
-            "amp": self.use_amp,
+            labeled_voxel_share=_share(self.ctx.labeled_voxel_counts, organs),
+            checkpoint_step=used_step,
+            val_dice=None if self.best["step"] < 0 else self.best["score"],
+            cases=cases,
+        )
+        timing = TimingRecord(
+            device=device_description(self.device),
+            train_s_per_iter=summarize_times(self.step_times),
+            data_wait_share=float(sum(self.data_times) / max(sum(self.data_times) + sum(self.step_times), 1e-12)),
+            infer_s_per_case=summarize_times(infer_times),
+            train_wall_s=self.train_wall,
+            iterations=self.t.iterations,
+            timing_warmup=self.t.timing_warmup,
+            amp=self.use_amp,
             **peak_memory(self.device),
-        }
-        atomic_write_json(self.dir / "timing.json", timing)
-        atomic_write_json(self.dir / "metrics.json", metrics)  # last: marks the run finished
+        )
+        write_record(self.dir / "timing.json", timing)
+        write_record(self.dir / "metrics.json", metrics)  # last: marks the run finished
         return metrics
 
 
@@ -436,13 +442,13 @@ def _checked_label(ds: Dataset, case_id: str) -> np.ndarray:
     return lab
 
 
-def run_one(spec: RunSpec) -> dict:
+def run_one(spec: RunSpec) -> MetricsRecord | None:
     """Train (or resume), then test on the split's test cases; writes the run folder."""
     trainer = Trainer(spec)  # loads and checks all data first: bad input leaves nothing behind
     if trainer.rank == 0:
-        atomic_write_json(spec.run_dir / "config.json", {**spec.config, "world_size": trainer.world})
+        write_record(spec.run_dir / "config.json", ConfigRecord.from_dict({**spec.config, "world_size": trainer.world}))
     trainer.fit()
     if trainer.step < spec.train.iterations or trainer.rank != 0:
-        return {}
+        return None
     return trainer.test()
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import DEFAULT_PRESET
-from bench.errors import UserError
-from bench.store import atomic_write_text
+from bench.core.errors import UserError
+from bench.core.storage import make_storage, safe_url
+from bench.core.store import atomic_write_text
 
 
 @dataclass
@@ -51,58 +52,6 @@ class TuneRequest:
     heartbeat_s: int = 60
 
 
-def make_storage(url: str, heartbeat_s: int = 60):
-    """An Optuna storage for ``url``; unreachable or malformed URLs raise one clear line."""
-    import warnings
-
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    try:
-        if url.startswith("journal:"):
-            from optuna.storages.journal import JournalFileBackend
-
-            path = Path(url[len("journal:"):])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return _retry(lambda: optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=heartbeat_s,
-            grace_period=2 * heartbeat_s,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-            engine_kwargs={"pool_pre_ping": True},
-        ))
-    except ImportError as e:
-        raise UserError(f"--storage {_safe(url)} needs a database driver ({e.name}); for PostgreSQL: pip install 'psycopg[binary]'")
-    except Exception as e:  # sqlalchemy.exc.OperationalError, ArgumentError, ...
-        raise UserError(f"--storage {_safe(url)} is not reachable ({type(e).__name__}: {' '.join(str(e).split())[:100]}); "
-                        f"check the URL, that the server runs and accepts this user")
-
-
-def _retry(make, attempts: int = 5):
-    """Workers starting together race to create the tables of a new database; retry briefly."""
-    import time
-
-    for i in range(attempts):
-        try:
-            return make()
-        except ImportError:
-            raise
-        except Exception:
-            if i == attempts - 1:
-                raise
-            time.sleep(0.5 * (i + 1))
-
-
-def _safe(url: str) -> str:
-    """The URL without its password."""
-    import re
-
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
-
-
 def _params_key(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -111,7 +60,7 @@ def tune(req: TuneRequest, log=print):
     import optuna
 
     from bench.config import parse_set, resolve, train_fields
-    from bench.registry import METHODS
+    from bench.core.registry import METHODS
     from bench.runner import RunRequest, make_spec, pick_device, plan
     from bench.train import Trainer
 
@@ -134,7 +83,7 @@ def tune(req: TuneRequest, log=print):
         study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction="maximize", load_if_exists=True)
     except Exception as e:
-        raise UserError(f"--storage {_safe(storage_url)}: cannot open study '{study_name}' ({type(e).__name__}: {' '.join(str(e).split())[:100]})")
+        raise UserError(f"--storage {safe_url(storage_url)}: cannot open study '{study_name}' ({type(e).__name__}: {' '.join(str(e).split())[:100]})")
     owner = study.user_attrs.get("method")
     if owner is None:
         study.set_user_attr("method", req.method)
@@ -182,7 +131,7 @@ def tune(req: TuneRequest, log=print):
         return float(trainer.best["score"])
 
     n_done = len([t for t in study.trials if t.state.is_finished()])
-    log(f"study '{study_name}' ({_safe(storage_url)}): {n_done} finished trial(s); running {req.trials} more")
+    log(f"study '{study_name}' ({safe_url(storage_url)}): {n_done} finished trial(s); running {req.trials} more")
     study.optimize(objective, n_trials=req.trials, catch=())
     best = study.best_trial
     log(f"best trial #{best.number}: eval Dice {100 * best.value:.1f}%  {json.dumps(best.params)}")

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import UserError
-from bench.registry import register_dataset
+from bench.core.errors import UserError
+from bench.core.labels import AMOS_15
+from bench.core.registry import register_dataset
 from datasets.base import Dataset
 from datasets.importing import SourceCase, import_dataset
-from datasets.labels import AMOS_15
 from datasets.splits import published_split
 
 MRI_FROM = 500

@@ -21,13 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.store import read_json
-
-
-def cache_root() -> Path:
-    """Where generated and preprocessed data live (``$BENCH_CACHE`` or ``~/.cache/bench``)."""
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+from bench.core.errors import UserError
+from bench.core.store import read_json
 
 
 @dataclass
@@ -84,6 +79,11 @@ class Dataset:
     def spacing(self, case_id: str) -> tuple[float, float, float]:
         return tuple(float(s) for s in self.cases[case_id]["spacing"])  # type: ignore[return-value]
 
+    def affine(self, case_id: str) -> np.ndarray | None:
+        """The source image's stored 4x4 affine (NIfTI imports), or None (generated data)."""
+        a = self.cases[case_id].get("affine")
+        return None if a is None else np.asarray(a, dtype=np.float64)
+
     def _check(self, case_id: str) -> None:
         if case_id not in self.cases:
             raise UserError(f"case '{case_id}' is not in dataset '{self.name}' ({self.root}); fix the split file")
@@ -139,11 +139,13 @@ class DatasetWriter:
         (self.tmp / "labels").mkdir()
         self.meta: dict = {"name": name, "labels": list(labels), "cases": {}, "partition": {}}
 
-    def add(self, case_id: str, image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float]) -> None:
+    def add(self, case_id: str, image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float], affine=None) -> None:
         np.save(self.tmp / "images" / f"{case_id}.npy", np.ascontiguousarray(image, dtype=np.float32))
         if label is not None:
             np.save(self.tmp / "labels" / f"{case_id}.npy", np.ascontiguousarray(label, dtype=np.uint8))
         self.meta["cases"][case_id] = {"spacing": [float(s) for s in spacing], "shape": list(image.shape)}
+        if affine is not None:  # the source file's stored affine: predictions are written back onto it
+            self.meta["cases"][case_id]["affine"] = np.asarray(affine, dtype=np.float64).tolist()
 
     def commit(self, **extra: object) -> Dataset:
         self.meta.update(extra)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.store import atomic_write_json, read_json
+from bench.core.store import atomic_write_json, read_json
 from datasets.base import Dataset
 
 FINGERPRINT_VERSION = 1

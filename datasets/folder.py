@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import UserError
-from bench.registry import register_dataset
-from bench.store import read_json
+from bench.core.errors import UserError
+from bench.core.labels import canonical_organ, names_by_id
+from bench.core.registry import register_dataset
+from bench.core.store import read_json
 from datasets.base import Dataset
 from datasets.importing import LabelMap, SourceCase, default_partition, import_dataset
-from datasets.labels import canonical_organ, names_by_id
 
 
 def _labels(meta: dict, path: Path) -> tuple[str, ...]:

@@ -28,13 +28,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.store import read_json
-from datasets.base import Dataset, DatasetWriter, cache_root
-from datasets.labels import LABEL_SETS, canonical_organ
-from datasets.nifti import as_label, read_nifti, same_grid
+from bench.core.errors import UserError
+from bench.core.labels import LABEL_SETS, canonical_organ
+from bench.core.store import cache_root, read_json
+from datasets.base import Dataset, DatasetWriter
+from datasets.nifti import as_label, read_nifti, same_grid, source_affine
 
-IMPORT_VERSION = 1
+IMPORT_VERSION = 2  # 2: dataset.json keeps each source image's affine (predictions are written back onto it)
 LABEL_MAP_DIR = Path(__file__).parent / "label_maps"
 
 
@@ -191,7 +191,8 @@ def import_dataset(
                 if label_map is not None:
                     raw = label_map.apply(raw, src)
                 label = check_label(raw, len(labels), src, labels)
-            writer.add(case.case_id, image.astype(np.float32), label, spacing)
+            affine = None if callable(case.image) else source_affine(case.image)
+            writer.add(case.case_id, image.astype(np.float32), label, spacing, affine)
         return writer.commit(partition=partition or {}, source=name, options=options or {},
                              label_map=label_map.name if label_map else None)
     except BaseException:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -24,7 +24,9 @@ def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple
     if not path.exists():
         raise UserError(f"{path} does not exist; check --data-root and the dataset's file list")
     try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
+        source = nib.load(str(path))
+        _SOURCE_AFFINES[str(path)] = np.asarray(source.affine, dtype=np.float64)
+        img = nib.as_closest_canonical(source)
         data = np.asarray(img.dataobj)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
         affine = np.asarray(img.affine, dtype=np.float64)
@@ -45,6 +47,42 @@ def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple
 
 #: affine (after reorientation) of the files read last, for image/label consistency checks
 _AFFINES: dict[str, np.ndarray] = {}
+#: affine of the files read last as stored (before reorientation): where predictions go back to
+_SOURCE_AFFINES: dict[str, np.ndarray] = {}
+
+
+def source_affine(path) -> np.ndarray | None:
+    """The stored affine of a file read by :func:`read_nifti` (None if it was not read)."""
+    return _SOURCE_AFFINES.get(str(path))
+
+
+def write_nifti(path: str | Path, labels: np.ndarray, spacing, affine=None) -> None:
+    """Write a (D, H, W) label map (the layout :func:`read_nifti` returns) as uint8 NIfTI.
+
+    With ``affine`` (the source image's stored 4x4 affine) the file has the source's voxel
+    order and world position, so reading it back with :func:`read_nifti` gives ``labels``;
+    without, a RAS grid with ``spacing`` (sD, sH, sW) at the origin. Written atomically.
+    """
+    import nibabel as nib
+    from nibabel import orientations as nio
+
+    from bench.core.store import atomic_write_bytes
+
+    ras = np.ascontiguousarray(np.asarray(labels, dtype=np.uint8).transpose(2, 1, 0))  # (i, j, k) = RAS
+    if affine is None:
+        img = nib.Nifti1Image(ras, np.diag([float(spacing[2]), float(spacing[1]), float(spacing[0]), 1.0]))
+    else:
+        affine = np.asarray(affine, dtype=np.float64)
+        to_source = nio.ornt_transform(nio.axcodes2ornt("RAS"), nio.io_orientation(affine))
+        img = nib.Nifti1Image(np.ascontiguousarray(nio.apply_orientation(ras, to_source)), affine)
+    img.set_data_dtype(np.uint8)
+    atomic_write_bytes(Path(path), img.to_bytes() if str(path).endswith(".nii") else _gz(img))
+
+
+def _gz(img) -> bytes:
+    import gzip
+
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
 def same_grid(image_path, label_path, tol_mm: float = 1e-2) -> bool:

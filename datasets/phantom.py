@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.registry import register_dataset
-from datasets.base import Dataset, DatasetWriter, cache_root
-from datasets.labels import AMOS_15, BTCV_13
+from bench.core.labels import AMOS_15, BTCV_13
+from bench.core.registry import register_dataset
+from bench.core.store import cache_root
+from datasets.base import Dataset, DatasetWriter
 
 GENERATOR_VERSION = 2
 
@@ -308,7 +309,7 @@ def _phantom_root(variant: str, preset: str, seed: int) -> Path:
 def build_phantom(variant: str = "btcv", preset: str = "quick", seed: int = 0, progress: bool = False) -> Dataset:
     """Generate (on first use) and open the phantom dataset; later calls read the cache."""
     if preset not in PRESETS:
-        from bench.errors import UserError
+        from bench.core.errors import UserError
 
         raise UserError(f"unknown phantom preset '{preset}'; choose one of {', '.join(PRESETS)}")
     root = _phantom_root(variant, preset, seed)

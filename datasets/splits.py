@@ -15,8 +15,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.store import atomic_write_text, read_json
+from bench.core.errors import UserError
+from bench.core.store import atomic_write_text, read_json
 
 ROLES = ("labeled", "unlabeled", "eval", "test")
 
@@ -35,6 +35,15 @@ class Split:
     @property
     def train(self) -> list[str]:
         return self.labeled + self.unlabeled
+
+    @property
+    def labeled_fraction(self) -> float:
+        """The labeled share of the training cases: the nominal one the split was drawn or
+        published with (``meta["fraction"]``), else the ratio of its case counts."""
+        frac = self.meta.get("fraction")
+        if isinstance(frac, (int, float)) and not isinstance(frac, bool) and 0 < frac <= 1:
+            return float(frac)
+        return len(self.labeled) / max(len(self.train), 1)
 
     def digest(self) -> str:
         """Content hash (ids per role), part of a run's config hash."""

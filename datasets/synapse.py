@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.registry import register_dataset
+from bench.core.errors import UserError
+from bench.core.labels import BTCV_13
+from bench.core.registry import register_dataset
 from datasets.base import Dataset
 from datasets.importing import SourceCase, import_dataset
-from datasets.labels import BTCV_13
 from datasets.splits import published_split
 
 

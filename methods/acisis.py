@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.base import Losses, MethodContext, RunningState
 from methods.cps import dc_ce_loss
 from methods.mean_teacher import MeanTeacher

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.base import MethodContext
 from methods.cps import CoTraining
 

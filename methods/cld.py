@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.base import MethodContext, RunningState
 from methods.class_weighting import InverseFrequency
 from methods.cps import CoTraining, _initialised_pair

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.base import Losses, Method, MethodContext
 from methods.class_weighting import CReST, DiffDW, DistDW, SimiS, Weighting
 from methods.losses import one_hot

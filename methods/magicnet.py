@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.errors import UserError
-from bench.registry import register_method
+from bench.core.errors import UserError
+from bench.core.registry import register_method
 from methods.base import Losses, Method, MethodContext
 from methods.cube_mixing import (
     OrganClassLogger,

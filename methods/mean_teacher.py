@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.base import Losses, MethodContext
 from methods.ema import ema_update, make_teacher
 from methods.losses import dice_ce_loss, softmax_mse

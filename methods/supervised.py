@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.base import Losses, Method, MethodContext
 from methods.losses import dice_ce_loss
 from methods.networks import VNet

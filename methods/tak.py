@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.contrastive import voxel_text_contrastive
 from methods.cube_mixing import unmix, unmix_cubes
 from methods.magicnet import GA, MagicNet

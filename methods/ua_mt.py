@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.base import Losses
 from methods.losses import dice_ce_loss
 from methods.mean_teacher import MeanTeacher, teacher_noise

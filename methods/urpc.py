@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.registry import register_method
+from bench.core.registry import register_method
 from methods.base import Losses, Method, MethodContext
 from methods.losses import dice_ce_loss
 from methods.networks import VNet

@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from bench.errors import UserError
-from bench.store import atomic_save
-from datasets.base import cache_root
+from bench.core.errors import UserError
+from bench.core.store import atomic_save, cache_root
 from priors.encoders import TextEncoder, get_encoder
 from priors.prompts import PromptSet, load_prompt_set
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -45,7 +45,7 @@ def cosine_matrix(emb, n_classes: int):
 
 
 def run(args) -> int:
-    from bench.registry import ENCODERS, PROMPTS
+    from bench.core.registry import ENCODERS, PROMPTS
 
     cmd = args.priors_command
     if cmd in (None, "list"):
@@ -64,7 +64,7 @@ def run(args) -> int:
     if cmd == "show":
         import pandas as pd
 
-        from datasets.labels import abbreviation
+        from bench.core.labels import abbreviation
 
         ps = load_prompt_set(args.name)
         classes = _labels(args.labels)

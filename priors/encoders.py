@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.registry import register_encoder
+from bench.core.errors import UserError
+from bench.core.registry import register_encoder
 
 
 def _file_digest(path: Path, limit: int | None = None) -> str:
@@ -206,7 +206,7 @@ class FileEncoder(TextEncoder):
 
 def get_encoder(spec: str, device: str = "cpu") -> TextEncoder:
     """Build an encoder from a spec such as ``minilm``, ``hash:256``, ``clip:ViT-B-32:ckpt.pt``."""
-    from bench.registry import ENCODERS
+    from bench.core.registry import ENCODERS
 
     name, _, arg = spec.partition(":")
     cls = ENCODERS.get(name)

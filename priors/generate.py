@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from bench.errors import UserError
-from bench.store import atomic_write_text
+from bench.core.errors import UserError
+from bench.core.store import atomic_write_text
 from priors.prompts import FORMAT, PromptSet
 
 QUESTIONS = {
@@ -31,12 +31,12 @@ SYSTEM = (
 
 
 def _labels(spec: str) -> tuple[str, ...]:
-    from datasets.labels import LABEL_SETS
+    from bench.core.labels import LABEL_SETS
 
     if spec.lower() in LABEL_SETS:
         return LABEL_SETS[spec.lower()]
     if spec.endswith(".json"):
-        from bench.evaluate import read_labels_json
+        from bench.core.labels import read_labels_json
 
         return read_labels_json(spec)
     raise UserError(f"--labels {spec}: give synapse, amos or a dataset.json path")

@@ -13,7 +13,7 @@ File format (``"format": "bench-prompts/1"``)::
     }
 
 A view's value is a string or a list of strings (their embeddings are averaged). Class keys are
-organ names; matching to a dataset's classes goes through :func:`datasets.labels.canonical_organ`
+organ names; matching to a dataset's classes goes through :func:`bench.core.labels.canonical_organ`
 (``IVC`` = ``inferior vena cava`` = ``postcava``). A class with no description is an error
 naming it.
 """
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from bench.errors import UserError
-from bench.registry import register_prompts
-from datasets.labels import canonical_organ
+from bench.core.errors import UserError
+from bench.core.labels import canonical_organ
+from bench.core.registry import register_prompts
 
 FORMAT = "bench-prompts/1"
 PROMPT_DIR = Path(__file__).parent / "prompts"
@@ -144,7 +144,7 @@ class PromptSet:
 
 def load_prompt_set(name_or_path: str) -> PromptSet:
     """A registered prompt set by name, or a prompt file by path."""
-    from bench.registry import PROMPTS
+    from bench.core.registry import PROMPTS
 
     if name_or_path.endswith(".json") or "/" in name_or_path:
         return PromptSet.load(name_or_path)

@@ -3,13 +3,12 @@ of each run folder). Reports are built from these files alone; nothing here impo
 
 from __future__ import annotations
 
-import json
-import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import UserError
+from bench.core.errors import UserError
+from bench.core.records import ConfigRecord, FutureRecordError, MetricsRecord, TimingRecord, read_record
 
 
 @dataclass
@@ -17,71 +16,63 @@ class Run:
     """One finished run, as stored."""
 
     path: Path
-    metrics: dict
-    config: dict = field(default_factory=dict)
-    timing: dict = field(default_factory=dict)
+    metrics: MetricsRecord
+    config: ConfigRecord | None = None
+    timing: TimingRecord | None = None
 
     @property
     def method(self) -> str:
-        return self.metrics["method"]
+        return self.metrics.method
 
     @property
     def variant(self) -> str:
         """Row label: the method, plus its prompt set and text encoder when it has them."""
-        p, e = self.metrics.get("prompts"), self.metrics.get("text_encoder")
+        p, e = self.metrics.prompts, self.metrics.text_encoder
         return f"{self.method} [{p} x {e}]" if p else self.method
 
     @property
     def config_hash(self) -> str:
-        return str(self.config.get("config_hash", self.path.parent.name))
+        return str((self.config.config_hash if self.config else None) or self.path.parent.name)
 
     def settings(self) -> dict:
         """Flat method hyperparameters + engine settings of the run (for telling configs apart)."""
-        flat = {f"train.{k}": v for k, v in (self.config.get("train") or {}).items()}
-        flat.update(self.config.get("hparams") or {})
+        if self.config is None:
+            return {}
+        flat = {f"train.{k}": v for k, v in self.config.train.items()}
+        flat.update(self.config.hparams)
         return flat
 
     @property
     def protocol(self) -> str:
-        return f"{self.metrics.get('protocol', '?')}/{self.metrics.get('protocol_version', '?')}"
+        return f"{self.metrics.protocol}/{self.metrics.protocol_version}"
 
     @property
     def labeled(self) -> str:
-        """Labeled share as text ('10%'), from the split's name or stored fraction."""
-        return labeled_from_split(self.metrics.get("split", ""), self.config)
+        """Labeled share as text ('10%'), from the stored fraction ('?' where none is stored)."""
+        frac = self.metrics.labeled_fraction
+        if frac is None and self.config is not None:
+            frac = self.config.labeled_fraction
+        return "?" if frac is None else f"{round(100 * frac, 6):g}%"
 
     @property
     def organs(self) -> tuple[str, ...]:
-        return tuple(self.metrics["organs"])
+        return tuple(self.metrics.organs)
 
     @property
     def seed(self) -> int:
-        return int(self.metrics.get("seed", 0))
+        return int(self.metrics.seed)
 
 
-def labeled_from_split(name: str, config: dict | None = None) -> str:
-    m = re.search(r"(\d+(?:_\d+)?)p(?:_|$)", name or "")
-    if m:
-        return m.group(1).replace("_", ".") + "%"
-    frac = ((config or {}).get("split") or {}).get("fraction")
-    return f"{100 * frac:g}%" if frac else (name or "?")
-
-
-def _read(path: Path, what: str, skip_broken: bool) -> dict | None:
+def _read(path: Path, kind: str, skip_broken: bool):
     try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        return data
-    except (OSError, ValueError) as e:
+        return read_record(path, kind)
+    except FutureRecordError:
+        raise
+    except UserError as e:
         if skip_broken:
-            print(f"warning: skipped {path} ({what} unreadable: {e})", file=sys.stderr)
+            print(f"warning: skipped {path} ({e})", file=sys.stderr)
             return None
-        raise UserError(f"{path} is not a readable {what} ({type(e).__name__}: {' '.join(str(e).split())[:80]}); "
-                        f"delete that run folder and run it again, or pass --skip-broken")
-
-
-REQUIRED = ("method", "organs", "per_organ", "mean", "cases")
+        raise UserError(f"{e}; or pass --skip-broken")
 
 
 def collect(runs_dir: str | Path, skip_broken: bool = False) -> list[Run]:
@@ -91,17 +82,11 @@ def collect(runs_dir: str | Path, skip_broken: bool = False) -> list[Run]:
         raise UserError(f"--runs {root} does not exist; point it at the folder that `bench run --out` wrote")
     out = []
     for mpath in sorted(root.rglob("metrics.json")):
-        metrics = _read(mpath, "metrics.json", skip_broken)
+        metrics = _read(mpath, "metrics", skip_broken)
         if metrics is None:
             continue
-        missing = [k for k in REQUIRED if k not in metrics]
-        if missing:
-            if skip_broken:
-                print(f"warning: skipped {mpath} (lacks {', '.join(missing)})", file=sys.stderr)
-                continue
-            raise UserError(f"{mpath} lacks {', '.join(missing)}; it is not a bench result - delete it or pass --skip-broken")
-        cfg = (_read(mpath.parent / "config.json", "config.json", True) or {}) if (mpath.parent / "config.json").exists() else {}
-        tim = (_read(mpath.parent / "timing.json", "timing.json", True) or {}) if (mpath.parent / "timing.json").exists() else {}
+        cfg = _read(mpath.parent / "config.json", "config", True) if (mpath.parent / "config.json").exists() else None
+        tim = _read(mpath.parent / "timing.json", "timing", True) if (mpath.parent / "timing.json").exists() else None
         out.append(Run(mpath.parent, metrics, cfg, tim))
     if not out:
         raise UserError(f"no results (metrics.json) found under {root.resolve()}; run `python -m bench run ...` first "

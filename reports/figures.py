@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.metrics import nanmean
-from datasets.labels import abbreviation
+from bench.core.labels import abbreviation
+from bench.core.metrics import nanmean
 from reports.tables import Table, timing_frame
 
 
@@ -34,7 +34,7 @@ def _plt():
 def _save(fig, out: Path, name: str) -> list[Path]:
     import io
 
-    from bench.store import atomic_write_bytes
+    from bench.core.store import atomic_write_bytes
 
     paths = []
     for ext in ("png", "pdf"):
@@ -49,7 +49,7 @@ def _save(fig, out: Path, name: str) -> list[Path]:
 def organ_order(runs: Sequence) -> list[str]:
     """Organs by mean labeled voxel share, largest first (label order when unknown)."""
     organs = list(runs[0].organs)
-    shares = {o: nanmean([r.metrics.get("labeled_voxel_share", {}).get(o) for r in runs]) for o in organs}
+    shares = {o: nanmean([r.metrics.labeled_voxel_share.get(o) for r in runs]) for o in organs}
     if all(math.isnan(v) for v in shares.values()):
         return organs
     return sorted(organs, key=lambda o: -(shares[o] if not math.isnan(shares[o]) else -1))
@@ -66,7 +66,7 @@ def dice_per_organ(table: Table, runs: Sequence, out: Path) -> list[Path]:
         m = table.mean.loc[row, organs].to_numpy(dtype=float)
         s = table.std.loc[row, organs].to_numpy(dtype=float)
         ax.bar(x + (k - (len(rows) - 1) / 2) * width, np.nan_to_num(m), width, yerr=np.where(np.isfinite(s), s, 0), label=row, capsize=2)
-    shares = {o: nanmean([r.metrics.get("labeled_voxel_share", {}).get(o) for r in runs]) for o in organs}
+    shares = {o: nanmean([r.metrics.labeled_voxel_share.get(o) for r in runs]) for o in organs}
     ax.set_xticks(x, [f"{abbreviation(o)}\n{100 * shares[o]:.1f}%" if not math.isnan(shares[o]) else abbreviation(o) for o in organs])
     ax.set_ylabel("Dice (%)")
     ax.set_ylim(0, 100)

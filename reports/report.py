@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.errors import UserError
-from bench.store import atomic_write_text
+from bench.core.errors import UserError
+from bench.core.store import atomic_write_text
 from reports import figures
 from reports.collect import check_one_label_set, collect
 from reports.tables import (
@@ -88,7 +88,7 @@ def _results_part(req, runs, out, put, written):
     organs = check_one_label_set(runs)
     groups = sorted({r.labeled for r in runs})
     reference = load_reference(req.reference, organs, groups) if req.reference else None
-    datasets = sorted({r.metrics.get("dataset", "?") for r in runs})
+    datasets = sorted({r.metrics.dataset for r in runs})
     caption = (f"Per-organ Dice (%) on the test split, mean ± std over seeds; {', '.join(datasets)}, protocol "
                f"{', '.join(sorted({r.protocol for r in runs}))}. Best per column bold, second underlined; "
                f"reported rows (italic) are another protocol and not ranked.")
@@ -154,14 +154,14 @@ def study_figures(name: str, storage: str, out: Path) -> list[Path]:
 
     import optuna
 
-    from bench.tune import _safe, make_storage
+    from bench.core.storage import make_storage, safe_url
     from reports.figures import _plt, _save
 
     _plt()
     try:
         study = optuna.load_study(study_name=name, storage=make_storage(storage))
     except KeyError:
-        raise UserError(f"--study {name}: no such study in {_safe(storage)}; `bench tune` names it METHOD-DATASET-LABELEDp")
+        raise UserError(f"--study {name}: no such study in {safe_url(storage)}; `bench tune` names it METHOD-DATASET-LABELEDp")
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise UserError(f"--study {name} has no completed trial yet")

@@ -19,9 +19,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.errors import UserError
-from bench.metrics import nanmean
-from datasets.labels import LARGE_ORGANS, abbreviation
+from bench.core.errors import UserError
+from bench.core.labels import LARGE_ORGANS, abbreviation
+from bench.core.metrics import nanmean
+from bench.core.records import MetricsRecord
 
 UP, DOWN = 1, -1
 
@@ -59,17 +60,17 @@ def organ_groups(organs: Sequence[str]) -> tuple[list[str], list[str]]:
     return large, [o for o in organs if o not in LARGE_ORGANS]
 
 
-def run_values(metrics: dict) -> dict[str, float]:
+def run_values(metrics: MetricsRecord) -> dict[str, float]:
     """Column values of one run: per-organ Dice (%), Large / Small / mean Dice (%), HD95, ASD."""
-    organs = metrics["organs"]
-    per = metrics["per_organ"]
+    organs = metrics.organs
+    per = metrics.per_organ
     large, small = organ_groups(organs)
     out = {o: 100 * nanmean([per[o].get("dice")]) for o in organs}
     out["Large"] = nanmean([out[o] for o in large]) if large else math.nan
     out["Small"] = nanmean([out[o] for o in small]) if small else math.nan
-    out["Dice"] = 100 * nanmean([metrics["mean"].get("dice")])
-    out["HD95"] = nanmean([metrics["mean"].get("hd95")])
-    out["ASD"] = nanmean([metrics["mean"].get("asd")])
+    out["Dice"] = 100 * nanmean([metrics.mean.get("dice")])
+    out["HD95"] = nanmean([metrics.mean.get("hd95")])
+    out["ASD"] = nanmean([metrics.mean.get("asd")])
     return out
 
 
@@ -221,7 +222,7 @@ def significance_marks(table: Table, runs: Iterable, baseline: str, alpha: float
     by_row: dict[tuple[str, str], dict[tuple[int, str], float]] = {}
     for r in runs:
         key = (r.labeled, r.variant)
-        for cid, organs in r.metrics["cases"].items():
+        for cid, organs in r.metrics.cases.items():
             by_row.setdefault(key, {})[(r.seed, cid)] = nanmean([m.get("dice") for m in organs.values()])
     methods = {r.variant for r in runs} | {r.method for r in runs}
     if baseline not in methods:
@@ -361,8 +362,8 @@ def timing_frame(runs: Iterable) -> pd.DataFrame:
     mean over seeds."""
     rows: dict[tuple[str, str], list] = {}
     for r in runs:
-        if r.timing:
-            rows.setdefault((r.variant, r.timing.get("device", "?")), []).append(r.timing)
+        if r.timing is not None:
+            rows.setdefault((r.variant, r.timing.device), []).append(r.timing.to_dict())
     data = []
     for (variant, device), ts in rows.items():
         data.append({
@@ -381,21 +382,21 @@ def timing_frame(runs: Iterable) -> pd.DataFrame:
 # -- the summary printed after `bench run` ----------------------------------------------------
 
 
-def per_organ_frame(results: Iterable[dict], metric: str = "dice") -> pd.DataFrame:
+def per_organ_frame(results: Iterable[MetricsRecord], metric: str = "dice") -> pd.DataFrame:
     """Rows = methods (in first-seen order), columns = organs (abbreviated) + means; mean over seeds."""
     rows: dict[str, list[dict]] = {}
     organs: list[str] = []
     for r in results:
-        rows.setdefault(r["method"], []).append(r)
+        rows.setdefault(r.method, []).append(r)
         if not organs:
-            organs = list(r["organs"])
+            organs = list(r.organs)
     data = {}
     for method, rs in rows.items():
         row = {}
         for o in organs:
-            row[abbreviation(o)] = nanmean([x["per_organ"][o]["dice"] for x in rs]) * 100
-        row["Dice"] = nanmean([x["mean"]["dice"] for x in rs]) * 100
-        row["HD95"] = nanmean([x["mean"]["hd95"] for x in rs])
+            row[abbreviation(o)] = nanmean([x.per_organ[o]["dice"] for x in rs]) * 100
+        row["Dice"] = nanmean([x.mean["dice"] for x in rs]) * 100
+        row["HD95"] = nanmean([x.mean["hd95"] for x in rs])
         row["seeds"] = str(len(rs))
         data[method] = row
     return pd.DataFrame.from_dict(data, orient="index")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from bench.config import TrainConfig
-from bench.registry import METHODS, PROTOCOLS
+from bench.core.registry import METHODS, PROTOCOLS
 from bench.train import RunSpec
 from datasets.splits import draw_split
 from methods.base import MethodContext
@@ -36,7 +36,7 @@ def tiny_spec(dataset, method: str, run_dir: Path, hparams=None, **train) -> Run
 def tiny_context(num_classes: int = 14, patch=(16, 32, 32), width: int = 4, **kw) -> MethodContext:
     import numpy as np
 
-    from datasets.labels import BTCV_13
+    from bench.core.labels import BTCV_13
 
     kw.setdefault("labeled_voxel_counts", (100_000 / (np.arange(num_classes) + 1) ** 2).astype(np.int64))
     return MethodContext(num_classes=num_classes, class_names=BTCV_13[:num_classes], patch_size=patch, width=width,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.metrics import case_metrics
-from datasets.labels import BTCV_13
+from bench.core.labels import BTCV_13
+from bench.core.metrics import case_metrics
 from datasets.phantom import generate_case
 from methods.mean_teacher import MeanTeacher
 from tests.helpers import random_batch, tiny_context

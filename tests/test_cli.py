@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.registry import DATASETS
+from bench.core.labels import BTCV_13
+from bench.core.registry import DATASETS
 from datasets.base import Dataset, DatasetWriter
-from datasets.labels import BTCV_13
 
 
 def _files(root: Path) -> list[Path]:
@@ -197,13 +197,15 @@ def test_perf_memory_command(tmp_path):
 def test_untrained_runs_are_called_out():
     from bench.cli import untrained_notes
 
-    results = [{"method": "tak", "seed": 0, "val_dice": 0.012, "checkpoint_step": 200},
-               {"method": "dhc", "seed": 0, "val_dice": 0.6, "checkpoint_step": 300},
-               {"method": "fully", "seed": 0, "val_dice": None}]
+    from types import SimpleNamespace as R  # the fields of a MetricsRecord the notes read
+
+    results = [R(method="tak", seed=0, val_dice=0.012, checkpoint_step=200),
+               R(method="dhc", seed=0, val_dice=0.6, checkpoint_step=300),
+               R(method="fully", seed=0, val_dice=None, checkpoint_step=None)]
     notes = untrained_notes(results, "demo")
     assert len(notes) == 1 and notes[0].startswith("note: tak seed 0 had not started to learn (best validation Dice 1.2% at step 200")
     assert "text-driven head starts almost flat" in notes[0]  # the method's own known reason
-    other = untrained_notes([{"method": "mean_teacher", "seed": 1, "val_dice": 0.0, "checkpoint_step": 4}], "tiny")
+    other = untrained_notes([R(method="mean_teacher", seed=1, val_dice=0.0, checkpoint_step=4)], "tiny")
     assert len(other) == 1 and other[0].endswith("(--preset quick, or --iterations N)")  # no reason known
 
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.errors import UserError
+from bench.core.errors import UserError
+from bench.core.labels import AMOS_15, BTCV_13
+from bench.core.metrics import case_metrics
+from bench.core.registry import DATASETS, PROTOCOLS
+from bench.core.store import cache_root
 from bench.inference import predict_volume
-from bench.metrics import case_metrics
-from bench.registry import DATASETS, PROTOCOLS
-from datasets.base import cache_root
-from datasets.labels import AMOS_15, BTCV_13
 from datasets.splits import published_split, published_split_names
 from methods.networks import VNet
 from tests.conftest import SHARED
@@ -74,12 +74,16 @@ def test_totalseg_preprocess_infer_evaluate(totalseg, protocol):
     net = VNet(1, ds.num_classes, 4).eval()
     pred = predict_volume(net, image, (32, 64, 64), proto.overlap, torch.device("cpu"), mode=proto.sw_mode, sw_batch_size=4)
     assert pred.shape == image.shape and pred.max() < ds.num_classes
-    p, g, sp = proto.evaluation_pair(pred, native, ds.spacing(cid))
+    back = proto.to_native(pred, native.shape)  # what a run saves and scores
+    assert back.shape == native.shape
+    p, g, sp = proto.evaluation_pair(back, native, ds.spacing(cid))
     assert p.shape == g.shape
+    if protocol == "dhc":  # the evaluation grid samples exactly the grid prediction back
+        assert np.array_equal(p, pred)
     per = case_metrics(p, g, sp, ds.num_classes, distances=False, empty_rule=proto.empty_rule)
     assert all(0.0 <= m["dice"] <= 1.0 for m in per.values() if not math.isnan(m["dice"]))
     # the ground truth scored against itself on the protocol's grid
-    p, g, sp = proto.evaluation_pair(proto.prepare_label(native), native, ds.spacing(cid))
+    p, g, sp = proto.evaluation_pair(proto.to_native(proto.prepare_label(native), native.shape), native, ds.spacing(cid))
     per = case_metrics(p, g, sp, ds.num_classes, empty_rule=proto.empty_rule)
     es = per[BTCV_13.index("esophagus")]
     assert per[BTCV_13.index("liver")]["dice"] == pytest.approx(1.0)
@@ -267,7 +271,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_published_configs_resolve(path):
     from bench.config import load_config_file, resolve
-    from bench.registry import METHODS
+    from bench.core.registry import METHODS
 
     cfg = load_config_file(path)
     classes = [METHODS.get(m) for m in cfg["methods"]]
@@ -340,7 +344,7 @@ def test_bench_run_on_a_synapse_rawdata_tree(tiny_dataset, tmp_path, capsys):
 
 
 def test_bench_run_on_an_amos_tree(tiny_dataset, tmp_path, capsys):
-    from datasets.labels import AMOS_15
+    from bench.core.labels import AMOS_15
 
     ref = published_split("amos", "dhc_2p")
     ids = ref.labeled[:2] + ref.unlabeled[:2] + ref.eval[:1] + ref.test[:1]

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from bench.cli import main
-from bench.errors import UserError
+from bench.core.errors import UserError
 from priors.generate import generate_prompt_set
 from priors.prompts import PromptSet
 

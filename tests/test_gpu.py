@@ -33,7 +33,7 @@ def test_amp_training_on_cuda(tiny_dataset, tmp_path, method):
     from bench.train import run_one
 
     metrics = run_one(_cuda_spec(tiny_dataset, method, tmp_path / "r"))
-    assert 0.0 <= metrics["mean"]["dice"] <= 1.0
+    assert 0.0 <= metrics.mean["dice"] <= 1.0
     timing = json.loads((tmp_path / "r" / "timing.json").read_text())
     assert timing["amp"] is True and timing["peak_memory_kind"] == "cuda_allocator"
 
@@ -43,7 +43,7 @@ def test_same_seed_within_tolerance_on_cuda(tiny_dataset, tmp_path):
 
     a = run_one(_cuda_spec(tiny_dataset, "mean_teacher", tmp_path / "a"))
     b = run_one(_cuda_spec(tiny_dataset, "mean_teacher", tmp_path / "b"))
-    assert abs(a["mean"]["dice"] - b["mean"]["dice"]) <= GPU_DICE_TOLERANCE
+    assert abs(a.mean["dice"] - b.mean["dice"]) <= GPU_DICE_TOLERANCE
 
 
 def test_dynamic_head_on_cuda_equals_autograd():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.registry import METHODS
+from bench.core.labels import BTCV_13
+from bench.core.registry import METHODS
 from bench.train import Trainer
-from datasets.labels import BTCV_13
 from priors.cache import prior_embeddings
 from tests.helpers import random_batch, tiny_context, tiny_spec
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bench.metrics import case_metrics, dice, organ_metrics, summarize, surface_distances
+from bench.core.metrics import case_metrics, dice, organ_metrics, summarize, surface_distances
 
 
 def _line(lo, hi, n=10):
@@ -95,7 +95,7 @@ def test_case_metrics_and_summary():
 
 
 def test_case_metrics_shape_mismatch():
-    from bench.errors import UserError
+    from bench.core.errors import UserError
 
     with pytest.raises(UserError, match="differs"):
         case_metrics(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), (1, 1, 1), 2)

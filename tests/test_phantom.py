@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from datasets.labels import AMOS_15, BTCV_13
+from bench.core.labels import AMOS_15, BTCV_13
 from datasets.phantom import build_phantom, generate_case
 
 SHAPE = (40, 80, 80)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.errors import UserError
-from datasets.labels import AMOS_15, BTCV_13
+from bench.core.errors import UserError
+from bench.core.labels import AMOS_15, BTCV_13
 from priors.cache import cache_key, prior_embeddings
 from priors.encoders import HashEncoder, get_encoder
 from priors.prompts import PromptSet, load_prompt_set

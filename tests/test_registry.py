@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from bench.errors import UserError
-from bench.registry import METHODS, DuplicateNameError, Registry, scan_package
+from bench.core.errors import UserError
+from bench.core.registry import METHODS, DuplicateNameError, Registry, scan_package
 
 
 def test_lazy_entry_imported_on_first_use():

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.errors import UserError
-from bench.metrics import dice, organ_metrics
-from bench.store import atomic_save, atomic_write_json
+from bench.core.errors import UserError
+from bench.core.metrics import dice, organ_metrics
+from bench.core.store import atomic_save, atomic_write_json
 from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_writer_crashing_midway_leaves_no_half_file(tmp_path):
     assert json.loads(target.read_text()) == {"old": 1}  # the previous complete file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
     # a process killed while writing leaves only a hidden temp file, never a half target
-    code = ("import os,sys; sys.path.insert(0, %r)\nfrom bench.store import atomic_save\n"
+    code = ("import os,sys; sys.path.insert(0, %r)\nfrom bench.core.store import atomic_save\n"
             "def w(f):\n    f.write(b'x' * 1000); f.flush(); os.kill(os.getpid(), 9)\n"
             "atomic_save(%r, w)\n") % (str(ROOT), str(tmp_path / "new.json"))
     subprocess.run([sys.executable, "-c", code], timeout=60)
@@ -79,7 +79,7 @@ def test_same_seed_same_metrics(tiny_dataset, tmp_path):
 
     a = run_one(tiny_spec(tiny_dataset, "mean_teacher", tmp_path / "a"))
     b = run_one(tiny_spec(tiny_dataset, "mean_teacher", tmp_path / "b"))
-    assert a["cases"] == b["cases"] and a["mean"] == b["mean"]
+    assert a.cases == b.cases and a.mean == b.mean
 
 
 # -- properties -------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_fuzzed_nifti_headers(tmp_path, seed):
 @pytest.mark.parametrize("text", ["", "[]", "{", '{"labels": 3}', '{"labels": {"0": "background"}, "training": 5}',
                                   '{"labels": {"0": "bg"}, "training": [{"image": 1}]}', '{"labels": {"a": "b"}}', "\x00\xff"])
 def test_fuzzed_dataset_json(tmp_path, text):
-    from bench.registry import DATASETS
+    from bench.core.registry import DATASETS
 
     (tmp_path / "dataset.json").write_text(text)
     with pytest.raises(UserError):

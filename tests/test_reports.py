@@ -33,7 +33,8 @@ def _run(root: Path, method: str, seed: int, dice: dict, cases: dict | None = No
     cases = cases or {"c1": {o: {"dice": dice[o]} for o in organs}}
     metrics = {"method": method, "dataset": "phantom", "protocol": protocol, "protocol_version": "1", "split": split, "seed": seed,
                "organs": organs, "per_organ": per, "mean": {"dice": sum(finite) / len(finite), "hd95": hd95, "asd": asd},
-               "cases": cases, "labeled_voxel_share": {"spleen": 0.1, "liver": 0.85, "gallbladder": 0.05}}
+               "cases": cases, "labeled_voxel_share": {"spleen": 0.1, "liver": 0.85, "gallbladder": 0.05},
+               "labeled_fraction": 0.2 if "20p" in split else 0.1}
     (d / "metrics.json").write_text(json.dumps(metrics))
     (d / "config.json").write_text(json.dumps({"method": method}))
     if timing:

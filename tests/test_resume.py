@@ -43,8 +43,8 @@ def test_run_folder_contents(tiny_dataset, tmp_path):
     timing = json.loads((tmp_path / "r" / "timing.json").read_text())
     assert timing["train_s_per_iter"]["n"] == 3 and timing["infer_s_per_case"]["n"] == 2
     assert 0 <= timing["data_wait_share"] <= 1 and timing["peak_memory_mb"] > 0
-    assert set(metrics["per_organ"]) == set(tiny_dataset.organs)
-    assert set(metrics["cases"]) == set(spec.split.test)
+    assert set(metrics.per_organ) == set(tiny_dataset.organs)
+    assert set(metrics.cases) == set(spec.split.test)
 
 
 def _losses(run_dir):

@@ -16,7 +16,7 @@ import pytest
 
 from bench import lock
 from bench.cli import main
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.runner import parse_shard
 
 ROOT = Path(__file__).resolve().parents[1]

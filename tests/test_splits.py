@@ -1,6 +1,6 @@
 import pytest
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from datasets.splits import Split, draw_split, parse_fraction
 
 

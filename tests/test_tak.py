@@ -112,7 +112,7 @@ def test_released_amos_tensor_drives_the_head():
 
     if not TAK_FILE.exists():
         pytest.skip("shared reference file not present")
-    from datasets.labels import AMOS_15
+    from bench.core.labels import AMOS_15
     from priors.cache import prior_embeddings
 
     ctx = tiny_context(num_classes=16, patch=PATCH, width=4, priors=lambda: prior_embeddings("anatomy", f"file:{TAK_FILE}", AMOS_15))

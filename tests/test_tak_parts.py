@@ -156,7 +156,7 @@ def test_within_image_partition_recovery_and_location_labels():
 def test_pick_cube():
     assert pick_cube((96, 96, 96)) == 32
     assert pick_cube((32, 64, 64)) == 32
-    from bench.errors import UserError
+    from bench.core.errors import UserError
 
     with pytest.raises(UserError, match="--set patch=32,64,64"):
         pick_cube((16, 32, 32))

@@ -65,7 +65,7 @@ def test_journal_storage_export_and_objective_uses_eval_only(tmp_path, capsys):
     assert list(out.rglob("checkpoint.pt")) and not list(out.rglob("metrics.json"))
     # the exported file is a valid run config
     from bench.config import load_config_file, resolve
-    from bench.registry import METHODS
+    from bench.core.registry import METHODS
 
     cfg = load_config_file(best)
     cls = METHODS.get("mean_teacher")
@@ -86,7 +86,7 @@ def test_unreachable_storage(tmp_path, capsys):
 
 
 def test_search_space_with_an_invalid_value(tmp_path, capsys, monkeypatch):
-    from bench.registry import METHODS
+    from bench.core.registry import METHODS
 
     cls = METHODS.get("supervised")
     monkeypatch.setattr(cls, "search_space", staticmethod(lambda trial: {"lr": trial.suggest_float("lr", 0.01, 0.1), "no_such_knob": 1}))

@@ -130,7 +130,7 @@ def names_by_id(raw: dict, origin: str) -> tuple[str, ...]:
     """Label names in id order from an nnU-Net / MSD ``labels`` mapping: ``{"0": "background",
     "1": "liver"}`` (v1, id -> name) or ``{"background": 0, "liver": 1}`` (v2, name -> id).
     Ids must run 0..n-1 without gaps; ``origin`` names the file in errors."""
-    from bench.errors import UserError
+    from bench.core.errors import UserError
 
     pairs: dict[int, str] = {}
     for k, v in raw.items():
@@ -146,3 +146,24 @@ def names_by_id(raw: dict, origin: str) -> tuple[str, ...]:
     if missing:
         raise UserError(f"{origin}: label ids must be 0..{n - 1} without gaps; missing {missing}")
     return tuple(pairs[i] for i in range(n))
+
+
+def read_labels_json(path: str | None) -> tuple[str, ...]:
+    """Label names in id order from a ``dataset.json``-style file (``--labels``); BTCV's 13 organs without one."""
+    from pathlib import Path
+
+    from bench.core.errors import UserError
+    from bench.core.store import read_json
+
+    if path is None:
+        return BTCV_13
+    p = Path(path)
+    meta = read_json(p, f"--labels {p}")
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    if not labels:
+        raise UserError(f"--labels {p} has no 'labels' entry; write {{\"labels\": {{\"background\": 0, \"liver\": 1, ...}}}}")
+    if isinstance(labels, list):
+        return tuple(str(x) for x in labels)
+    if not isinstance(labels, dict):
+        raise UserError(f"--labels {p}: 'labels' must map names to integers (nnU-Net style)")
+    return names_by_id(labels, f"--labels {p}")

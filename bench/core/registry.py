@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 class DuplicateNameError(ValueError):

@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def cache_root() -> Path:
+    """Where generated and preprocessed data live (``$BENCH_CACHE`` or ``~/.cache/bench``)."""
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_save(path, lambda f: f.write(data))
 
@@ -78,7 +83,7 @@ def read_json(path: Path, what: str, missing_hint: str = "", corrupt_hint: str =
 
     ``what`` names the file for the user (e.g. "split file x.json"); the hints say how to fix it.
     """
-    from bench.errors import UserError
+    from bench.core.errors import UserError
 
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

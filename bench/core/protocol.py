@@ -1,0 +1,151 @@
+"""The :class:`Protocol` record: preprocessing, grids and metric conventions of one evaluation
+protocol, and the nearest / trilinear resizing it uses. The named protocols themselves
+(``default``, ``dhc``, ``ga``) are registered in ``datasets/protocols.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.core.errors import UserError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Preprocessing and metric conventions. Patch size and iterations come from the preset
+    or a published config (``configs/``).
+
+    ``resample``: ``None`` (native grid), ``("scale", (sD, sH, sW))`` or ``("shape", (D, H, W))``.
+    ``eval_grid``: ``"native"`` (the prediction is brought back to the label's own grid) or
+    ``"protocol"`` (the ground truth is resized to the protocol grid, or to ``eval_shape``).
+    ``empty_rule``: ``"nan"`` (ours) or ``"dhc"`` (0 / 128 and both-empty = 1).
+    """
+
+    name: str
+    version: str
+    window: tuple[float, float] = (-125.0, 275.0)
+    norm: str = "window"  # "window": (clip - lo) / (hi - lo); "minmax": clip, then per-volume min-max
+    resample: tuple | None = None
+    eval_grid: str = "native"
+    eval_shape: tuple[int, int, int] | None = None
+    overlap: float = 0.5
+    sw_mode: str = "gaussian"
+    distance_unit: str = "mm"
+    empty_rule: str = "nan"
+    patch: tuple[int, int, int] | None = None  # the published patch (informative; configs set it)
+
+    # -- intensities ----------------------------------------------------------------------
+    def normalize(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """Clip to the window and scale; (D, H, W) float32."""
+        lo, hi = self.window
+        if not np.isfinite(image).all():
+            raise UserError(f"{name} contains NaN or infinite values; fix or re-export that image")
+        out = np.clip(np.asarray(image, dtype=np.float32), lo, hi)
+        if self.norm == "minmax":
+            mn, mx = float(out.min()), float(out.max())
+            return ((out - mn) / max(mx - mn, 1e-8)).astype(np.float32)
+        return ((out - lo) / (hi - lo)).astype(np.float32)
+
+    # -- grids ----------------------------------------------------------------------------
+    def grid_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Shape of the training / inference grid for a native ``shape`` (D, H, W)."""
+        if self.resample is None:
+            return tuple(int(s) for s in shape)  # type: ignore[return-value]
+        kind, value = self.resample
+        if kind == "scale":
+            return tuple(max(1, int(round(s * f))) for s, f in zip(shape, value))  # type: ignore[return-value]
+        return tuple(int(v) for v in value)  # type: ignore[return-value]
+
+    def grid_spacing(self, shape, spacing) -> tuple[float, float, float]:
+        g = self.grid_shape(shape)
+        return tuple(float(sp) * s / n for sp, s, n in zip(spacing, shape, g))  # type: ignore[return-value]
+
+    def prepare_image(self, image: np.ndarray, name: str = "image") -> np.ndarray:
+        """Normalised image on the protocol grid (D', H', W') float32."""
+        img = self.normalize(image, name)
+        g = self.grid_shape(img.shape)
+        return img if g == img.shape else resize(img, g, "trilinear")
+
+    def prepare_label(self, label: np.ndarray) -> np.ndarray:
+        """Label map on the protocol grid (nearest)."""
+        g = self.grid_shape(label.shape)
+        return np.asarray(label) if g == label.shape else resize(label, g, "nearest")
+
+    def to_native(self, pred: np.ndarray, shape) -> np.ndarray:
+        """A prediction on the protocol grid (D', H', W') -> label map on the native grid ``shape``.
+
+        Nearest upsampling, with one guarantee: every native voxel that the evaluation's own
+        nearest resize (native -> evaluation grid) samples holds exactly the grid prediction,
+        so scoring the native map under this protocol reproduces scoring the grid prediction
+        wherever the evaluation grid is not finer than the native one.
+        """
+        shape = tuple(int(s) for s in shape)
+        if tuple(pred.shape) == shape:
+            return np.asarray(pred)
+        out = resize(pred, shape, "nearest")
+        if self.eval_grid == "protocol" and tuple(self.eval_shape or self.grid_shape(shape)) == tuple(pred.shape):
+            idx = [nearest_source_index(n, g) for n, g in zip(shape, pred.shape)]
+            out[np.ix_(*idx)] = pred
+        return out
+
+    def evaluation_pair(self, pred: np.ndarray, gt: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """(prediction, ground truth, spacing for distances) on the grid metrics use.
+
+        ``pred`` and ``gt`` are label maps on the native grid, ``spacing`` is native (mm).
+        """
+        gt = np.asarray(gt)
+        if tuple(pred.shape) != tuple(gt.shape):
+            raise UserError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(gt.shape)}; "
+                            f"a prediction must be on its label's grid")
+        if self.eval_grid == "native":
+            p, g, sp = pred, gt, tuple(spacing)
+        else:
+            shape = tuple(self.eval_shape or self.grid_shape(gt.shape))
+            p = pred if pred.shape == shape else resize(pred, shape, "nearest")
+            g = gt if gt.shape == shape else resize(gt, shape, "nearest")
+            sp = tuple(float(s) * a / b for s, a, b in zip(spacing, gt.shape, shape))
+        if self.distance_unit == "voxel":
+            sp = (1.0, 1.0, 1.0)
+        return p, g, sp
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "window": list(self.window),
+            "norm": self.norm,
+            "resample": None if self.resample is None else [self.resample[0], list(self.resample[1])],
+            "eval_grid": self.eval_grid,
+            "eval_shape": None if self.eval_shape is None else list(self.eval_shape),
+            "overlap": self.overlap,
+            "sw_mode": self.sw_mode,
+            "distance_unit": self.distance_unit,
+            "empty_rule": self.empty_rule,
+            "patch": None if self.patch is None else list(self.patch),
+        }
+
+
+def resize(array: np.ndarray, shape, mode: str) -> np.ndarray:
+    """Resize a (D, H, W) array: ``trilinear`` (images, float32) or ``nearest`` (labels, dtype kept).
+
+    Nearest follows PyTorch's ``F.interpolate(mode="nearest")``, as the published pipelines use.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    if mode == "nearest":
+        out = F.interpolate(t, size=tuple(int(s) for s in shape), mode="nearest")[0, 0].numpy()
+        return out.astype(np.asarray(array).dtype)
+    return F.interpolate(t, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+
+
+def nearest_source_index(n: int, g: int) -> np.ndarray:
+    """Indices into an axis of length ``n`` that :func:`resize` (nearest) samples for length ``g``."""
+    import torch
+    import torch.nn.functional as F
+
+    ramp = torch.arange(n, dtype=torch.float32)[None, None]
+    return F.interpolate(ramp, size=int(g), mode="nearest")[0, 0].numpy().astype(np.int64)

@@ -1,0 +1,221 @@
+"""The results format: typed, versioned records of a run, written and read here only.
+
+A run folder holds three records (DESIGN.md, "Results on disk"):
+
+* :class:`MetricsRecord` (``metrics.json``): per case and organ ``dice``, ``hd95``, ``asd``,
+  ``assd``; their means per organ and over organs; what was run (method, dataset, protocol,
+  split, labeled fraction, seed, prompts / text encoder).
+* :class:`TimingRecord` (``timing.json``): train s/iter, data-wait share, inference s/case,
+  peak memory, device.
+* :class:`ConfigRecord` (``config.json``): the fully resolved run config, provenance.
+
+Each carries ``schema_version``. A file without one was written before versioning (read as
+version 1); a file of a newer version than this code knows is refused in one line, because its
+fields may mean something this code does not know.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.core.errors import UserError
+from bench.core.metrics import summarize
+from bench.core.store import atomic_write_json, read_json
+
+#: the version this code writes and the newest it reads
+SCHEMA_VERSION = 1
+
+
+class FutureRecordError(UserError):
+    """A record written by a newer version of the suite."""
+
+
+def _check_version(data: dict, path: Path | str) -> int:
+    v = data.get("schema_version", 1)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise UserError(f"{path}: schema_version {v!r} is not a positive integer; the file is not a bench record")
+    if v > SCHEMA_VERSION:
+        raise FutureRecordError(f"{path} has schema_version {v}, newer than this suite's {SCHEMA_VERSION}; "
+                                f"update the suite (pip install -e . in a newer checkout) to read it")
+    return v
+
+
+def _nan(v: Any) -> Any:
+    """JSON ``null`` (how NaN is stored) back to NaN inside metric tables."""
+    if v is None:
+        return math.nan
+    if isinstance(v, dict):
+        return {k: _nan(x) for k, x in v.items()}
+    return v
+
+
+@dataclass
+class MetricsRecord:
+    """``metrics.json``: the test scores of one run (or of one ``bench evaluate``)."""
+
+    method: str
+    dataset: str
+    protocol: str
+    protocol_version: str
+    split: str
+    seed: int
+    organs: list[str]
+    #: {organ: {metric: mean over cases}} and {metric: mean over organs}; NaN excluded
+    per_organ: dict[str, dict[str, float]]
+    mean: dict[str, float]
+    #: {case: {organ: {metric: value}}}
+    cases: dict[str, dict[str, dict[str, float]]]
+    #: labeled share of the training cases (0.1 = 10 %), None where nothing was trained
+    labeled_fraction: float | None = None
+    prompts: str | None = None
+    text_encoder: str | None = None
+    #: per organ, its share of the labeled foreground voxels the run was trained on
+    labeled_voxel_share: dict[str, float] = field(default_factory=dict)
+    checkpoint_step: int | None = None
+    val_dice: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def build(cls, *, protocol, organs: Sequence[str], cases: dict, **kw) -> "MetricsRecord":
+        """A record from per-case scores; the means are computed here (one summary for all)."""
+        summary = summarize(cases, list(organs))
+        return cls(protocol=protocol.name, protocol_version=protocol.version, organs=list(organs), cases=cases,
+                   per_organ=summary["per_organ"], mean=summary["mean"], **kw)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.prompts is None:  # runs without text priors store no prompt fields
+            d.pop("prompts"), d.pop("text_encoder")
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path | str = "metrics.json") -> "MetricsRecord":
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a JSON object; it is not a bench result")
+        _check_version(data, path)
+        missing = [f.name for f in fields(cls) if f.name in REQUIRED_METRICS and f.name not in data]
+        if missing:
+            raise UserError(f"{path} lacks {', '.join(missing)}; it is not a bench result - delete it or pass --skip-broken")
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        kw.setdefault("protocol", "?")
+        kw.setdefault("protocol_version", "?")
+        kw.setdefault("dataset", "?")
+        kw.setdefault("split", "?")
+        kw.setdefault("seed", 0)
+        kw["per_organ"] = _nan(kw["per_organ"])
+        kw["mean"] = _nan(kw["mean"])
+        kw["cases"] = _nan(kw["cases"])
+        kw["schema_version"] = SCHEMA_VERSION
+        return cls(**kw)
+
+
+REQUIRED_METRICS = ("method", "organs", "per_organ", "mean", "cases")
+
+
+@dataclass
+class TimingRecord:
+    """``timing.json``: how long the run took and how much memory it needed."""
+
+    device: str
+    #: {"median", "p90", "mean", "n"} over the steps after the warm-up
+    train_s_per_iter: dict[str, float]
+    data_wait_share: float
+    infer_s_per_case: dict[str, float]
+    train_wall_s: float
+    iterations: int
+    timing_warmup: int
+    amp: bool
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path | str = "timing.json") -> "TimingRecord":
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a JSON object; it is not a bench timing record")
+        _check_version(data, path)
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        for k in ("train_s_per_iter", "infer_s_per_case"):
+            kw[k] = _nan(kw.get(k) or {})
+        kw.setdefault("device", "?")
+        kw.setdefault("data_wait_share", math.nan)
+        kw.setdefault("train_wall_s", math.nan)
+        kw.setdefault("iterations", 0)
+        kw.setdefault("timing_warmup", 0)
+        kw.setdefault("amp", False)
+        kw["schema_version"] = SCHEMA_VERSION
+        return cls(**kw)
+
+
+@dataclass
+class ConfigRecord:
+    """``config.json``: the resolved config of one run (what its hash covers) plus provenance."""
+
+    method: str
+    dataset: str
+    preset: str
+    protocol: dict
+    split: dict
+    hparams: dict
+    train: dict
+    seed: int
+    labeled_fraction: float | None = None
+    config_hash: str | None = None
+    prompts: str | None = None
+    text_encoder: str | None = None
+    execution: dict = field(default_factory=dict)
+    device: str | None = None
+    git_commit: str | None = None
+    versions: dict = field(default_factory=dict)
+    hardware: dict = field(default_factory=dict)
+    command: list = field(default_factory=list)
+    world_size: int = 1
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path | str = "config.json") -> "ConfigRecord":
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a JSON object; it is not a bench run config")
+        _check_version(data, path)
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in data.items() if k in known}
+        for k, default in (("method", "?"), ("dataset", "?"), ("preset", "?"), ("protocol", {}), ("split", {}),
+                           ("hparams", {}), ("train", {}), ("seed", 0)):
+            kw.setdefault(k, default)
+        kw["schema_version"] = SCHEMA_VERSION
+        return cls(**kw)
+
+
+RECORDS = {"metrics": MetricsRecord, "timing": TimingRecord, "config": ConfigRecord}
+FILES = {"metrics": "metrics.json", "timing": "timing.json", "config": "config.json"}
+
+
+def write_record(path: Path, record: MetricsRecord | TimingRecord | ConfigRecord) -> None:
+    """Write a record atomically (NaN becomes ``null``)."""
+    atomic_write_json(Path(path), record.to_dict())
+
+
+def read_record(path: Path, kind: str):
+    """Read ``metrics`` / ``timing`` / ``config`` from ``path``; one line on a broken or future file."""
+    cls = RECORDS[kind]
+    return cls.from_dict(read_json(Path(path), f"{FILES[kind]} {path}", corrupt_hint="delete that run folder and run it again"), path)
+
+
+def read_run(folder: Path) -> tuple[MetricsRecord, TimingRecord | None, ConfigRecord | None]:
+    """The three records of a finished run folder (timing and config may be absent)."""
+    folder = Path(folder)
+    metrics = read_record(folder / "metrics.json", "metrics")
+    timing = read_record(folder / "timing.json", "timing") if (folder / "timing.json").exists() else None
+    config = read_record(folder / "config.json", "config") if (folder / "config.json").exists() else None
+    return metrics, timing, config

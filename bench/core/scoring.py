@@ -1,0 +1,28 @@
+"""The one scorer: a prediction against its label under a protocol.
+
+Used by the run's test (``bench.train``), by ``bench evaluate`` and by anything else that
+scores, so a number means the same wherever it was computed. Both maps are on the label's
+native grid (the geometry of the source image, as ``bench run --save-predictions`` writes
+them); the protocol decides the grid metrics use, distance units and the empty-organ rule.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from bench.core.metrics import case_metrics
+from bench.core.protocol import Protocol
+
+
+def score_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], protocol: Protocol,
+               organs: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{organ: {"dice", "hd95", "asd", "assd"}}`` of one case.
+
+    ``pred``, ``gt``: (D, H, W) integer label maps on the label's grid (classes 0..len(organs));
+    ``spacing``: that grid's (sD, sH, sW) in mm.
+    """
+    p, g, sp = protocol.evaluation_pair(np.asarray(pred), np.asarray(gt), spacing)
+    per = case_metrics(p, g, sp, len(organs) + 1, empty_rule=protocol.empty_rule)
+    return {organs[c - 1]: m for c, m in per.items()}
