@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=None, help="TOML config file (run options, [train], [method.<name>])")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     r.add_argument("--force", action="store_true", help="re-run finished runs")
+    r.add_argument("--save-predictions", action="store_true",
+                   help="write each test case's prediction as <run>/predictions/<case>.nii.gz (the source image's geometry)")
     r.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N disjoint slices of the run matrix")
     r.add_argument("--no-progress", action="store_true")
 
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gt", required=True)
     e.add_argument("--labels", default=None, help="dataset.json with label names (default: BTCV 13 organs)")
     e.add_argument("--protocol", default="default")
+    e.add_argument("--dataset", default=None, help="dataset kind for the protocol's grid (synapse | amos; default: guessed from --gt's path)")
     e.add_argument("--out", default=None, help="metrics.json path (default: <pred>/metrics.json)")
 
     t = sub.add_parser("tune", help="Optuna study of one method (objective: eval-split Dice)")
@@ -230,6 +233,7 @@ def cmd_run(args) -> int:
         text_encoder=as_csv(pick(args.text_encoder, "text_encoder", "minilm")),
         out=args.out,
         force=args.force,
+        save_predictions=args.save_predictions,
         sets=args.sets,
         config=args.config,
         progress=not args.no_progress,
@@ -254,7 +258,7 @@ def cmd_run(args) -> int:
 def cmd_evaluate(args) -> int:
     from bench.evaluate import evaluate_folders
 
-    evaluate_folders(args.pred, args.gt, args.labels, args.protocol, args.out)
+    evaluate_folders(args.pred, args.gt, args.labels, args.protocol, args.out, dataset=args.dataset)
     return 0
 
 

@@ -1,8 +1,8 @@
 """``python -m bench evaluate``: score any folder of NIfTI predictions against labels.
 
-A prediction ``<case>.nii.gz`` is matched to the label file of the same name, or to one whose
-name is a non-digit prefix followed by the case id (Synapse: ``label0001.nii.gz`` for case
-``0001``). Both are reoriented to RAS and must share one voxel grid; the label's header gives
+Every prediction ``<case>.nii.gz`` is scored against the label file of the same name, or the
+one whose name is a non-digit prefix followed by the case id (Synapse: ``label0001.nii.gz``
+for case ``0001``); label files without a prediction (training cases) are left out. Both are reoriented to RAS and must share one voxel grid; the label's header gives
 the spacing. Scores come from :func:`bench.core.scoring.score_case`, the function that scores
 a run's test cases, so ``bench run --save-predictions`` followed by ``bench evaluate`` on its
 ``predictions/`` folder reproduces the run's metrics.json.
@@ -56,7 +56,8 @@ def _check_labels(arr: np.ndarray, path: Path, n: int) -> np.ndarray:
     return arr
 
 
-def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str = "default", out: str | None = None) -> dict:
+def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str = "default", out: str | None = None,
+                     dataset: str | None = None) -> dict:
     from bench.core.registry import PROTOCOLS
 
     pdir, gdir = Path(pred), Path(gt)
@@ -66,15 +67,20 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
     target = Path(out) if out else pdir / "metrics.json"
     if target.is_dir():
         raise UserError(f"--out {target} is a folder; give a file name such as {target / 'metrics.json'}")
-    proto = PROTOCOLS.get(protocol)(gdir.name)
+    # published protocols resample Synapse and AMOS differently: the dataset kind picks the grid
+    proto = PROTOCOLS.get(protocol)(dataset or str(gdir.resolve()))
     labels = read_labels_json(labels_json)
     gts = _cases(gdir)
     if not gts:
         raise UserError(f"--gt {gdir} holds no .nii / .nii.gz files")
-    pairs = match_cases(_cases(pdir), gts)
-    if len(pairs) < len(gts):
-        missing = sorted(set(gts) - {g.name.split(".nii")[0] for _, g in pairs.values()})
-        raise UserError(f"no prediction for {len(missing)} case(s) in {pdir}, e.g. '{missing[0]}'; predict every case of --gt")
+    preds = _cases(pdir)
+    if not preds:
+        raise UserError(f"--pred {pdir} holds no .nii / .nii.gz files")
+    pairs = match_cases(preds, gts)
+    if len(pairs) < len(preds):  # every prediction is scored; labels without one (e.g. training cases) are not
+        missing = sorted(set(preds) - set(pairs))
+        raise UserError(f"no label in {gdir} for {len(missing)} prediction(s), e.g. '{missing[0]}' (looked for "
+                        f"{missing[0]}.nii.gz or <prefix>{missing[0]}.nii.gz); give the folder of their labels")
     organs = list(labels[1:])
     cases = {}
     for cid, (ppath, gpath) in sorted(pairs.items()):
@@ -92,5 +98,6 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
     from reports.tables import frame_markdown, per_organ_frame
 
     print(frame_markdown(per_organ_frame([record])))
-    print(f"\nmetrics written to {target}", file=sys.stderr)
+    print(f"\n{len(pairs)} case(s) scored ({len(gts) - len(pairs)} label file(s) without a prediction left out); "
+          f"metrics written to {target}", file=sys.stderr)
     return record.to_dict()

@@ -36,6 +36,7 @@ class RunRequest:
     text_encoder: str = "minilm"
     out: str = "runs"
     force: bool = False
+    save_predictions: bool = False
     sets: list[str] = field(default_factory=list)
     config: str | None = None
     progress: bool = True
@@ -311,7 +312,7 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
             tag = f" [{r['prompts']} x {r['encoder']}]" if r["prompts"] else ""
             log(f"[{i}/{len(runs)}] {r['name']}{tag} seed {r['seed']} -> {d}")
-            spec = make_spec(r, dataset, protocol, split, device, req.progress)
+            spec = make_spec(r, dataset, protocol, split, device, req.progress, save_predictions=req.save_predictions)
             metrics = run_one(spec)
             distributed.barrier()
             if not main:

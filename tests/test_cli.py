@@ -195,9 +195,9 @@ def test_perf_memory_command(tmp_path):
 
 
 def test_untrained_runs_are_called_out():
-    from bench.cli import untrained_notes
-
     from types import SimpleNamespace as R  # the fields of a MetricsRecord the notes read
+
+    from bench.cli import untrained_notes
 
     results = [R(method="tak", seed=0, val_dice=0.012, checkpoint_step=200),
                R(method="dhc", seed=0, val_dice=0.6, checkpoint_step=300),

@@ -1,0 +1,148 @@
+"""The one scorer and the results format: a run's metrics.json equals `bench evaluate` of its
+saved predictions under every protocol; hand-computed scores; records refuse future schemas."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.core.errors import UserError
+from bench.core.protocol import Protocol, nearest_source_index, resize
+from bench.core.records import SCHEMA_VERSION, MetricsRecord, read_record, write_record
+from bench.core.scoring import score_case
+from datasets.splits import Split, published_split
+
+
+def _lps_nifti(path: Path, array_dhw: np.ndarray, spacing_dhw, dtype):
+    """A (D, H, W) array stored as BTCV stores it: x and y flipped (LPS-like affine), off the origin."""
+    sd, sh, sw = spacing_dhw
+    xyz = np.asarray(array_dhw).transpose(2, 1, 0)[::-1, ::-1, :]
+    affine = np.array([[-sw, 0, 0, 120.0], [0, -sh, 0, 80.0], [0, 0, sd, -40.0], [0, 0, 0, 1]])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(xyz).astype(dtype), affine), str(path))
+
+
+@pytest.fixture(scope="module")
+def synapse_tree(tiny_dataset, tmp_path_factory):
+    """A BTCV RawData tree (img/, label/) of phantom cases, and a split over its ids."""
+    root = tmp_path_factory.mktemp("scoring") / "Synapse"
+    split = published_split("synapse", "ga_10p")
+    ids = split.labeled + split.unlabeled[:2] + split.eval[:1] + split.test[:3]
+    src = tiny_dataset.case_ids()
+    for i, cid in enumerate(ids):
+        c = tiny_dataset.load(src[i % len(src)])
+        _lps_nifti(root / "img" / f"img{cid}.nii.gz", c.image, c.spacing, np.int16)
+        _lps_nifti(root / "label" / f"label{cid}.nii.gz", c.label, c.spacing, np.uint8)
+    sub = root.parent / "split.json"
+    Split("ga_10p_sub", split.labeled, split.unlabeled[:2], split.eval[:1], split.test[:3], meta={"fraction": 0.1}).save(sub)
+    return root, sub
+
+
+@pytest.mark.parametrize("protocol", ["default", "dhc", "ga"])
+def test_run_metrics_equal_evaluate_of_saved_predictions(synapse_tree, tmp_path, capsys, protocol):
+    root, sub = synapse_tree
+    out = tmp_path / "runs"
+    assert main(["run", "--methods", "supervised", "--preset", "tiny", "--iterations", "2", "--no-progress", "--out", str(out),
+                 "--dataset", "synapse", "--data-root", str(root), "--split", str(sub), "--protocol", protocol,
+                 "--save-predictions"]) == 0
+    run = next(out.rglob("metrics.json")).parent
+    stored = json.loads((run / "metrics.json").read_text())
+    preds = sorted(p.name for p in (run / "predictions").iterdir())
+    assert preds == [f"{c}.nii.gz" for c in sorted(stored["cases"])]
+    # the prediction files lie on their labels' grids (same affine), in the source's voxel order
+    for name in preds:
+        p, g = nib.load(str(run / "predictions" / name)), nib.load(str(root / "label" / f"label{name}"))
+        assert p.shape == g.shape and np.allclose(p.affine, g.affine) and p.get_data_dtype() == np.uint8
+    ev = tmp_path / "ev.json"
+    assert main(["evaluate", "--protocol", protocol, "--pred", str(run / "predictions"), "--gt", str(root / "label"),
+                 "--out", str(ev)]) == 0
+    again = json.loads(ev.read_text())
+    capsys.readouterr()
+    assert set(again["cases"]) == set(stored["cases"])
+    for cid, organs in stored["cases"].items():
+        for organ, metrics in organs.items():
+            for k, v in metrics.items():
+                w = again["cases"][cid][organ][k]
+                assert (v is None and w is None) or v == pytest.approx(w, abs=1e-6), (cid, organ, k)
+    assert stored["labeled_fraction"] == 0.1 and stored["schema_version"] == SCHEMA_VERSION
+
+
+def test_score_case_hand_computed():
+    """2 organs on a 1x4x4 grid, spacing 2 mm in-plane: Dice and (voxel-unit) distances by hand."""
+    gt = np.zeros((1, 4, 4), np.uint8)
+    gt[0, 0, 0:2] = 1  # organ 1: two voxels
+    pred = np.zeros_like(gt)
+    pred[0, 0, 1:3] = 1  # overlaps one voxel, shifted by one
+    proto = Protocol(name="t", version="1")
+    s = score_case(pred, gt, (1.0, 2.0, 2.0), proto, ["a", "b"])
+    assert s["a"]["dice"] == pytest.approx(2 * 1 / 4)
+    # surfaces = the masks themselves; pred -> gt: 0 and 2 mm (one voxel of 2 mm); gt -> pred: 2 and 0
+    assert s["a"]["asd"] == pytest.approx(1.0) and s["a"]["assd"] == pytest.approx(1.0)
+    assert s["a"]["hd95"] == pytest.approx(np.percentile([0, 2, 2, 0], 95))
+    assert all(math.isnan(v) for v in s["b"].values())  # absent on both sides: not counted
+    dhc = Protocol(name="t", version="1", empty_rule="dhc", distance_unit="voxel")
+    s = score_case(pred, gt, (1.0, 2.0, 2.0), dhc, ["a", "b"])
+    assert s["a"]["asd"] == pytest.approx(0.5) and s["b"] == {"dice": 1.0, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
+    with pytest.raises(UserError, match="must be on its label's grid"):
+        score_case(pred[:, :2], gt, (1.0, 1.0, 1.0), proto, ["a", "b"])
+
+
+@pytest.mark.parametrize("native,grid", [((9, 20, 31), (9, 10, 15)), ((7, 33, 40), (5, 16, 16)), ((6, 8, 8), (6, 8, 8))])
+def test_to_native_keeps_what_the_evaluation_grid_samples(native, grid):
+    """Scoring the native map on a coarser protocol grid sees exactly the grid prediction."""
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 5, size=grid).astype(np.uint8)
+    proto = Protocol(name="t", version="1", resample=("shape", grid), eval_grid="protocol")
+    back = proto.to_native(pred, native)
+    assert back.shape == native and back.dtype == np.uint8
+    assert np.array_equal(resize(back, grid, "nearest"), pred)
+    assert list(nearest_source_index(20, 10)) == list(range(0, 20, 2))
+
+
+def test_evaluate_refuses_a_prediction_on_another_grid(tmp_path, capsys):
+    lab = np.zeros((8, 8, 4), np.uint8)
+    lab[2:4, 2:4, 1:3] = 1
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    nib.save(nib.Nifti1Image(lab, np.diag([1.0, 1.0, 2.0, 1.0])), str(tmp_path / "gt" / "c1.nii.gz"))
+    nib.save(nib.Nifti1Image(lab, np.diag([2.0, 2.0, 4.0, 1.0])), str(tmp_path / "pred" / "c1.nii.gz"))
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]) == 2
+    assert "is not on the voxel grid of" in capsys.readouterr().err
+    assert not (tmp_path / "pred" / "metrics.json").exists()
+
+
+def _record(**kw) -> MetricsRecord:
+    cases = {"c1": {"liver": {"dice": 0.5, "hd95": 2.0, "asd": 1.0, "assd": 1.0}}}
+    return MetricsRecord.build(method="m", dataset="d", protocol=Protocol(name="default", version="1"), split="s", seed=0,
+                               organs=["liver"], cases=cases, **kw)
+
+
+def test_records_round_trip_and_refuse_a_future_schema(tmp_path):
+    rec = _record(labeled_fraction=0.1)
+    write_record(tmp_path / "metrics.json", rec)
+    back = read_record(tmp_path / "metrics.json", "metrics")
+    assert back == rec and back.mean["dice"] == 0.5 and back.labeled_fraction == 0.1
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    data["schema_version"] = SCHEMA_VERSION + 1
+    (tmp_path / "metrics.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=f"schema_version {SCHEMA_VERSION + 1}, newer than this suite's"):
+        read_record(tmp_path / "metrics.json", "metrics")
+    del data["schema_version"]  # written before records were versioned: read as version 1
+    (tmp_path / "metrics.json").write_text(json.dumps(data))
+    assert read_record(tmp_path / "metrics.json", "metrics").labeled_fraction == 0.1
+
+
+def test_report_refuses_a_future_record_in_one_line(tmp_path, capsys):
+    d = tmp_path / "runs" / "x"
+    d.mkdir(parents=True)
+    data = _record(labeled_fraction=0.1).to_dict() | {"schema_version": 99}
+    (d / "metrics.json").write_text(json.dumps(data))
+    assert main(["report", "--runs", str(tmp_path / "runs"), "--no-figures"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "schema_version 99" in err
