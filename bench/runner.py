@@ -265,7 +265,8 @@ def make_spec(r: dict, dataset, protocol, split, device, progress: bool, **extra
         run_dir=r["dir"],
         config=config,
         progress=progress,
-        priors=_priors_fn(r["prompts"], r["encoder"], dataset.labels, "cpu") if r["prompts"] else None,
+        priors=_priors_fn(r["prompts"], r["encoder"], dataset.labels, "cpu") if r["prompts"] else (
+            _priors_fn(*r["cls"].fixed_priors, dataset.labels, "cpu") if r["cls"].fixed_priors else None),
         labels={"prompts": r["prompts"], "text_encoder": r["encoder"]} if r["prompts"] else {},
         **extra,
     )

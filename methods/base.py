@@ -78,18 +78,25 @@ class Losses:
 class Method:
     """Base class of all methods. Subclasses set ``networks`` (trained) and ``teachers`` (EMA)."""
 
+    # -- class flags: what a method declares about itself (none of them is an Hparams field) --
+    #: the name it is registered under (set by ``@register_method``)
     registry_name: ClassVar[str] = ""
     #: "split": labeled cases of the split are labeled; "all": every training case is labeled
     label_policy: ClassVar[str] = "split"
     #: whether the method consumes unlabeled batches
     uses_unlabeled: ClassVar[bool] = True
-    #: whether the method consumes text priors (``ctx.priors``); runs then expand over
-    #: ``--prompts`` x ``--text-encoder`` and record both names
+    #: whether the method consumes the run's text priors (``ctx.priors``); runs then expand
+    #: over ``--prompts`` x ``--text-encoder`` and record both names
     uses_priors: ClassVar[bool] = False
-    #: engine defaults this method prefers (overridable by config / --set)
-    train_defaults: ClassVar[dict[str, Any]] = {}
-    #: engine settings applied over a preset, per preset name (see bench/config.py)
-    preset_train: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: the prompt set this method always uses, whatever ``--prompts`` says (e.g. ``tak_names``)
+    prompts_override: ClassVar[str | None] = None
+    #: (prompt set, text encoder) of fixed priors the engine passes as ``ctx.priors`` to a
+    #: method that does not take the run's priors (e.g. ``tak_no_text``: hash vectors)
+    fixed_priors: ClassVar[tuple[str, str] | None] = None
+    #: whether the segmentation head's parameters are generated from text priors (TAK family)
+    has_text_head: ClassVar[bool] = False
+    #: whether the method adds TAK's voxel-text contrastive loss
+    has_contrastive: ClassVar[bool] = False
     #: why the method may not have started to learn in a short run (shown with such a run's
     #: results); empty when there is no known reason
     slow_start: ClassVar[str] = ""
@@ -158,8 +165,3 @@ class Method:
     @classmethod
     def hparam_defaults(cls) -> dict[str, Any]:
         return {f.name: f.default for f in dataclasses.fields(cls.Hparams) if f.default is not dataclasses.MISSING}
-
-    @classmethod
-    def describe(cls) -> str:
-        doc = (cls.__doc__ or "").strip().splitlines()
-        return doc[0] if doc else ""

@@ -142,6 +142,34 @@ class MagicNetwork(nn.Module):
         return [shared if isinstance(p, nn.Identity) else p(head.prior) for p in self.text_proj]
 
 
+@dataclass
+class StepState:
+    """What one MagicNet-family training step computed, for :meth:`MagicNet.extra_losses`.
+
+    B = labeled + unlabeled images, ``n_l`` of them labeled; feature lists hold the V-Net's
+    five encoder scales (B, ch_s, D_s, H_s, W_s).
+    """
+
+    step: int
+    net: "MagicNetwork"
+    #: encoder features of the images, and of the cross-image mixed images
+    feats: list
+    mfeats: list
+    #: per image, encoder features of its cubes (N, ch_s, ...), N = cubes per patch
+    cube_feats: list
+    #: the cross-image mixing permutation (for ``unmix``)
+    ind: torch.Tensor
+    #: labels of the labeled images (n_l, D, H, W)
+    y: torch.Tensor
+    #: the teacher's argmax on the unlabeled images and the blended cube-wise target (B - n_l, D, H, W)
+    pseudo: torch.Tensor
+    target: torch.Tensor
+    #: entropies of the teacher's and of the blended prediction (B - n_l, 1, D, H, W)
+    entropy: torch.Tensor
+    mix_entropy: torch.Tensor
+    n_l: int
+
+
 @register_method("magicnet")
 class MagicNet(Method):
     """MagicNet: mean teacher with magic-cube partition/recovery, cube location loss and blending."""
@@ -166,22 +194,24 @@ class MagicNet(Method):
         T_dist: float = 1.0
         loss: str = "dice_ce"
 
-    #: TAK parts (overridden by methods/tak.py)
-    text_head: bool = False
-    contrastive: bool = False
-
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
         if self.hp.loss not in ("ga", "dice_ce"):
             raise ValueError(f"loss must be 'ga' or 'dice_ce', not {self.hp.loss!r}")
         self.cube = pick_cube(tuple(ctx.patch_size), self.hp.cube)
         self.n = grid(tuple(ctx.patch_size), self.cube)
-        prior = self.build_prior() if self.text_head else None
+        prior = self.build_prior() if self.use_text_head else None
         n_cubes = self.n[0] * self.n[1] * self.n[2]
-        net = MagicNetwork(ctx.num_classes, ctx.width, self.cube, n_cubes, prior, self.contrastive)
+        net = MagicNetwork(ctx.num_classes, ctx.width, self.cube, n_cubes, prior, self.use_contrast)
         self.networks["net"] = net
         self.teachers["teacher"] = make_teacher(net)
-        self.logger = OrganClassLogger(ctx.num_classes)
+        #: running class distribution of the pseudo-labels (blending weights)
+        self.class_dist = OrganClassLogger(ctx.num_classes)
+
+    #: whether this instance builds the text-driven head / the contrastive branch (TAK sets
+    #: them from its class flags and hyperparameters)
+    use_text_head: bool = False
+    use_contrast: bool = False
 
     def build_prior(self) -> torch.Tensor:
         raise NotImplementedError
@@ -251,7 +281,7 @@ class MagicNet(Method):
         target, mix_entropy = pseudo, entropy
         with torch.no_grad():
             if step > self.hp.dist_warmup:
-                w = self.logger.weights(self.hp.T_dist).to(x.device)[pseudo][:, None]  # (B_u, 1, D, H, W)
+                w = self.class_dist.weights(self.hp.T_dist).to(x.device)[pseudo][:, None]  # (B_u, 1, D, H, W)
                 t_emb = teacher.class_embedding()
                 pl = []
                 for i in range(n_l, b):
@@ -261,23 +291,21 @@ class MagicNet(Method):
                 blended = torch.softmax((1 - w) * t_logits + w * unmix_pl, 1)
                 mix_entropy = -(blended * torch.log(blended + 1e-6)).sum(1, keepdim=True)
                 target = blended.argmax(1)
-            self.logger.append(target)
+            self.class_dist.append(target)
         if step % self.hp.dist_update_every == 0:
-            self.logger.update()
+            self.class_dist.update()
 
         cons = self.dice(soft_unmix[n_l:], target)
         w_cons = self.consistency_weight(step)
         total = sup + self.hp.loc_weight * loc_loss + w_cons * cons
         parts = {"sup": sup, "loc": loc_loss, "unsup": cons, "w_unsup": torch.tensor(w_cons)}
-        extra = self.extra_losses(
-            step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, n_l
-        )
+        extra = self.extra_losses(StepState(step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, n_l))
         for name, (weight, value) in extra.items():
             total = total + weight * value
             parts[name] = value
         return Losses(total, parts)
 
-    def extra_losses(self, step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, n_l) -> dict:
+    def extra_losses(self, state: "StepState") -> dict:
         """Hook for TAK's contrastive term: ``{name: (weight, loss)}``."""
         return {}
 
@@ -288,10 +316,10 @@ class MagicNet(Method):
         return self.networks["net"](x)
 
     def state_dict(self) -> dict:
-        return {"logger": self.logger.state_dict()}
+        return {"class_dist": self.class_dist.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.logger.load_state_dict(state["logger"])
+        self.class_dist.load_state_dict(state["class_dist"] if "class_dist" in state else state["logger"])  # "logger": before 2026-11-30
 
     @staticmethod
     def search_space(trial) -> dict:

@@ -41,7 +41,7 @@ import torch
 from bench.core.registry import register_method
 from methods.contrastive import voxel_text_contrastive
 from methods.cube_mixing import unmix, unmix_cubes
-from methods.magicnet import GA, MagicNet
+from methods.magicnet import GA, MagicNet, StepState
 from methods.ramps import sigmoid_rampup
 
 
@@ -50,8 +50,8 @@ class TAK(GA):
     """TAK: GA + text-prior-driven segmentation head + voxel-text contrastive loss."""
 
     uses_priors = True
-    text_head = True
-    contrastive = True
+    has_text_head = True
+    has_contrastive = True
     slow_start = ("its text-driven head starts almost flat (logits vary ~0.001 across voxels) and needs "
                   "~300-400 steps to leave that plateau (docs/performance.md)")
 
@@ -66,8 +66,8 @@ class TAK(GA):
 
     def __init__(self, ctx, **hparams):
         # with text_head=False and contrast_weight=0, TAK builds exactly GA's networks and losses
-        self.text_head = bool(hparams.get("text_head", True))
-        self.contrastive = type(self).contrastive and self.text_head and hparams.get("contrast_weight", 0.1) > 0
+        self.use_text_head = type(self).has_text_head and bool(hparams.get("text_head", True))
+        self.use_contrast = type(self).has_contrastive and self.use_text_head and hparams.get("contrast_weight", 0.1) > 0
         super().__init__(ctx, **hparams)
 
     def build_prior(self) -> torch.Tensor:
@@ -81,8 +81,11 @@ class TAK(GA):
     def entropy_threshold(self, step: int) -> float:
         return math.log(2) * (0.75 + 0.25 * sigmoid_rampup(step, self.hp.entropy_rampup * self.ctx.iterations))
 
-    def extra_losses(self, step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, n_l) -> dict:
-        if not self.contrastive or step < self.hp.contrast_start * self.ctx.iterations:
+    def extra_losses(self, state: StepState) -> dict:
+        step, net, feats, mfeats, cube_feats = state.step, state.net, state.feats, state.mfeats, state.cube_feats
+        ind, y, pseudo, target, entropy, mix_entropy, n_l = (state.ind, state.y, state.pseudo, state.target, state.entropy,
+                                                             state.mix_entropy, state.n_l)
+        if not self.use_contrast or step < self.hp.contrast_start * self.ctx.iterations:
             return {}
         b = len(cube_feats)
         vox = []
@@ -117,7 +120,7 @@ class TAK(GA):
 class TAKNoContrast(TAK):
     """Ablation: TAK without the voxel-text contrastive loss (text-driven head only)."""
 
-    contrastive = False
+    has_contrastive = False
 
 
 @register_method("tak_names")
@@ -132,8 +135,4 @@ class TAKNoText(TAK):
     """Ablation: TAK whose head and text anchors use uninformative vectors (hash encoder, no semantics)."""
 
     uses_priors = False
-
-    def build_prior(self) -> torch.Tensor:
-        from priors.cache import prior_embeddings
-
-        return prior_embeddings("anatomy", "hash:512", self.ctx.class_names, use_cache=False)
+    fixed_priors = ("anatomy", "hash:512")

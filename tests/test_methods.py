@@ -46,7 +46,7 @@ def test_unsupervised_loss_reaches_the_student_not_the_teacher(name):
     labeled, unlabeled = random_batch(ctx)
     step = 200  # past warm-ups (cube-wise blending starts after 100 steps)
     method.training_step(labeled, unlabeled, 0)  # fills running statistics
-    method.logger.update() if hasattr(method, "logger") else None
+    method.class_dist.update() if hasattr(method, "class_dist") else None
     losses = method.training_step(labeled, unlabeled, step)
     assert "unsup" in losses.parts, "methods name their unsupervised term 'unsup'"
     student = [p for net in method.networks.values() for p in net.parameters()]

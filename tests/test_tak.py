@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.core.labels import BTCV_13
 from methods.magicnet import GA
 from methods.tak import TAK, TAKNames, TAKNoContrast, TAKNoText
+from priors.cache import prior_embeddings
 from tests.helpers import random_batch, tiny_context
 from tests.test_methods import PATCH, _hash_priors
 
@@ -61,9 +63,11 @@ def test_contrastive_term_appears_after_warmup_and_reaches_encoder_and_projectio
 
 def test_variants():
     ctx = _ctx()
-    assert TAKNoContrast(ctx).contrastive is False
+    assert TAKNoContrast(ctx).use_contrast is False
     assert TAKNames.prompts_override == "names"
-    no_text = TAKNoText(ctx)
+    # the engine passes tak_no_text its fixed priors (hash vectors without meaning), whatever --prompts says
+    assert TAKNoText.fixed_priors == ("anatomy", "hash:512")
+    no_text = TAKNoText(tiny_context(patch=PATCH, width=4, priors=lambda: prior_embeddings(*TAKNoText.fixed_priors, BTCV_13)))
     assert no_text.networks["net"].head.prior.shape == (2 * 14, 512)  # hash vectors, 2 views
     assert TAKNoText.uses_priors is False and TAK.uses_priors is True
 
