@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import DEFAULT_PRESET
+from bench.config import DEFAULT_LABELED, DEFAULT_PRESET
 from bench.core.errors import UserError
 
 
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--label-map", default=None, help="label map NAME or FILE for foreign label values (folder)")
     r.add_argument("--protocol", default=None, help="default | dhc | ga")
     r.add_argument("--split", default=None, help="split name (yours or published, e.g. ga_10p) or JSON file (default: drawn from --labeled)")
-    r.add_argument("--labeled", default=None, help="labeled fraction of the training cases, e.g. 10%% (default 10%%)")
+    r.add_argument("--labeled", default=None, help=f"labeled fraction of the training cases, e.g. 10%% (default {DEFAULT_LABELED.replace('%', '%%')})")
     r.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default 0)")
     r.add_argument("--iterations", type=int, default=None)
     r.add_argument("--preset", default=None, help=f"demo | quick | paper | tiny (default {DEFAULT_PRESET}: about 10 min for 3 methods on 2 CPU cores)")
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each test case's prediction as <run>/predictions/<case>.nii.gz (the source image's geometry)")
     r.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N disjoint slices of the run matrix")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print the fully resolved config of every planned run (one JSON object per line); read no data")
 
     from priors.cli import add_parser as add_priors
 
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-root", default=None)
     t.add_argument("--protocol", default="default")
     t.add_argument("--split", default=None)
-    t.add_argument("--labeled", default="10%")
+    t.add_argument("--labeled", default=DEFAULT_LABELED)
     t.add_argument("--preset", default=DEFAULT_PRESET, help=f"demo | quick | paper | tiny (default {DEFAULT_PRESET})")
     t.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     t.add_argument("--storage", default=None, help="sqlite:///file.db (default <out>/optuna.db), postgresql://..., journal:PATH")
@@ -155,9 +157,11 @@ def cmd_list(args) -> int:
             obj = reg.get(n)
             doc = (getattr(obj, "__doc__", "") or "").strip().splitlines()
             print(f"{n:24s} {doc[0] if doc else ''}")
-            hp = getattr(obj, "hparam_defaults", None)
-            if callable(hp) and hp():
-                print(" " * 25 + ", ".join(f"{k}={v}" for k, v in hp().items()))
+            if hasattr(obj, "Hparams"):
+                from bench.config import describe_hparams
+
+                if describe_hparams(obj):
+                    print(" " * 25 + describe_hparams(obj))
             if args.kind == "datasets":
                 _print_fingerprint(n, args)
         else:
@@ -171,7 +175,7 @@ def _dataset_options(items: list[str], label_map: str | None, base: dict | None 
     from bench.config import parse_set
 
     opts = dict(base or {})
-    opts.update(parse_set(items, flag="--dataset-opt"))
+    opts.update(parse_set(items or [], flag="--dataset-opt"))
     if label_map:
         opts["label_map"] = label_map
     return opts
@@ -194,52 +198,21 @@ def _print_fingerprint(name: str, args) -> None:
 
 
 def cmd_run(args) -> int:
-    from bench.config import load_config_file
-    from bench.runner import RunRequest, execute
+    from bench.runner import RunRequest, dry_run, execute
     from reports.tables import frame_markdown, per_organ_frame
 
-    cfg = load_config_file(args.config) if args.config else {}
-    known_top = {"methods", "dataset", "data_root", "dataset_opts", "label_map", "protocol", "split", "labeled", "seeds",
-                 "preset", "prompts", "text_encoder", "train", "method"}
-    unknown = sorted(set(cfg) - known_top)
-    if unknown:
-        raise UserError(f"config {args.config}: unknown key '{unknown[0]}'; known: {', '.join(sorted(known_top))}")
+    flags = {"methods": args.methods, "dataset": args.dataset, "data_root": args.data_root, "protocol": args.protocol,
+             "split": args.split, "labeled": args.labeled, "seeds": args.seeds, "preset": args.preset, "prompts": args.prompts,
+             "text_encoder": args.text_encoder, "iterations": args.iterations, "label_map": args.label_map,
+             "dataset_opts": _dataset_options(args.dataset_opts, None) or None}
+    req = RunRequest.build(flags, args.sets, args.config, device=args.device, out=args.out, force=args.force,
+                           save_predictions=args.save_predictions, progress=not args.no_progress, shard=args.shard)
+    if args.dry_run:
+        import json
 
-    def pick(flag, key, default):
-        """command line > config file > default"""
-        if flag is not None:
-            return flag
-        return cfg.get(key, default)
-
-    def as_csv(v):
-        return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
-
-    methods = pick(args.methods, "methods", None)
-    if not methods:
-        raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
-    opts = _dataset_options(args.dataset_opts, pick(args.label_map, "label_map", None), cfg.get("dataset_opts"))
-    req = RunRequest(
-        methods=_csv(as_csv(methods)),
-        dataset=pick(args.dataset, "dataset", "phantom"),
-        data_root=pick(args.data_root, "data_root", None),
-        protocol=pick(args.protocol, "protocol", "default"),
-        split=pick(args.split, "split", None),
-        labeled=str(pick(args.labeled, "labeled", "10%")),
-        seeds=_seeds(as_csv(pick(args.seeds, "seeds", "0"))),
-        iterations=args.iterations,
-        preset=pick(args.preset, "preset", DEFAULT_PRESET),
-        device=args.device,
-        prompts=as_csv(pick(args.prompts, "prompts", "anatomy")),
-        text_encoder=as_csv(pick(args.text_encoder, "text_encoder", "minilm")),
-        out=args.out,
-        force=args.force,
-        save_predictions=args.save_predictions,
-        sets=args.sets,
-        config=args.config,
-        progress=not args.no_progress,
-        dataset_opts=opts,
-        shard=args.shard,
-    )
+        for cfg in dry_run(req):
+            print(json.dumps(cfg, sort_keys=True))
+        return 0
     results = execute(req)
     from bench import distributed
 
@@ -249,7 +222,7 @@ def cmd_run(args) -> int:
         print(f"Per-organ Dice (%) on the test split, mean over seeds; HD95 in mm ({results[0].dataset}, "
               f"protocol {results[0].protocol}, split {results[0].split}):")
         print(frame_markdown(per_organ_frame(results)))
-        for line in untrained_notes(results, req.preset):
+        for line in untrained_notes(results, req.options.preset):
             print(line)
         print(f"\nResults are in {Path(args.out).resolve()}")
     return 0

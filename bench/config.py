@@ -1,55 +1,72 @@
-"""Run configuration: engine hyperparameters, presets, config files and ``--set`` overrides.
+"""The one config resolution: run options, engine settings and method hyperparameters.
 
-Precedence, lowest first: dataclass defaults < method's ``train_defaults`` < preset <
-method's ``preset_train[preset]`` < config file (TOML) < command-line flags < ``--set key=value``.
+Four levels, lowest first::
 
-``preset_train`` lets a method correct a preset where the preset's shortcut does not suit it:
-the quick preset's 0.1 learning rate trains plain V-Nets in 600 steps but makes the
-InstanceNorm MagicNet family (magicnet, ga, tak) diverge, so those declare their own.
+    defaults  <  preset  <  config file (TOML)  <  command line (flags and --set)
 
-A TOML config file may hold run options at the top level (``methods``, ``dataset``,
-``seeds``, ``labeled``, ...), engine hyperparameters under ``[train]`` and method
-hyperparameters under ``[method.<name>]`` (or ``[method]`` for all methods of the run).
+*Defaults* are the dataclass defaults of :class:`TrainConfig` and of each method's ``Hparams``,
+plus the engine settings a method declares as its own (``Method.train_defaults``: what its
+released code uses). A *preset* (``PRESETS``), a *config file* and the *command line* are each
+one :class:`Layer` with the same scoping, so a key means the same wherever it is written:
+
+======================================  ============================================
+config file                             command line
+======================================  ============================================
+top level ``methods = [...]``, ...      ``--methods``, ``--dataset``, ... flags
+``[train] lr = 0.02``                   ``--set lr=0.02``        (every method)
+``[method] ema_decay = 0.9``            ``--set ema_decay=0.9``  (every method that has it)
+``[method.tak] lr = 0.03``              ``--set tak.lr=0.03``    (that method only)
+======================================  ============================================
+
+Within a level the per-method table wins over the shared keys. A key no method of the run
+knows, a table of an unknown method, or a value of the wrong type or range is one line naming
+it and what is allowed, before any data is read. Every setting is typed
+(:mod:`bench.core.settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bench.core.errors import UserError
+from bench.core.settings import convert, convert_field, describe_type, setting
+
+#: the preset used when none is given
+DEFAULT_PRESET = "demo"
+#: the labeled share of the training cases when neither --labeled nor --split is given
+DEFAULT_LABELED = "10%"
 
 
 @dataclass
 class TrainConfig:
-    """Engine hyperparameters (the same loop for every method)."""
+    """Engine settings (the same loop for every method)."""
 
-    iterations: int = 600
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    iterations: int = setting(600, ge=1)
+    lr: float = setting(0.01, gt=0.0)
+    momentum: float = setting(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = setting(1e-4, ge=0.0)
     nesterov: bool = True
-    poly_power: float = 0.9
-    labeled_bs: int = 2
-    unlabeled_bs: int = 2
+    poly_power: float = setting(0.9, ge=0.0)
+    labeled_bs: int = setting(2, ge=1)
+    unlabeled_bs: int = setting(2, ge=0)
     patch: tuple[int, int, int] = (32, 64, 64)
-    width: int = 8
-    grad_clip: float = 0.0
+    width: int = setting(8, ge=1)
+    grad_clip: float = setting(0.0, ge=0.0)
     amp: bool = True
-    val_every: int = 100
-    val_overlap: float = 0.25
-    overlap: float = -1.0  # test-time sliding-window overlap; < 0 = the protocol's
-    sw_batch_size: int = 2
-    ckpt_every: int = 50
-    log_every: int = 10
-    timing_warmup: int = 5
-    #: random flips along H and W. Off by default: a left-right flip turns the right kidney
-    #: into a "left" one at the wrong side, and on the phantom it cut validation Dice after 400
-    #: iterations from 0.26 to 0.07 (DHC's protocol flips; its config turns this on)
+    val_every: int = setting(100, ge=0)
+    val_overlap: float = setting(0.25, ge=0.0, lt=1.0)
+    overlap: float = setting(-1.0, lt=1.0)  # test-time sliding-window overlap; < 0 = the protocol's
+    sw_batch_size: int = setting(2, ge=1)
+    ckpt_every: int = setting(50, ge=1)
+    log_every: int = setting(10, ge=1)
+    timing_warmup: int = setting(5, ge=0)
+    #: random flips along H and W; off by default: a left-right flip turns the right kidney into
+    #: a "left" one at the wrong side (measured effect: docs/performance.md)
     flip: bool = False
     #: execution only (not part of a run's identity, see ``EXECUTION_ONLY``): compile every
     #: network with ``torch.compile`` / keep activations in ``channels_last_3d`` memory format
@@ -61,40 +78,33 @@ class TrainConfig:
 #: config hash (a run resumed with them switched keeps its folder), recorded in config.json
 EXECUTION_ONLY = ("compile", "channels_last")
 
+#: the MagicNet family; the demo and quick presets give it lr 0.03 (docs/fidelity.md)
+_MAGICNET_FAMILY = ("magicnet", "ga", "tak", "tak_no_contrast", "tak_names", "tak_no_text")
 
-#: Presets set the phantom size and engine defaults; config files and flags override them.
-#: the preset used when none is given
-DEFAULT_PRESET = "demo"
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "dataset_preset": "tiny",
-        "train": {"iterations": 4, "patch": (16, 32, 32), "width": 4, "val_every": 2, "ckpt_every": 2,
-                  "log_every": 1, "timing_warmup": 1},
-    },
-    # demo: the no-flag default, sized so that `bench run --methods tak,dhc,mean_teacher` takes
-    # about 10 minutes on 2 CPU cores (docs/performance.md); the quick phantom, half quick's
-    # patch (32x32x64: 2 MagicNet cubes of 32) and 220 iterations (300 took 10:38 on a quiet
-    # 2-core CPU, 270 took 11:04 in a later measurement).
-    "demo": {
-        "dataset_preset": "quick",
-        "train": {"iterations": 220, "lr": 0.1, "patch": (32, 32, 64), "width": 8, "val_every": 100,
-                  "ckpt_every": 50},
-    },
-    # quick: the figure protocol of the closing notes, about an hour for tak,dhc,mean_teacher on
-    # 2 CPU cores. A 0.1 learning rate (published: 0.01 over 30k+ iterations)
-    # lets a width-8 V-Net learn the phantom in a few hundred iterations. 32x64x64 is the
-    # smallest patch that MagicNet-style methods can cut into cubes (2x2 cubes of 32).
-    "quick": {
-        "dataset_preset": "quick",
-        "train": {"iterations": 600, "lr": 0.1, "patch": (32, 64, 64), "width": 8, "val_every": 100,
-                  "ckpt_every": 50},
-    },
-    "paper": {
-        "dataset_preset": "paper",
-        "train": {"iterations": 30000, "patch": (96, 96, 96), "width": 16, "val_every": 1000,
-                  "ckpt_every": 500, "log_every": 50},
-    },
+@dataclass(frozen=True)
+class Preset:
+    """A named preset: the phantom size, engine settings, and per-method corrections."""
+
+    dataset_preset: str
+    train: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+#: Presets (docs/performance.md has the measured times). ``demo``: the no-flag default, sized
+#: for about 10 minutes of ``tak,dhc,mean_teacher`` on 2 CPU cores; ``quick``: the figure
+#: protocol of docs/results.md (a 0.1 learning rate lets a width-8 V-Net learn the phantom in a
+#: few hundred steps; 32x64x64 is the smallest patch MagicNet-style methods can cut into
+#: cubes); ``paper``: the published scale; ``tiny``: for tests.
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset("tiny", {"iterations": 4, "patch": (16, 32, 32), "width": 4, "val_every": 2, "ckpt_every": 2,
+                            "log_every": 1, "timing_warmup": 1}),
+    "demo": Preset("quick", {"iterations": 220, "lr": 0.1, "patch": (32, 32, 64), "width": 8, "val_every": 100, "ckpt_every": 50},
+                   {m: {"lr": 0.03} for m in _MAGICNET_FAMILY}),
+    "quick": Preset("quick", {"iterations": 600, "lr": 0.1, "patch": (32, 64, 64), "width": 8, "val_every": 100, "ckpt_every": 50},
+                    {m: {"lr": 0.03} for m in _MAGICNET_FAMILY}),
+    "paper": Preset("paper", {"iterations": 30000, "patch": (96, 96, 96), "width": 16, "val_every": 1000, "ckpt_every": 500,
+                              "log_every": 50}),
 }
 
 
@@ -102,40 +112,115 @@ def train_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
-def coerce(key: str, raw: Any, default: Any, annotation: Any = None) -> Any:
-    """Convert ``raw`` (string from the CLI or a TOML value) to the type of ``default``."""
-    kind = type(default) if default is not None else None
-    if annotation is not None and kind is None:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        kind = args[0] if args else annotation
-    try:
-        if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-        elif kind is int:
-            if not isinstance(raw, bool) and not (isinstance(raw, float) and not raw.is_integer()):
-                return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
-        elif kind is float:
-            if not isinstance(raw, bool):
-                return float(raw)
-        elif kind is tuple:
-            items = raw if isinstance(raw, (list, tuple)) else str(raw).replace("x", ",").split(",")
-            inner = type(default[0]) if default else int
-            return tuple(inner(str(v).strip()) for v in items)
-        elif kind is str:
-            if isinstance(raw, (str, int, float)):
-                return str(raw)
-        else:
-            return raw
-    except (ValueError, TypeError):
-        pass
-    want = {bool: "true/false", int: "an integer", float: "a number", tuple: "a list like 32,64,64", str: "text"}.get(kind, str(kind))
-    raise UserError(f"--set {key}={raw}: expected {want} (default {default!r})")
+# -- run options ---------------------------------------------------------------------------
+#: top-level run options of a config file (and their flags): name -> (type, what it takes)
+RUN_OPTIONS: dict[str, tuple[Any, str]] = {
+    "methods": (list, "a list of method names"),
+    "dataset": (str, "a dataset name"),
+    "data_root": (str, "a folder"),
+    "dataset_opts": (dict, "a table of dataset options"),
+    "label_map": (str, "a label map name or file"),
+    "protocol": (str, "a protocol name"),
+    "split": (str, "a split name or JSON file"),
+    "labeled": (str, "a labeled share such as \"10%\" or 0.1"),
+    "seeds": (list, "a list of integer seeds"),
+    "preset": (str, "a preset name"),
+    "prompts": (list, "a list of prompt set names"),
+    "text_encoder": (list, "a list of text encoder names"),
+}
+
+
+@dataclass
+class RunOptions:
+    """What to run, resolved: defaults < config file < command-line flags."""
+
+    methods: list[str]
+    dataset: str = "phantom"
+    data_root: str | None = None
+    dataset_opts: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "default"
+    split: str | None = None
+    labeled: str = DEFAULT_LABELED
+    seeds: list[int] = field(default_factory=lambda: [0])
+    preset: str = DEFAULT_PRESET
+    prompts: list[str] = field(default_factory=lambda: ["anatomy"])
+    text_encoder: list[str] = field(default_factory=lambda: ["minilm"])
+
+    @property
+    def labeled_fraction(self) -> float:
+        from datasets.splits import parse_fraction
+
+        return parse_fraction(self.labeled)
+
+
+def _csv(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _run_option(origin: str, key: str, value: Any) -> Any:
+    """A run option as its type; one line when it has the wrong kind of value."""
+    kind, what = RUN_OPTIONS[key]
+    bad = UserError(f"{origin}: {key} = {value!r}: expected {what}")
+    if key == "seeds":
+        items = value if isinstance(value, list) else (value if isinstance(value, int) else str(value).split(","))
+        items = items if isinstance(items, list) else [items]
+        try:
+            seeds = [int(str(s).strip()) if not isinstance(s, bool) else None for s in items if str(s).strip()]
+        except ValueError:
+            raise UserError(f"{origin}: seeds '{value}' must be integers separated by commas, e.g. 0,1,2")
+        if not seeds or any(s is None or s < 0 or s >= 2**31 for s in seeds):
+            raise UserError(f"{origin}: seeds '{value}' must be integers in 0..2^31-1, e.g. 0,1,2")
+        return list(dict.fromkeys(seeds))  # each seed once
+    if kind is list:
+        if not isinstance(value, (list, str)) or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+            raise bad
+        out = list(dict.fromkeys(_csv(value)))  # each name once
+        if not out:
+            raise bad
+        return out
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): v for k, v in value.items()}
+    if key == "labeled" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise bad
+    return value.strip()
+
+
+# -- layers --------------------------------------------------------------------------------
+@dataclass
+class Layer:
+    """What one level (a preset, a config file, the command line) says."""
+
+    origin: str
+    run: dict[str, Any] = field(default_factory=dict)
+    #: engine settings for every method
+    train: dict[str, Any] = field(default_factory=dict)
+    #: settings for every method that has them (method hyperparameters, or engine settings)
+    shared: dict[str, Any] = field(default_factory=dict)
+    #: {method name: {engine setting or hyperparameter: value}}
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: how a key of each part is written at this level, for messages
+    spell: dict[str, str] = field(default_factory=dict)
+
+    def where(self, part: str, method: str | None = None) -> str:
+        if self.origin.startswith("config"):
+            return f"{self.origin} " + {"train": "[train]", "shared": "[method]"}.get(part, f"[method.{method}]")
+        if self.origin == "command line":
+            return "--set"
+        return f"{self.origin}" + (f" [method.{method}]" if method else "")
+
+
+def preset_layer(name: str) -> Layer:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        raise UserError(f"unknown preset '{name}'; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+                        f"choose one of {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return Layer(f"preset {name}", train=dict(p.train), per_method={k: dict(v) for k, v in p.method.items()})
 
 
 def parse_set(items: list[str], flag: str = "--set") -> dict[str, str]:
@@ -149,98 +234,205 @@ def parse_set(items: list[str], flag: str = "--set") -> dict[str, str]:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML document (read once); a missing, unreadable or invalid file is one line."""
     p = Path(path)
     try:
         with p.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise UserError(f"config file {p} does not exist; check the path given to --config")
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"config file {p} is not valid TOML ({e})")
+    except IsADirectoryError:
+        raise UserError(f"config file {p} is a folder; give a .toml file to --config")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {p} is not valid TOML ({' '.join(str(e).split())[:120]})")
+    except OSError as e:
+        raise UserError(f"config file {p} cannot be read ({e.strerror}); check its permissions")
 
 
+def file_layer(path: str | Path, doc: dict[str, Any] | None = None) -> Layer:
+    """A config file as one layer (``doc``: its parsed content, if already read)."""
+    origin = f"config {path}"
+    doc = load_config_file(path) if doc is None else doc
+    layer = Layer(origin)
+    for key, value in doc.items():
+        if key == "train":
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}: 'train' must be a table ([train] with settings such as lr = 0.01)")
+            layer.train = dict(value)
+        elif key == "method":
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}: 'method' must be a table ([method] or [method.<name>] with hyperparameters)")
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    layer.per_method[k] = dict(v)
+                else:
+                    layer.shared[k] = v
+        elif key in RUN_OPTIONS:
+            layer.run[key] = _run_option(origin, key, value)
+        else:
+            known = sorted([*RUN_OPTIONS, "train", "method"])
+            close = difflib.get_close_matches(key, known, n=1)
+            raise UserError(f"{origin}: unknown key '{key}'; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+                            f"known: {', '.join(known)}")
+    return layer
+
+
+def cli_layer(flags: dict[str, Any], sets: list[str] | dict[str, Any], method_names: set[str] | None = None) -> Layer:
+    """Command-line flags (run options, ``iterations``) and ``--set`` as one layer.
+
+    ``sets`` is a list of ``key=value`` strings or an already typed ``{key: value}`` (tuning).
+    ``name.key`` addresses one method when ``name`` is a registered method.
+    """
+    from bench.core.registry import METHODS
+
+    layer = Layer("command line")
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key == "iterations":
+            layer.train["iterations"] = value
+        else:
+            layer.run[key] = _run_option("command line", key, value)
+    items = parse_set(sets) if isinstance(sets, list) else dict(sets)
+    engine = train_fields()
+    registered = set(METHODS.names()) if method_names is None else method_names
+    for key, value in items.items():
+        prefix, dot, sub = key.partition(".")
+        if dot and prefix in registered:
+            layer.per_method.setdefault(prefix, {})[sub] = value
+        elif dot:
+            close = difflib.get_close_matches(prefix, sorted(registered), n=1)
+            raise UserError(f"--set {key}: '{prefix}' is not a method; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+                            f"write --set <method>.<key>=value (see `python -m bench list methods`)")
+        elif key in engine:
+            layer.train[key] = value
+        else:
+            layer.shared[key] = value
+    return layer
+
+
+def resolve_options(layers: list[Layer]) -> RunOptions:
+    """Run options: defaults < config file < command-line flags (presets hold none)."""
+    values: dict[str, Any] = {}
+    opts: dict[str, Any] = {}
+    for layer in layers:
+        opts.update(layer.run.get("dataset_opts", {}))  # dataset options merge key by key
+        values.update(layer.run)
+    values["dataset_opts"] = opts
+    methods = values.pop("methods", None)
+    if not methods:
+        raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
+    opts = values.pop("dataset_opts", {})
+    label_map = values.pop("label_map", None)
+    if label_map:
+        opts = {**opts, "label_map": label_map}
+    out = RunOptions(methods=methods, dataset_opts=opts, **values)
+    preset_layer(out.preset)  # an unknown preset fails here, with the known ones
+    out.labeled_fraction  # noqa: B018 - a bad --labeled fails here
+    return out
+
+
+# -- per-method resolution -----------------------------------------------------------------
 @dataclass
 class MethodSettings:
     """Resolved settings of one method in a run: engine config and method hyperparameters."""
 
+    name: str
     train: TrainConfig
-    hparams: dict[str, Any] = field(default_factory=dict)
+    #: every hyperparameter of the method (defaults included), typed
+    hparams: dict[str, Any]
 
 
-def resolve(
-    method_cls: Any,
-    preset: str,
-    file_cfg: dict[str, Any],
-    cli_train: dict[str, Any],
-    sets: dict[str, str],
-    all_method_classes: list[Any],
-) -> MethodSettings:
-    """Resolve engine and method settings for one method (see module docstring)."""
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
-    tf = train_fields()
-    values: dict[str, Any] = {f.name: f.default for f in tf.values()}
-    hp_defaults = method_cls.hparam_defaults()
-    hp_fields = {f.name: f for f in dataclasses.fields(method_cls.Hparams)}
-    hparams: dict[str, Any] = {}
+def _hparam_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls.Hparams)}
 
-    def apply_train(src: dict[str, Any], origin: str) -> None:
-        for k, v in src.items():
-            if k not in tf:
-                raise UserError(f"{origin}: unknown engine setting '{k}'; known: {', '.join(sorted(tf))}")
-            values[k] = coerce(k, v, tf[k].default)
 
-    def put(key: str, raw: Any) -> bool:
-        """Route one setting to the engine or the method; False if neither knows it."""
-        if key in tf:
-            values[key] = coerce(key, raw, tf[key].default)
+def check_keys(layers: list[Layer], classes: dict[str, Any]) -> None:
+    """Every key of every layer means something for this run (before any method resolves)."""
+    from bench.core.registry import METHODS
+
+    engine = train_fields()
+    all_hp = {k for c in classes.values() for k in _hparam_fields(c)}
+    for layer in layers:
+        for k in layer.train:
+            if k not in engine:
+                close = difflib.get_close_matches(k, list(engine), n=1)
+                raise UserError(f"{layer.where('train')}: unknown engine setting '{k}'; "
+                                f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}known: {', '.join(sorted(engine))}")
+        for k in layer.shared:
+            if k not in engine and k not in all_hp:
+                known = sorted(set(engine) | all_hp)
+                close = difflib.get_close_matches(k, known, n=1)
+                raise UserError(f"{layer.where('shared')} {k}: unknown setting (no engine setting, and no method of this run - "
+                                f"{', '.join(classes)} - has it); "
+                                f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+                                f"see `python -m bench list methods --details`")
+        for name, table in layer.per_method.items():
+            if name not in classes:  # a table for a method this run does not train: the name must exist
+                if name not in METHODS:
+                    close = difflib.get_close_matches(name, METHODS.names(), n=1)
+                    raise UserError(f"{layer.where('per_method', name)}: unknown method '{name}'; "
+                                    f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}see `python -m bench list methods`")
+                continue
+            hp = _hparam_fields(classes[name])
+            for k in table:
+                if k not in engine and k not in hp:
+                    close = difflib.get_close_matches(k, sorted(set(engine) | set(hp)), n=1)
+                    raise UserError(f"{layer.where('per_method', name)}: method '{name}' has no setting '{k}'; "
+                                    f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+                                    f"its hyperparameters: {', '.join(sorted(hp)) or 'none'}")
+
+
+def resolve_method(name: str, cls: Any, layers: list[Layer]) -> MethodSettings:
+    """Engine settings and hyperparameters of method ``name`` (its registry name, given
+    explicitly: a subclass reads only its own ``[method.<name>]`` table)."""
+    engine = train_fields()
+    hp_fields = _hparam_fields(cls)
+    train: dict[str, Any] = {f.name: f.default for f in engine.values()}
+    for k, v in (getattr(cls, "train_defaults", {}) or {}).items():
+        train[k] = convert_field(f"method {name} default", TrainConfig, k, v)
+    hparams: dict[str, Any] = dict(cls.hparam_defaults())
+
+    def put(where: str, key: str, raw: Any) -> None:
+        if key in engine:
+            train[key] = convert_field(where, TrainConfig, key, raw)
         elif key in hp_fields:
-            hparams[key] = coerce(key, raw, hp_defaults.get(key), hp_fields[key].type)
-        else:
-            return False
-        return True
+            hparams[key] = convert_field(where, cls.Hparams, key, raw)
 
-    values.update(getattr(method_cls, "train_defaults", {}) or {})
-    apply_train(PRESETS[preset]["train"], f"preset {preset}")
-    apply_train((getattr(method_cls, "preset_train", {}) or {}).get(preset, {}), f"method {method_cls.registry_name}, preset {preset}")
-    apply_train(file_cfg.get("train", {}), "config [train]")
-    tables = file_cfg.get("method", {})
-    # [method] with plain keys applies to every method; [method.<name>] to one
-    shared = {k: v for k, v in tables.items() if not isinstance(v, dict)}
-    own = tables.get(method_cls.registry_name, {})
-    for k, v in {**shared, **(own if isinstance(own, dict) else {})}.items():
-        if not put(k, v):
-            raise UserError(f"config [method.{method_cls.registry_name}]: unknown hyperparameter '{k}'")
-    apply_train(cli_train, "command line")
-    for k, v in sets.items():
-        if put(k, v):
-            continue
-        if "." in k and k.split(".", 1)[0] in {c.registry_name for c in all_method_classes}:
-            name, sub = k.split(".", 1)
-            if name == method_cls.registry_name:
-                if sub not in hp_fields:
-                    raise UserError(f"--set {k}: method '{name}' has no hyperparameter '{sub}'; known: {', '.join(sorted(hp_fields))}")
-                hparams[sub] = coerce(k, v, hp_defaults.get(sub), hp_fields[sub].type)
-        elif not any(k in {f.name for f in dataclasses.fields(c.Hparams)} for c in all_method_classes):
-            known = sorted(set(tf) | {f.name for c in all_method_classes for f in dataclasses.fields(c.Hparams)})
-            import difflib
-
-            close = difflib.get_close_matches(k, known, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UserError(f"--set {k}: unknown setting; {hint}see `python -m bench list methods --details` for hyperparameters")
-    train = TrainConfig(**values)
-    _check_train(train)
-    return MethodSettings(train=train, hparams=hparams)
+    for layer in layers:
+        for k, v in layer.train.items():
+            put(layer.where("train"), k, v)
+        for k, v in layer.shared.items():
+            put(layer.where("shared"), k, v)
+        for k, v in layer.per_method.get(name, {}).items():
+            put(layer.where("per_method", name), k, v)
+    t = TrainConfig(**train)
+    _check_train(t)
+    check = getattr(cls, "check_settings", None)
+    if check is not None:
+        check(cls.Hparams(**hparams), t)
+    return MethodSettings(name=name, train=t, hparams=hparams)
 
 
 def _check_train(t: TrainConfig) -> None:
-    if t.iterations < 1:
-        raise UserError(f"iterations must be >= 1 (got {t.iterations})")
     if len(t.patch) != 3 or any(p <= 0 or p % 16 for p in t.patch):
-        raise UserError(f"patch {t.patch} must be three positive multiples of 16 (the V-Net halves it four times)")
-    if t.width < 1:
-        raise UserError(f"width must be >= 1 (got {t.width})")
-    if t.labeled_bs < 1 or t.unlabeled_bs < 0:
-        raise UserError("labeled_bs must be >= 1 and unlabeled_bs >= 0")
-    if not (0 <= t.val_overlap < 1) or not (t.overlap < 1):
-        raise UserError("sliding-window overlap must lie in [0, 1)")
+        raise UserError(f"patch {'x'.join(map(str, t.patch))} must be three positive multiples of 16 (the V-Net halves it "
+                        f"four times); e.g. --set patch=32,64,64")
+
+
+def describe_hparams(cls: Any) -> str:
+    """``name=default (type)`` of each hyperparameter, for ``bench list methods --details``."""
+    from bench.core.settings import field_types
+
+    types = field_types(cls.Hparams)
+    out = []
+    for f in dataclasses.fields(cls.Hparams):
+        t = types[f.name]
+        kind = describe_type(t) if getattr(t, "__origin__", None) is Literal else ""
+        out.append(f"{f.name}={f.default!r}" + (f" ({kind})" if kind else ""))
+    return ", ".join(out)
+
+
+__all__ = ["DEFAULT_LABELED", "DEFAULT_PRESET", "EXECUTION_ONLY", "PRESETS", "Layer", "MethodSettings", "Preset",
+           "RunOptions", "TrainConfig", "check_keys", "cli_layer", "convert", "file_layer", "load_config_file",
+           "parse_set", "preset_layer", "resolve_method", "resolve_options", "train_fields"]

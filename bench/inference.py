@@ -25,9 +25,10 @@ def predict_volume(
     """
     from monai.inferers import sliding_window_inference
 
+    from bench.step import amp_dtype, amp_enabled
+
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    dtype = torch.bfloat16 if (device.type == "cuda" and torch.cuda.is_bf16_supported()) else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype, enabled=amp and device.type == "cuda"):
+    with torch.autocast(device_type=device.type, dtype=amp_dtype(device), enabled=amp_enabled(device, amp)):
         logits = sliding_window_inference(
             x, roi_size=tuple(patch), sw_batch_size=sw_batch_size, predictor=predict, overlap=overlap, mode=mode
         )

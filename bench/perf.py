@@ -7,7 +7,7 @@
 * metrics: our per-case HD95 + ASD for all organs vs MONAI's ``HausdorffDistanceMetric`` +
   ``SurfaceDistanceMetric`` and vs medpy, on the same multi-class volume (values compared;
   goal: >= 5x faster);
-* inference: ``tak`` vs a plain V-Net of the same width (goal <= 1.10), timed in interleaved
+* inference: each method vs a plain V-Net of the same width (TAK's goal: <= 1.10), timed in interleaved
   rounds; sliding-window overlap 0.5 vs 0.25 (and how many windows each needs);
 * achieved GFLOP/s of a training step (FLOPs counted by ``torch.utils.flop_counter``) against
   the peak the user states (``--peak-gflops``; for CPUs we assume cores x 32 FLOP/cycle
@@ -56,8 +56,23 @@ def _interleaved_medians(fns: dict, device, rounds: int, warmup: int = 1, seed: 
 
 
 def _median_time(fn, device, repeat: int, warmup: int = 1) -> float:
-    """Median seconds of ``fn`` over ``repeat`` timed runs after ``warmup`` untimed ones."""
-    return _interleaved_medians({"fn": fn}, device, repeat, warmup)["fn"]
+    """Median seconds of ``fn`` over ``repeat`` timed runs after ``warmup`` untimed ones
+    (``torch.utils.benchmark``, which synchronises CUDA; ratios between callables use
+    :func:`_interleaved_medians` instead, which that module does not offer)."""
+    from torch.utils import benchmark
+
+    for _ in range(warmup):
+        fn()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    return statistics.median(timer.timeit(1).mean for _ in range(repeat))
+
+
+def _priors(method_cls, labels):
+    """Text priors for a synthetic run of ``method_cls``: its fixed ones, else hash vectors."""
+    from priors.cache import prior_embeddings
+
+    prompts, encoder = method_cls.fixed_priors or ("anatomy", "hash:512")
+    return lambda: prior_embeddings(prompts, encoder, labels, use_cache=False)
 
 
 def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_train: dict | None = None) -> dict:
@@ -68,7 +83,6 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
     from bench.core.registry import METHODS, PROTOCOLS
     from bench.train import RunSpec, Trainer
     from datasets.splits import draw_split
-    from priors.cache import prior_embeddings
 
     p = dataset.partition
     split = draw_split(p["train"], p["eval"], p["test"], 0.2, seed=0)
@@ -76,8 +90,7 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
                            "log_every": 10**9, "timing_warmup": 1})
     with tempfile.TemporaryDirectory() as tmp:
         spec = RunSpec(method, METHODS.get(method), {}, train, dataset, PROTOCOLS.get("default")(dataset.name), split, 0, device,
-                       Path(tmp) / "run", progress=False,
-                       priors=(lambda: prior_embeddings("anatomy", "hash:512", dataset.labels, use_cache=False)))
+                       Path(tmp) / "run", progress=False, priors=_priors(METHODS.get(method), dataset.labels))
         trainer = Trainer(spec)
         trainer.fit()
         engine = statistics.median(trainer.step_times)
@@ -89,16 +102,11 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
         batches = [sampler.batch(i) for i in range(iterations)]
         batches = [({k: v.to(device) for k, v in lab.items()}, None if unl is None else {k: v.to(device) for k, v in unl.items()})
                    for lab, unl in batches]
-        m, opt = trainer.method, trainer.optimizer
         it = iter(range(10**9))
 
-        def bare():
+        def bare():  # the engine's own step object, without the loop around it
             i = next(it) % iterations
-            losses = m.training_step(*batches[i], iterations + i)
-            opt.zero_grad(set_to_none=True)
-            losses.total.backward()
-            opt.step()
-            m.after_step(iterations + i)
+            trainer.train_step(*batches[i], iterations + i)
 
         bare_s = _median_time(bare, device, repeat=iterations - 1)
     return {"method": method, "engine_s": engine, "bare_s": bare_s, "overhead_ratio": engine / bare_s, "data_wait_share": wait}
@@ -155,31 +163,32 @@ def metrics_speed(repeat: int = 3) -> dict:
     return out
 
 
-def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 64), rounds: int = 7) -> dict:
-    """``tak`` vs a plain V-Net of equal width and vs ``ga`` (the same MagicNet V-Net with a
-    static 1x1x1 head): the networks' forward pass on one batch of 2 patches (the precise ratio
-    of what the head adds) and sliding-window inference (overlap 0.5, 2 patches per batch) of a
-    volume of ``shape``, both timed in interleaved rounds; and the plain V-Net at overlap 0.5
-    vs 0.25 on a volume of 2.25 patches per axis, where the two overlaps need different numbers
-    of windows (on ``shape`` they often need the same)."""
+def inference_speed(device, methods: list[str], width: int = 8, shape=(40, 80, 80), patch=(32, 64, 64), rounds: int = 7) -> dict:
+    """Each method's inference vs a plain V-Net of equal width (InstanceNorm, the backbone of
+    the MagicNet family): the networks' forward pass on one batch of 2 patches (the precise
+    ratio of what a method's own parts add) and sliding-window inference (overlap 0.5, 2 patches
+    per batch) of a volume of ``shape``, timed in interleaved rounds; and the plain V-Net at
+    overlap 0.5 vs 0.25 on a volume of 2.25 patches per axis, where the two overlaps need
+    different numbers of windows (on ``shape`` they often need the same)."""
     from bench.core.labels import BTCV_13
     from bench.core.registry import METHODS
     from bench.inference import predict_volume
     from methods.base import MethodContext
     from methods.networks import VNet
-    from priors.cache import prior_embeddings
 
-    ctx = MethodContext(num_classes=14, class_names=BTCV_13, patch_size=patch, width=width, device=device,
-                        priors=lambda: prior_embeddings("anatomy", "hash:512", BTCV_13, use_cache=False))
-    tak = METHODS.get("tak")(ctx).to(device)
-    tak.train(False)
-    ga = METHODS.get("ga")(ctx).to(device)  # the same MagicNet V-Net with a static 1x1x1 head
-    ga.train(False)
-    plain = VNet(1, 14, width, "instancenorm").to(device).eval()
+    nets = {}
+    for name in methods:
+        cls = METHODS.get(name)
+        ctx = MethodContext(num_classes=14, class_names=BTCV_13, patch_size=patch, width=width, device=device,
+                            priors=_priors(cls, BTCV_13))
+        m = cls(ctx).to(device)
+        m.train(False)
+        nets[name] = m.predict
+    nets["vnet"] = VNet(1, 14, width, "instancenorm").to(device).eval()
     rng = np.random.default_rng(0)
     vol = rng.random(shape, dtype=np.float32)
     t = _interleaved_medians({f"{name}_overlap0.5": (lambda fn=fn: predict_volume(fn, vol, patch, 0.5, device, sw_batch_size=2))
-                              for name, fn in (("tak", tak.predict), ("ga", ga.predict), ("vnet", plain))}, device, rounds)
+                              for name, fn in nets.items()}, device, rounds)
     x = torch.from_numpy(rng.random((2, 1, *patch), dtype=np.float32)).to(device)
 
     def forward(fn):
@@ -188,12 +197,12 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
                 fn(x)
         return run
 
-    # the networks alone on one batch of 2 patches: what the head adds, without the sliding
-    # window's own costs (equal for all three, but noisy: +-8 % between identical networks)
-    f = _interleaved_medians({"tak_forward": forward(tak.predict), "ga_forward": forward(ga.predict),
-                              "vnet_forward": forward(plain)}, device, 3 * rounds)
+    # the networks alone on one batch of 2 patches: what a method's parts add, without the
+    # sliding window's own costs (equal for all, but noisy: +-8 % between identical networks)
+    f = _interleaved_medians({f"{name}_forward": forward(fn) for name, fn in nets.items()}, device, 3 * rounds)
     big = rng.random(tuple(int(2.25 * p) for p in patch), dtype=np.float32)
     windows = {}
+    plain = nets["vnet"]
 
     def counted(ov):
         def fn(x):
@@ -205,10 +214,12 @@ def inference_speed(device, width: int = 8, shape=(40, 80, 80), patch=(32, 64, 6
         predict_volume(counted(ov), big, patch, ov, device, sw_batch_size=2)
     t_ov = _interleaved_medians({f"vnet_big_overlap{ov}": (lambda ov=ov: predict_volume(plain, big, patch, ov, device, sw_batch_size=2))
                                  for ov in (0.5, 0.25)}, device, max(rounds // 2, 2), warmup=0)
-    return {"rounds": rounds, "volume": list(shape), "big_volume": list(big.shape),
-            "windows_overlap0.5": windows[0.5], "windows_overlap0.25": windows[0.25], **t, **f, **t_ov,
-            "tak_vs_vnet_forward": f["tak_forward"] / f["vnet_forward"], "tak_vs_ga_forward": f["tak_forward"] / f["ga_forward"],
-            "tak_vs_vnet": t["tak_overlap0.5"] / t["vnet_overlap0.5"], "tak_vs_ga": t["tak_overlap0.5"] / t["ga_overlap0.5"],
+    ratios = {}
+    for name in methods:
+        ratios[f"{name}_vs_vnet_forward"] = f[f"{name}_forward"] / f["vnet_forward"]
+        ratios[f"{name}_vs_vnet"] = t[f"{name}_overlap0.5"] / t["vnet_overlap0.5"]
+    return {"rounds": rounds, "volume": list(shape), "big_volume": list(big.shape), "methods": list(methods),
+            "windows_overlap0.5": windows[0.5], "windows_overlap0.25": windows[0.25], **t, **f, **t_ov, **ratios,
             "overlap_0.5_vs_0.25": t_ov["vnet_big_overlap0.5"] / t_ov["vnet_big_overlap0.25"]}
 
 
@@ -219,12 +230,12 @@ def synthetic_method(method: str, device, patch=(32, 64, 64), width: int = 8, la
     from bench.core.labels import BTCV_13
     from bench.core.registry import METHODS
     from methods.base import MethodContext
-    from priors.cache import prior_embeddings
 
+    cls = METHODS.get(method)
     ctx = MethodContext(num_classes=14, class_names=BTCV_13, patch_size=patch, width=width, device=device, iterations=1000,
                         labeled_voxel_counts=(1e5 / (np.arange(14) + 1) ** 2).astype(np.int64), n_unlabeled=8,
-                        priors=lambda: prior_embeddings("anatomy", "hash:512", BTCV_13, use_cache=False))
-    m = METHODS.get(method)(ctx).to(device)
+                        priors=_priors(cls, BTCV_13))
+    m = cls(ctx).to(device)
     g = torch.Generator().manual_seed(seed)
     lab = {"image": torch.rand(labeled_bs, 1, *patch, generator=g).to(device),
            "label": torch.randint(0, 14, (labeled_bs, *patch), generator=g).to(device)}
@@ -235,11 +246,14 @@ def synthetic_method(method: str, device, patch=(32, 64, 64), width: int = 8, la
 def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, peak: float | None = None) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
+    from bench.config import TrainConfig
+    from bench.step import TrainStep, make_optimizer
+
     m, lab, unl = synthetic_method(method, device, patch, width)
+    train_step = TrainStep(m, make_optimizer(m.parameters(), TrainConfig(lr=0.01)), device, amp=False)
 
     def step():
-        losses = m.training_step(lab, unl, 500)
-        losses.total.backward()
+        train_step(lab, unl, 500)
 
     with FlopCounterMode(display=False) as fc:
         step()
@@ -257,6 +271,9 @@ def execution_variants(method: str, device, patch=(32, 64, 64), width: int = 8, 
     switch on and off: AMP (bf16 where supported, CUDA only), cudnn.benchmark (CUDA only),
     ``channels_last_3d``, ``torch.compile``. Each variant builds the method afresh (same seed)
     and is timed after 2 warm-up steps (compile's first steps compile)."""
+    from bench.config import TrainConfig
+    from bench.step import TrainStep, make_optimizer
+
     cuda = device.type == "cuda"
     variants = [{"name": "baseline (fp32)"}]
     if cuda:
@@ -280,15 +297,10 @@ def execution_variants(method: str, device, patch=(32, 64, 64), width: int = 8, 
         if v.get("compile"):
             for net in m.modules().values():
                 net.compile()
-        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+        train_step = TrainStep(m, make_optimizer(m.parameters(), TrainConfig(lr=0.01)), device, amp=bool(v.get("amp")))
 
-        def step(m=m, lab=lab, unl=unl, opt=opt, amp=bool(v.get("amp")), dtype=dtype):
-            with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                losses = m.training_step(lab, unl, 500)
-            opt.zero_grad(set_to_none=True)
-            losses.total.backward()
-            opt.step()
+        def step(train_step=train_step, lab=lab, unl=unl):
+            train_step(lab, unl, 500)
 
         t0 = time.perf_counter()
         try:
@@ -322,23 +334,17 @@ def step_memory(method: str, preset: str, device) -> dict:
     batch, in this process (call it in a fresh one: ``memory_table`` does). On CPUs: the
     process' peak RSS minus its RSS after the method and batch were built."""
     from bench.config import PRESETS, TrainConfig
+    from bench.step import TrainStep, make_optimizer
     from bench.timing import peak_memory, reset_peak_memory
 
-    t = TrainConfig(**{k: v for k, v in PRESETS[preset]["train"].items() if k in ("patch", "width", "lr")})
+    t = TrainConfig(**{k: v for k, v in PRESETS[preset].train.items() if k in ("patch", "width", "lr")})
     m, lab, unl = synthetic_method(method, device, tuple(t.patch), t.width, t.labeled_bs, t.unlabeled_bs)
-    opt = torch.optim.SGD(m.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
-    amp = device.type == "cuda"
-    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    train_step = TrainStep(m, make_optimizer(m.parameters(), t), device, amp=True)
     before = _current_rss_mb()
     reset_peak_memory(device)
     for step in range(2):
         with StepTimer(device) as timer:
-            with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                losses = m.training_step(lab, unl, 500 + step)
-            opt.zero_grad(set_to_none=True)
-            losses.total.backward()
-            opt.step()
-            m.after_step(500 + step)
+            train_step(lab, unl, 500 + step)
     peak = peak_memory(device)
     peak["second_step_s"] = timer.seconds
     if device.type != "cuda":
@@ -393,7 +399,7 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
     ds = load_dataset("phantom", preset, None)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device_description(device), "preset": preset,
               "torch_threads": torch.get_num_threads(), "harness": [], "metrics": {}, "inference": {}, "gflops": []}
-    train = dict(PRESETS[preset]["train"])
+    train = dict(PRESETS[preset].train)
     for name in methods:
         h = harness_overhead(name, ds, device, preset_train={k: v for k, v in train.items() if k in ("patch", "width", "lr")})
         result["harness"].append(h)
@@ -410,11 +416,13 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
         + (f"  medpy {m['medpy_s']:.3f} s ({m['speedup_vs_medpy']:.1f}x)" if "medpy_s" in m else ""))
     ipatch = tuple(train.get("patch", (32, 64, 64)))
     ipatch = ipatch if min(ipatch) >= 32 else (32, 64, 64)  # TAK's cubes need >= 32
-    result["inference"] = inference_speed(device, train.get("width", 8), shape=tuple(max(a, b) for a, b in zip(ipatch, (40, 80, 80))), patch=ipatch)
+    result["inference"] = inference_speed(device, methods, train.get("width", 8),
+                                          shape=tuple(max(a, b) for a, b in zip(ipatch, (40, 80, 80))), patch=ipatch)
     i = result["inference"]
-    log(f"infer    forward tak/V-Net {i['tak_vs_vnet_forward']:.3f}x  tak/ga {i['tak_vs_ga_forward']:.3f}x;  sliding window "
-        f"tak/V-Net {i['tak_vs_vnet']:.3f}x  tak/ga {i['tak_vs_ga']:.3f}x  (medians of interleaved rounds)   "
-        f"overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x ({i['windows_overlap0.5']} vs {i['windows_overlap0.25']} windows)")
+    for name in methods:
+        log(f"infer    {name:14s} vs a plain V-Net: forward {i[f'{name}_vs_vnet_forward']:.3f}x, sliding window "
+            f"{i[f'{name}_vs_vnet']:.3f}x  (medians of interleaved rounds)")
+    log(f"infer    overlap 0.5/0.25 {i['overlap_0.5_vs_0.25']:.2f}x ({i['windows_overlap0.5']} vs {i['windows_overlap0.25']} windows)")
     if variants:
         result["variants"] = []
         for name in methods:

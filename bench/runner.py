@@ -11,7 +11,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import DEFAULT_PRESET, EXECUTION_ONLY, PRESETS, load_config_file, parse_set, resolve
+from bench.config import (
+    EXECUTION_ONLY,
+    PRESETS,
+    Layer,
+    MethodSettings,
+    RunOptions,
+    check_keys,
+    cli_layer,
+    file_layer,
+    preset_layer,
+    resolve_method,
+    resolve_options,
+)
 from bench.core.errors import UserError
 from bench.core.records import MetricsRecord, read_record
 from bench.core.registry import DATASETS, METHODS, PROTOCOLS
@@ -20,28 +32,46 @@ from bench.core.store import config_hash, is_finished, run_dir
 
 @dataclass
 class RunRequest:
-    """What ``python -m bench run`` was asked (after defaults, before presets)."""
+    """What ``python -m bench run`` was asked: the resolved run options, the config layers
+    (config file, command line, ...; the preset's layer is added from ``options.preset``) and
+    how to execute."""
 
-    methods: list[str]
-    dataset: str = "phantom"
-    data_root: str | None = None
-    protocol: str = "default"
-    split: str | None = None
-    labeled: str = "10%"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    iterations: int | None = None
-    preset: str = DEFAULT_PRESET
+    options: RunOptions
+    layers: list[Layer] = field(default_factory=list)
     device: str = "auto"
-    prompts: str = "anatomy"
-    text_encoder: str = "minilm"
     out: str = "runs"
     force: bool = False
     save_predictions: bool = False
-    sets: list[str] = field(default_factory=list)
-    config: str | None = None
     progress: bool = True
-    dataset_opts: dict = field(default_factory=dict)  # --dataset-opt key=value, --label-map
     shard: str | None = None  # "i/n"
+
+    @classmethod
+    def build(cls, flags: dict[str, Any], sets: list[str] | dict[str, Any] = (), config: str | None = None,
+              extra_layers: list[Layer] = (), **kw) -> "RunRequest":
+        """From command-line flags (run options and ``iterations``), ``--set`` and a config file."""
+        layers = ([file_layer(config)] if config else []) + [cli_layer(flags, list(sets) if not isinstance(sets, dict) else sets)]
+        layers += list(extra_layers)
+        return cls(resolve_options(layers), layers, **kw)
+
+    @property
+    def all_layers(self) -> list[Layer]:
+        return [preset_layer(self.options.preset), *self.layers]
+
+
+@dataclass
+class PlannedRun:
+    """One run of the matrix (method x prompts x encoder x seed), before it runs."""
+
+    name: str
+    cls: Any
+    settings: MethodSettings
+    #: the resolved config (its hash names the run folder; ``execution`` is left out of it)
+    resolved: dict[str, Any]
+    hash: str
+    seed: int
+    prompts: str | None
+    encoder: str | None
+    dir: Path
 
 
 def _fmt(value, scale: float, spec: str) -> str:
@@ -101,28 +131,28 @@ def load_dataset(name: str, preset: str, data_root: str | None, progress: bool =
         unknown = [k for k in opts if k not in params]
         if unknown:
             raise UserError(f"dataset '{name}' has no option '{unknown[0]}' (--dataset-opt / --label-map)")
-    return factory(preset=PRESETS[preset]["dataset_preset"] if preset in PRESETS else preset, data_root=data_root,
+    return factory(preset=PRESETS[preset].dataset_preset if preset in PRESETS else preset, data_root=data_root,
                    progress=progress, **opts)
 
 
-def resolve_split(req: RunRequest, dataset, out: Path):
-    from datasets.splits import Split, draw_split, parse_fraction
+def resolve_split(opts: RunOptions, dataset, out: Path):
+    from datasets.splits import Split, draw_split
 
-    if req.split:
-        path = Path(req.split)
+    if opts.split:
+        path = Path(opts.split)
         if not path.suffix:  # a name: the dataset's split folder, then the published splits
-            path = out / dataset.name / "splits" / f"{req.split}.json"
+            path = out / dataset.name / "splits" / f"{opts.split}.json"
             if not path.exists():
                 from datasets.splits import published_split
 
-                split = published_split(dataset.name, req.split)
+                split = published_split(dataset.name, opts.split)
                 known = set(dataset.case_ids())
                 if dataset.name.endswith("_ct"):  # a CT-only import drops the MRI cases from published splits
                     split = Split(split.name, *[[c for c in getattr(split, r) if c in known] for r in ("labeled", "unlabeled", "eval", "test")], meta=split.meta)
                 return split.validate(known)
         split = Split.load(path)
     else:
-        fraction = parse_fraction(req.labeled)
+        fraction = opts.labeled_fraction
         part = dataset.partition
         if not part.get("train"):
             raise UserError(f"dataset '{dataset.name}' defines no train/eval/test partition; give --split FILE")
@@ -137,64 +167,77 @@ def resolve_split(req: RunRequest, dataset, out: Path):
     return split.validate(dataset.case_ids())
 
 
-def plan(req: RunRequest) -> tuple[list[dict], Any, Any, Any]:
-    """Validate names and settings of every run before anything runs."""
-    if not req.methods:
-        raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
-    classes = [METHODS.get(m) for m in req.methods]  # unknown names fail here, before any work
-    protocol = PROTOCOLS.get(req.protocol)(req.dataset)
-    if req.preset not in PRESETS:
-        raise UserError(f"unknown preset '{req.preset}'; choose one of {', '.join(PRESETS)}")
-    file_cfg = load_config_file(req.config) if req.config else {}
-    sets = parse_set(req.sets)
-    cli_train = {"iterations": req.iterations} if req.iterations is not None else {}
-    settings = [resolve(c, req.preset, file_cfg, cli_train, sets, classes) for c in classes]
-    prompt_list = [p.strip() for p in req.prompts.split(",") if p.strip()]
-    encoder_list = [e.strip() for e in req.text_encoder.split(",") if e.strip()]
-    if any(c.uses_priors for c in classes):
-        _check_priors(prompt_list, encoder_list)
-    out = Path(req.out)
-    dataset = load_dataset(req.dataset, req.preset, req.data_root, progress=req.progress, options=req.dataset_opts)
-    split = resolve_split(req, dataset, out)
-    runs = []
-    for name, cls, st in zip(req.methods, classes, settings):
-        override = getattr(cls, "prompts_override", None)
-        prompts_for = [override] if override else prompt_list
-        grid = [(p, e) for p in prompts_for for e in encoder_list] if cls.uses_priors else [(None, None)]
-        train = asdict(st.train)
-        execution = {k: train.pop(k) for k in EXECUTION_ONLY}
-        for prompts, encoder in grid:
-            resolved = {
-                "method": name,
-                "hparams": {**cls.hparam_defaults(), **st.hparams},
-                "train": train,
-                "dataset": dataset.name,
-                "preset": req.preset,
-                "protocol": protocol.describe(),
-                "split": {"name": split.name, "digest": split.digest()},
-            }
-            if cls.uses_priors:
-                resolved["prompts"], resolved["text_encoder"] = prompts, encoder
-            from bench.distributed import world_size
+def resolve_runs(req: RunRequest) -> tuple[list[tuple[str, Any, MethodSettings]], Any]:
+    """Every method's settings and the protocol, validated without reading any data."""
+    opts = req.options
+    classes = {m: METHODS.get(m) for m in opts.methods}  # unknown names fail here, before any work
+    protocol = PROTOCOLS.get(opts.protocol)(opts.dataset)
+    if any(cls.uses_priors for cls in classes.values()):
+        _check_priors(opts.prompts, opts.text_encoder)
+    parse_shard(req.shard)
+    layers = req.all_layers
+    check_keys(layers, classes)
+    settings = [(name, cls, resolve_method(name, cls, layers)) for name, cls in classes.items()]
+    return settings, protocol
 
+
+def _grid(cls, opts: RunOptions) -> list[tuple[str | None, str | None]]:
+    """(prompt set, text encoder) pairs a method runs with; one (None, None) without priors."""
+    if not cls.uses_priors:
+        return [(None, None)]
+    prompts = [cls.prompts_override] if cls.prompts_override else opts.prompts
+    return [(p, e) for p in prompts for e in opts.text_encoder]
+
+
+def _resolved(name: str, cls, st: MethodSettings, opts: RunOptions, protocol, prompts, encoder, dataset: str, split: dict) -> dict:
+    train = asdict(st.train)
+    execution = {k: train.pop(k) for k in EXECUTION_ONLY}
+    resolved = {"method": name, "hparams": st.hparams, "train": train, "dataset": dataset, "preset": opts.preset,
+                "protocol": protocol.describe(), "split": split}
+    if cls.uses_priors:
+        resolved["prompts"], resolved["text_encoder"] = prompts, encoder
+    if cls.fixed_priors:
+        resolved["fixed_priors"] = list(cls.fixed_priors)
+    return resolved, execution
+
+
+def dry_run(req: RunRequest) -> list[dict]:
+    """The fully resolved config of every planned run, reading no data and writing nothing."""
+    settings, protocol = resolve_runs(req)
+    opts = req.options
+    split = {"name": opts.split} if opts.split else {"labeled_fraction": opts.labeled_fraction}
+    dataset = {"name": opts.dataset, "data_root": opts.data_root, "options": opts.dataset_opts}
+    out = []
+    for name, cls, st in settings:
+        for prompts, encoder in _grid(cls, opts):
+            resolved, execution = _resolved(name, cls, st, opts, protocol, prompts, encoder, opts.dataset, split)
+            for seed in opts.seeds:
+                out.append({**resolved, "dataset": dataset, "seed": seed, "execution": execution})
+    return out
+
+
+def plan(req: RunRequest) -> tuple[list[PlannedRun], Any, Any, Any]:
+    """Validate every setting (before any data), then load the dataset and split and lay out
+    the run folders."""
+    settings, protocol = resolve_runs(req)
+    opts = req.options
+    out = Path(req.out)
+    dataset = load_dataset(opts.dataset, opts.preset, opts.data_root, progress=req.progress, options=opts.dataset_opts)
+    split = resolve_split(opts, dataset, out)
+    runs = []
+    from bench.distributed import world_size
+
+    for name, cls, st in settings:
+        for prompts, encoder in _grid(cls, opts):
+            resolved, execution = _resolved(name, cls, st, opts, protocol, prompts, encoder, dataset.name,
+                                             {"name": split.name, "digest": split.digest()})
             if world_size() > 1:  # a distributed run is another run (batch-pooled losses see slices)
                 resolved["world_size"] = world_size()
             chash = config_hash(resolved)
             resolved = {**resolved, "execution": execution}
-            for seed in req.seeds:
-                runs.append(
-                    {
-                        "name": name,
-                        "cls": cls,
-                        "settings": st,
-                        "resolved": resolved,
-                        "hash": chash,
-                        "seed": seed,
-                        "prompts": prompts,
-                        "encoder": encoder,
-                        "dir": run_dir(out, dataset.name, protocol.name, split.name, name, chash, seed),
-                    }
-                )
+            for seed in opts.seeds:
+                runs.append(PlannedRun(name, cls, st, resolved, chash, seed, prompts, encoder,
+                                       run_dir(out, dataset.name, protocol.name, split.name, name, chash, seed)))
     return runs, dataset, protocol, split
 
 
@@ -237,37 +280,42 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def make_spec(r: dict, dataset, protocol, split, device, progress: bool, **extra):
+def make_spec(r: PlannedRun, dataset, protocol, split, device, progress: bool, **extra):
     """The :class:`bench.train.RunSpec` of one planned run (see :func:`plan`)."""
     from bench.train import RunSpec
 
     config = {
-        **r["resolved"],
-        "seed": r["seed"],
+        **r.resolved,
+        "seed": r.seed,
         "labeled_fraction": split.labeled_fraction,
-        "config_hash": r["hash"],
+        "config_hash": r.hash,
         "device": str(device),
         "git_commit": _git_commit(),
         "versions": _versions(),
         "hardware": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "command": sys.argv,
     }
+    if r.prompts:
+        priors = _priors_fn(r.prompts, r.encoder, dataset.labels, "cpu")
+    elif r.cls.fixed_priors:
+        priors = _priors_fn(*r.cls.fixed_priors, dataset.labels, "cpu")
+    else:
+        priors = None
     return RunSpec(
-        method_name=r["name"],
-        method_cls=r["cls"],
-        hparams=r["settings"].hparams,
-        train=r["settings"].train,
+        method_name=r.name,
+        method_cls=r.cls,
+        hparams=r.settings.hparams,
+        train=r.settings.train,
         dataset=dataset,
         protocol=protocol,
         split=split,
-        seed=r["seed"],
+        seed=r.seed,
         device=device,
-        run_dir=r["dir"],
+        run_dir=r.dir,
         config=config,
         progress=progress,
-        priors=_priors_fn(r["prompts"], r["encoder"], dataset.labels, "cpu") if r["prompts"] else (
-            _priors_fn(*r["cls"].fixed_priors, dataset.labels, "cpu") if r["cls"].fixed_priors else None),
-        labels={"prompts": r["prompts"], "text_encoder": r["encoder"]} if r["prompts"] else {},
+        priors=priors,
+        labels={"prompts": r.prompts, "text_encoder": r.encoder} if r.prompts else {},
         **extra,
     )
 
@@ -293,14 +341,14 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
         log = _quiet
     results = []
     for i, r in enumerate(runs, 1):
-        d: Path = r["dir"]
+        d: Path = r.dir
         if distributed.agree(is_finished(d) and not req.force):
-            log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: finished earlier, skipped ({d})")
+            log(f"[{i}/{len(runs)}] {r.name} seed {r.seed}: finished earlier, skipped ({d})")
             if main:
                 results.append(read_record(d / "metrics.json", "metrics"))
             continue
         if not distributed.agree(lock.claim(d) if main else True):
-            log(f"[{i}/{len(runs)}] {r['name']} seed {r['seed']}: claimed by another worker, skipped ({d})")
+            log(f"[{i}/{len(runs)}] {r.name} seed {r.seed}: claimed by another worker, skipped ({d})")
             continue
         try:
             if distributed.agree(is_finished(d) and not req.force):  # finished while we waited for the claim
@@ -311,8 +359,8 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
                 for p in d.iterdir():
                     if p.name != ".claim":
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
-            tag = f" [{r['prompts']} x {r['encoder']}]" if r["prompts"] else ""
-            log(f"[{i}/{len(runs)}] {r['name']}{tag} seed {r['seed']} -> {d}")
+            tag = f" [{r.prompts} x {r.encoder}]" if r.prompts else ""
+            log(f"[{i}/{len(runs)}] {r.name}{tag} seed {r.seed} -> {d}")
             spec = make_spec(r, dataset, protocol, split, device, req.progress, save_predictions=req.save_predictions)
             metrics = run_one(spec)
             distributed.barrier()

@@ -32,6 +32,7 @@ from bench.core.scoring import score_case
 from bench.core.store import atomic_save, atomic_write_text
 from bench.data import Prefetcher, TwoStreamSampler
 from bench.inference import predict_volume
+from bench.step import TrainStep, make_optimizer
 from bench.timing import StepTimer, device_description, peak_memory, reset_peak_memory, summarize_times
 from datasets.base import Dataset
 from datasets.splits import Split
@@ -146,17 +147,13 @@ class Trainer:
                 raise UserError(f"labeled_bs {self.t.labeled_bs} and unlabeled_bs {self.t.unlabeled_bs} must be multiples of "
                                 f"the {self.world} processes (each takes an equal slice of every batch); use --set labeled_bs=...")
             distributed.broadcast_modules(self.method.modules().values())
-        self.optimizer = torch.optim.SGD(
-            self.method.parameters(),
-            lr=self.t.lr,
-            momentum=self.t.momentum,
-            weight_decay=self.t.weight_decay,
-            nesterov=self.t.nesterov and self.t.momentum > 0,
-        )
-        self.use_amp = bool(self.t.amp and self.device.type == "cuda")
-        self.amp_dtype = torch.bfloat16 if (self.use_amp and torch.cuda.is_bf16_supported()) else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.optimizer = make_optimizer(self.method.parameters(), self.t)
+        self.train_step = TrainStep(self.method, self.optimizer, self.device, self.t.amp, self.t.grad_clip,
+                                    check=self._check_finite, average=distributed.average_gradients if self.world > 1 else None)
+        self.use_amp = self.train_step.amp
+        self.scaler = self.train_step.scaler
         self.step = 0
+        self.last_good = 0
         self.best = {"score": -math.inf, "step": -1}
         self.step_times: list[float] = []
         self.data_times: list[float] = []
@@ -258,7 +255,7 @@ class Trainer:
                 leave=False,
             )
         self.method.train(True)
-        last_good = self.step
+        self.last_good = self.step
         # Ctrl-C / SIGINT: finish the step in flight, save a checkpoint, then stop (exit 130)
         interrupted = []
         handler = None
@@ -275,19 +272,7 @@ class Trainer:
                 if t.channels_last:
                     labeled, unlabeled = _channels_last(labeled), _channels_last(unlabeled)
                 with StepTimer(self.device) as timer:
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                        losses = self.method.training_step(labeled, unlabeled, step)
-                    self._check_finite(losses, step, last_good)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.scaler.scale(losses.total).backward()
-                    if self.world > 1:
-                        distributed.average_gradients(self.method.parameters())
-                    if t.grad_clip > 0:
-                        self.scaler.unscale_(self.optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.method.parameters(), t.grad_clip)
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.method.after_step(step)
+                    losses = self.train_step(labeled, unlabeled, step)
                 if step >= t.timing_warmup:
                     self.step_times.append(timer.seconds)
                     self.data_times.append(wait)
@@ -302,7 +287,7 @@ class Trainer:
                     self.validate()
                 if self.step % t.ckpt_every == 0 or self.step == t.iterations or self.step == stop or interrupted:
                     self.save_checkpoint()
-                    last_good = self.step
+                    self.last_good = self.step
                 if interrupted:
                     raise KeyboardInterrupt
             if self.world > 1:
@@ -314,14 +299,14 @@ class Trainer:
             if bar is not None:
                 bar.close()
 
-    def _check_finite(self, losses, step: int, last_good: int) -> None:
+    def _check_finite(self, losses, step: int) -> None:
         if torch.isfinite(losses.total.detach()).all():
             return
         bad = [k for k, v in losses.parts.items() if torch.is_tensor(v) and not torch.isfinite(v.detach()).all()]
         part = ", ".join(bad) if bad else "total"
         raise NonFiniteLoss(
             f"{self.spec.method_name}: loss is not finite at step {step} (part: {part}); the last good checkpoint "
-            f"(step {last_good}) is kept in {self.dir}; lower the learning rate (--set lr=...) or enable --set grad_clip=1"
+            f"(step {self.last_good}) is kept in {self.dir}; lower the learning rate (--set lr=...) or enable --set grad_clip=1"
         )
 
     # -- evaluation -----------------------------------------------------------------------

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import DEFAULT_PRESET
+from bench.config import DEFAULT_LABELED, DEFAULT_PRESET
 from bench.core.errors import UserError
 from bench.core.storage import make_storage, safe_url
 from bench.core.store import atomic_write_text
@@ -37,7 +38,7 @@ class TuneRequest:
     data_root: str | None = None
     protocol: str = "default"
     split: str | None = None
-    labeled: str = "10%"
+    labeled: str = DEFAULT_LABELED
     preset: str = DEFAULT_PRESET
     trials: int = 20
     storage: str | None = None
@@ -59,9 +60,9 @@ def _params_key(params: dict) -> str:
 def tune(req: TuneRequest, log=print):
     import optuna
 
-    from bench.config import parse_set, resolve, train_fields
+    from bench.config import Layer, train_fields
     from bench.core.registry import METHODS
-    from bench.runner import RunRequest, make_spec, pick_device, plan
+    from bench.runner import RunRequest, make_spec, pick_device, plan, resolve_runs
     from bench.train import Trainer
 
     cls = METHODS.get(req.method)
@@ -73,6 +74,12 @@ def tune(req: TuneRequest, log=print):
     if unknown:
         raise UserError(f"search space of '{req.method}' names '{unknown[0]}', which is neither an engine setting nor one of its "
                         f"hyperparameters; fix its search_space()")
+    if req.trials < 1:
+        raise UserError(f"--trials {req.trials}: give at least 1 trial for this worker")
+    if req.budget_iterations is not None and req.budget_iterations < 1:
+        raise UserError(f"--budget-iterations {req.budget_iterations}: give at least 1 training iteration per trial")
+    if req.export and Path(req.export).is_dir():
+        raise UserError(f"--export {req.export} is a folder; give a file name such as best.toml")
     out = Path(req.out)
     storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     storage = make_storage(storage_url, req.heartbeat_s)
@@ -92,12 +99,15 @@ def tune(req: TuneRequest, log=print):
     elif owner != req.method:
         raise UserError(f"study '{study_name}' belongs to method '{owner}', not '{req.method}'; pick another --study-name")
     budget = req.budget_iterations or study.user_attrs.get("budget_iterations")
+    flags = {"methods": [req.method], "dataset": req.dataset, "data_root": req.data_root, "protocol": req.protocol,
+             "split": req.split, "labeled": req.labeled, "preset": req.preset, "seeds": [req.seed], "iterations": budget}
+    base = RunRequest.build(flags, req.sets, out=str(out / "tune" / study_name), progress=req.progress)
+    settings, _ = resolve_runs(base)  # every setting checked before any trial or data
 
     # trial 0: the defaults (method defaults, engine settings of the preset) of every searched parameter
     if len(study.trials) == 0:
-        st = resolve(cls, req.preset, {}, {"iterations": budget} if budget else {}, parse_set(req.sets), [cls])
-        values = {**cls.hparam_defaults(), **st.hparams}
-        enqueue = {k: (getattr(st.train, k) if k in train_fields() else values.get(k)) for k in space_keys}
+        st = settings[0][2]
+        enqueue = {k: (getattr(st.train, k) if k in train_fields() else st.hparams.get(k)) for k in space_keys}
         study.enqueue_trial({k: v for k, v in enqueue.items() if v is not None}, skip_if_exists=True)
 
     device = pick_device(req.device)
@@ -107,13 +117,10 @@ def tune(req: TuneRequest, log=print):
         for k, v in params.items():
             if isinstance(v, float) and not math.isfinite(v):
                 raise UserError(f"search space of '{req.method}' gave {k}={v}; fix its search_space()")
-        sets = list(req.sets) + [f"{k}={v}" for k, v in params.items()]
-        runs, dataset, protocol, split = plan(RunRequest(
-            methods=[req.method], dataset=req.dataset, data_root=req.data_root, protocol=req.protocol, split=req.split,
-            labeled=req.labeled, preset=req.preset, out=str(out / "tune" / study_name), sets=sets, iterations=budget,
-            progress=req.progress, seeds=[req.seed]))
-        r = runs[0]
-        r["dir"] = out / "tune" / study_name / f"params_{_params_key(params)}"  # a retried trial resumes here
+        # the trial's typed values, one level above the command line, for this method only
+        trial_layer = Layer(f"trial {trial.number}", per_method={req.method: dict(params)})
+        runs, dataset, protocol, split = plan(dataclasses.replace(base, layers=[*base.layers, trial_layer]))
+        r = dataclasses.replace(runs[0], dir=out / "tune" / study_name / f"params_{_params_key(params)}")  # a retried trial resumes here
 
         def report(step: int, score: float) -> None:
             trial.report(score, step)
@@ -127,7 +134,7 @@ def tune(req: TuneRequest, log=print):
         trainer.fit()
         if trainer.best["step"] < 0:
             trainer.validate()
-        trial.set_user_attr("run_dir", str(r["dir"]))
+        trial.set_user_attr("run_dir", str(r.dir))
         return float(trainer.best["score"])
 
     n_done = len([t for t in study.trials if t.state.is_finished()])

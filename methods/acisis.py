@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.base import Losses, MethodContext, RunningState
 from methods.cps import dc_ce_loss
 from methods.mean_teacher import MeanTeacher
@@ -98,11 +99,11 @@ class ACISIS(MeanTeacher):
 
     @dataclass
     class Hparams(MeanTeacher.Hparams):
-        top_m: int = 12
+        top_m: int = setting(12, ge=1)
         lam: float = 2.5
         beta: float = 1.5
-        indicator_momentum: float = 0.99
-        update_iter: int = 0  # 0 = one epoch of unlabeled batches (DHC)
+        indicator_momentum: float = setting(0.99, ge=0.0, le=1.0)
+        update_iter: int = setting(0, ge=0)  # 0 = one epoch of unlabeled batches (DHC)
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.base import MethodContext
 from methods.cps import CoTraining
 
@@ -85,8 +86,8 @@ class Adsh(CoTraining):
 
     @dataclass
     class Hparams(CoTraining.Hparams):
-        thresh_major: float = 0.95
-        bank: int = 0  # images per calibration; 0 = a quarter of the unlabeled cases (DHC)
+        thresh_major: float = setting(0.95, ge=0.0, le=1.0)
+        bank: int = setting(0, ge=0)  # images per calibration; 0 = a quarter of the unlabeled cases (DHC)
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.base import MethodContext, RunningState
 from methods.class_weighting import InverseFrequency
 from methods.cps import CoTraining, _initialised_pair
@@ -76,9 +77,9 @@ class CLD(CoTraining):
 
     @dataclass
     class Hparams(CoTraining.Hparams):
-        gamma: float = 0.5
-        confs_iter: int = 8
-        confs_momentum: float = 0.999
+        gamma: float = setting(0.5, ge=0.0)
+        confs_iter: int = setting(8, ge=1)
+        confs_momentum: float = setting(0.999, ge=0.0, le=1.0)
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

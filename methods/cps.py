@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
 from methods.class_weighting import CReST, DiffDW, DistDW, SimiS, Weighting
 from methods.losses import one_hot
@@ -53,8 +54,8 @@ class CoTraining(Method):
 
     @dataclass
     class Hparams(BackboneHparams):
-        cps_w: float = 0.1
-        cps_rampup: float = 1.0
+        cps_w: float = setting(0.1, ge=0.0)
+        cps_rampup: float = setting(1.0, ge=0.0)
         weighted_dice: bool = True
 
     def __init__(self, ctx: MethodContext, **hparams):
@@ -207,9 +208,9 @@ class DePL(CoTraining):
 
     @dataclass
     class Hparams(CoTraining.Hparams):
-        tau: float = 1.0
-        threshold: float = 0.9
-        qhat_momentum: float = 0.99
+        tau: float = setting(1.0, gt=0.0)
+        threshold: float = setting(0.9, ge=0.0, le=1.0)
+        qhat_momentum: float = setting(0.99, ge=0.0, le=1.0)
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

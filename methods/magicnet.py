@@ -43,6 +43,7 @@ Choices where the released code is unclear or cannot be followed as is (all docu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ from torch import nn
 
 from bench.core.errors import UserError
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
 from methods.cube_mixing import (
     OrganClassLogger,
@@ -184,20 +186,18 @@ class MagicNet(Method):
 
     @dataclass
     class Hparams(Method.Hparams):
-        cube: int = 0
-        ema_decay: float = 0.99
-        consistency: float = 0.1
-        consistency_rampup: float = 1.0
-        loc_weight: float = 0.1
-        dist_warmup: int = 100
-        dist_update_every: int = 20
-        T_dist: float = 1.0
-        loss: str = "dice_ce"
+        cube: int = setting(0, ge=0)
+        ema_decay: float = setting(0.99, ge=0.0, le=1.0)
+        consistency: float = setting(0.1, ge=0.0)
+        consistency_rampup: float = setting(1.0, ge=0.0)
+        loc_weight: float = setting(0.1, ge=0.0)
+        dist_warmup: int = setting(100, ge=0)
+        dist_update_every: int = setting(20, ge=1)
+        T_dist: float = setting(1.0, gt=0.0)
+        loss: Literal["ga", "dice_ce"] = "dice_ce"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
-        if self.hp.loss not in ("ga", "dice_ce"):
-            raise ValueError(f"loss must be 'ga' or 'dice_ce', not {self.hp.loss!r}")
         self.cube = pick_cube(tuple(ctx.patch_size), self.hp.cube)
         self.n = grid(tuple(ctx.patch_size), self.cube)
         prior = self.build_prior() if self.use_text_head else None
@@ -212,6 +212,11 @@ class MagicNet(Method):
     #: them from its class flags and hyperparameters)
     use_text_head: bool = False
     use_contrast: bool = False
+
+    @classmethod
+    def check_settings(cls, hp: "MagicNet.Hparams", train) -> None:
+        """Before any data: the patch must cut into cubes (one line naming the fix)."""
+        pick_cube(tuple(train.patch), hp.cube)
 
     def build_prior(self) -> torch.Tensor:
         raise NotImplementedError
@@ -337,4 +342,4 @@ class GA(MagicNet):
 
     @dataclass
     class Hparams(MagicNet.Hparams):
-        loss: str = "ga"
+        loss: Literal["ga", "dice_ce"] = "ga"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.base import Losses, MethodContext
 from methods.ema import ema_update, make_teacher
 from methods.losses import dice_ce_loss, softmax_mse
@@ -35,9 +36,9 @@ class MeanTeacher(Supervised):
 
     @dataclass
     class Hparams(BackboneHparams):
-        ema_decay: float = 0.99
-        consistency: float = 0.1
-        consistency_rampup: float = 1.0
+        ema_decay: float = setting(0.99, ge=0.0, le=1.0)
+        consistency: float = setting(0.1, ge=0.0)
+        consistency_rampup: float = setting(1.0, ge=0.0)
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

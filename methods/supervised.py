@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -21,7 +22,7 @@ class BackboneHparams(Method.Hparams):
     and the ``dhc`` configs turn it on).
     """
 
-    normalization: str = "batchnorm"
+    normalization: Literal["batchnorm", "instancenorm", "groupnorm", "none"] = "batchnorm"
     dropout: bool = False
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.contrastive import voxel_text_contrastive
 from methods.cube_mixing import unmix, unmix_cubes
 from methods.magicnet import GA, MagicNet, StepState
@@ -58,11 +59,11 @@ class TAK(GA):
     @dataclass
     class Hparams(GA.Hparams):
         text_head: bool = True
-        contrast_weight: float = 0.1
-        contrast_start: float = 0.125
-        entropy_rampup: float = 0.625
-        sample_num: int = 10
-        temperature: float = 0.07
+        contrast_weight: float = setting(0.1, ge=0.0)
+        contrast_start: float = setting(0.125, ge=0.0, le=1.0)
+        entropy_rampup: float = setting(0.625, ge=0.0)
+        sample_num: int = setting(10, ge=1)
+        temperature: float = setting(0.07, gt=0.0)
 
     def __init__(self, ctx, **hparams):
         # with text_head=False and contrast_weight=0, TAK builds exactly GA's networks and losses

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.base import Losses
 from methods.losses import dice_ce_loss
 from methods.mean_teacher import MeanTeacher, teacher_noise
@@ -50,12 +52,10 @@ class UAMT(MeanTeacher):
 
     @dataclass
     class Hparams(MeanTeacher.Hparams):
-        passes: int = 8
-        entropy_max: str = "classes"  # "classes": ln C; "ln2": as released (binary)
+        passes: int = setting(8, ge=1)
+        entropy_max: Literal["classes", "ln2"] = "classes"  # "classes": ln C; "ln2": as released (binary)
 
     def uncertainty_threshold(self, step: int) -> float:
-        if self.hp.entropy_max not in ("classes", "ln2"):
-            raise ValueError(f"entropy_max must be 'classes' or 'ln2', not {self.hp.entropy_max!r}")
         u_max = math.log(self.ctx.num_classes) if self.hp.entropy_max == "classes" else math.log(2)
         return (0.75 + 0.25 * sigmoid_rampup(step, self.ctx.iterations)) * u_max
 

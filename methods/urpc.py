@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.core.registry import register_method
+from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
 from methods.losses import dice_ce_loss
 from methods.networks import VNet
@@ -76,8 +77,8 @@ class URPC(Method):
 
     @dataclass
     class Hparams(BackboneHparams):
-        consistency: float = 0.1
-        consistency_rampup: float = 1.0
+        consistency: float = setting(0.1, ge=0.0)
+        consistency_rampup: float = setting(1.0, ge=0.0)
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

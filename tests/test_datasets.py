@@ -270,13 +270,13 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_published_configs_resolve(path):
-    from bench.config import load_config_file, resolve
-    from bench.core.registry import METHODS
+    from bench.config import load_config_file
+    from bench.runner import RunRequest, resolve_runs
 
     cfg = load_config_file(path)
-    classes = [METHODS.get(m) for m in cfg["methods"]]
-    for cls in classes:
-        st = resolve(cls, "paper", cfg, {}, {}, classes)
+    settings, _ = resolve_runs(RunRequest.build({}, config=str(path)))
+    assert [name for name, _, _ in settings] == cfg["methods"]
+    for _, _, st in settings:
         assert st.train.iterations == cfg["train"]["iterations"] and list(st.train.patch) == cfg["train"]["patch"]
     proto = PROTOCOLS.get(cfg["protocol"])(cfg["dataset"])
     assert proto.patch is None or list(proto.patch) == cfg["train"]["patch"]

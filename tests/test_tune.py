@@ -64,12 +64,11 @@ def test_journal_storage_export_and_objective_uses_eval_only(tmp_path, capsys):
     # no test-split evaluation happened: trial folders hold checkpoints and logs, never metrics.json
     assert list(out.rglob("checkpoint.pt")) and not list(out.rglob("metrics.json"))
     # the exported file is a valid run config
-    from bench.config import load_config_file, resolve
-    from bench.core.registry import METHODS
+    from bench.config import load_config_file
+    from bench.runner import RunRequest, resolve_runs
 
     cfg = load_config_file(best)
-    cls = METHODS.get("mean_teacher")
-    st = resolve(cls, cfg["preset"], cfg, {}, {}, [cls])
+    (_, _, st), = resolve_runs(RunRequest.build({}, config=str(best)))[0]
     assert st.train.lr == cfg["train"]["lr"] and st.hparams["ema_decay"] == cfg["method"]["mean_teacher"]["ema_decay"]
 
 
