@@ -69,17 +69,22 @@ def convert(where: str, key: str, raw: Any, annotation: Any, rng=None) -> Any:
     value = _convert(raw, annotation)
     if value is _BAD:
         shown = raw if not isinstance(raw, str) else repr(raw) if " " in raw or not raw else raw
-        raise UserError(f"{where}: {key}={shown}: expected {describe_type(annotation)}")
+        raise UserError(f"{_at(where, key, shown)}: expected {describe_type(annotation)}")
     if rng is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
         ge, gt, le, lt = rng
         bad = ((ge is not None and not value >= ge) or (gt is not None and not value > gt)
                or (le is not None and not value <= le) or (lt is not None and not value < lt))
         if bad or (isinstance(value, float) and math.isnan(value)):
-            raise UserError(f"{where}: {key}={raw}: must be {_range_text(rng)}")
+            raise UserError(f"{_at(where, key, raw)}: must be {_range_text(rng)}")
     return value
 
 
 _BAD = object()
+
+
+def _at(where: str, key: str, value: Any) -> str:
+    """``--set key=value`` or ``config x.toml [train]: key = value``."""
+    return f"{where} {key}={value}" if where.endswith("--set") else f"{where}: {key} = {value}"
 
 
 def _convert(raw: Any, annotation: Any) -> Any:
