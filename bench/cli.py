@@ -1,4 +1,4 @@
-"""``python -m bench``: list, run, evaluate.
+"""``python -m bench``: list, run, evaluate, report, tune, perf, priors.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """

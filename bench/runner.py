@@ -315,7 +315,7 @@ def make_spec(r: PlannedRun, dataset, protocol, split, device, progress: bool, *
         config=config,
         progress=progress,
         priors=priors,
-        labels={"prompts": r.prompts, "text_encoder": r.encoder} if r.prompts else {},
+        priors_names={"prompts": r.prompts, "text_encoder": r.encoder} if r.prompts else {},
         **extra,
     )
 

@@ -62,8 +62,8 @@ class RunSpec:
     #: stop after this many steps in this process (tests of resume); None = run to the end
     stop_after: int | None = None
     progress: bool = True
-    #: extra names recorded in metrics.json (e.g. prompts and text encoder of a text-prior run)
-    labels: dict[str, Any] = field(default_factory=dict)
+    #: prompt set and text encoder of a text-prior run, recorded in metrics.json
+    priors_names: dict[str, Any] = field(default_factory=dict)
     #: called with (step, validation Dice) after each validation (Optuna reports and prunes here)
     on_validate: Callable[[int, float], None] | None = None
     #: write each test case's prediction as predictions/<case>.nii.gz (source image geometry)
@@ -386,7 +386,7 @@ class Trainer:
             split=self.spec.split.name,
             labeled_fraction=self.spec.split.labeled_fraction,
             seed=self.spec.seed,
-            **self.spec.labels,
+            **self.spec.priors_names,
             organs=organs,
             # the imbalance the run was trained under (reports order organs by it)
             labeled_voxel_share=_share(self.ctx.labeled_voxel_counts, organs),

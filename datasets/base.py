@@ -5,8 +5,9 @@ cases, an integer label map, in one canonical array layout ``(D, H, W)`` =
 (inferior->superior, posterior->anterior... as stored, see each dataset) with per-axis voxel
 spacing in millimetres ``(sD, sH, sW)``.
 
-Cases are stored as ``.npy`` files that are opened memory-mapped, so loading never copies a
-whole dataset into RAM and the loader is not the bottleneck.
+Cases are stored as ``.npy`` files that are opened memory-mapped: listing or reading one case
+does not read the others. (The training loop itself keeps its normalised training volumes in
+memory, on the protocol grid, so that sampling a patch never waits on the disk.)
 """
 
 from __future__ import annotations
@@ -23,16 +24,6 @@ import numpy as np
 
 from bench.core.errors import UserError
 from bench.core.store import read_json
-
-
-@dataclass
-class Case:
-    """One case: image (D, H, W) float32 HU, label (D, H, W) uint8 or None, spacing in mm."""
-
-    case_id: str
-    image: np.ndarray
-    label: np.ndarray | None
-    spacing: tuple[float, float, float]
 
 
 @dataclass
@@ -97,22 +88,6 @@ class Dataset:
         """Label map (D, H, W) uint8, memory-mapped; values in ``[0, num_classes)``."""
         self._check(case_id)
         return _load_npy(self.root / "labels" / f"{case_id}.npy")
-
-    def load(self, case_id: str, with_label: bool = True) -> Case:
-        return Case(
-            case_id,
-            self.load_image(case_id),
-            self.load_label(case_id) if with_label else None,
-            self.spacing(case_id),
-        )
-
-    def voxel_share(self, case_ids: Sequence[str] | None = None) -> np.ndarray:
-        """Fraction of foreground voxels per organ (C-1,), over the given (labelled) cases."""
-        counts = np.zeros(self.num_classes, dtype=np.int64)
-        for cid in case_ids or self.case_ids():
-            counts += np.bincount(np.asarray(self.load_label(cid)).ravel(), minlength=self.num_classes)[: self.num_classes]
-        fg = counts[1:].astype(np.float64)
-        return fg / max(fg.sum(), 1.0)
 
 
 def _load_npy(path: Path) -> np.ndarray:

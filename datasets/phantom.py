@@ -51,7 +51,7 @@ class PhantomSpec:
 
 
 #: presets: ``quick`` trains on 2 CPU cores in minutes; ``paper`` is CT-sized.
-PRESETS: dict[str, PhantomSpec] = {
+PHANTOM_SIZES: dict[str, PhantomSpec] = {
     "tiny": PhantomSpec(shape=(24, 48, 48), n_train=6, n_eval=2, n_test=2),
     "quick": PhantomSpec(shape=(40, 80, 80)),
     "paper": PhantomSpec(shape=(128, 256, 256)),
@@ -300,7 +300,7 @@ def _draw_organ(name, grid: _Grid, rng: np.random.Generator, shift: np.ndarray, 
 
 
 def _phantom_root(variant: str, preset: str, seed: int) -> Path:
-    spec = PRESETS[preset]
+    spec = PHANTOM_SIZES[preset]
     key = json.dumps({"v": GENERATOR_VERSION, "variant": variant, "seed": seed, **asdict(spec)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     return cache_root() / "phantom" / f"{variant}-{preset}-s{seed}-{digest}"
@@ -308,14 +308,14 @@ def _phantom_root(variant: str, preset: str, seed: int) -> Path:
 
 def build_phantom(variant: str = "btcv", preset: str = "quick", seed: int = 0, progress: bool = False) -> Dataset:
     """Generate (on first use) and open the phantom dataset; later calls read the cache."""
-    if preset not in PRESETS:
+    if preset not in PHANTOM_SIZES:
         from bench.core.errors import UserError
 
-        raise UserError(f"unknown phantom preset '{preset}'; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown phantom preset '{preset}'; choose one of {', '.join(PHANTOM_SIZES)}")
     root = _phantom_root(variant, preset, seed)
     if (root / "dataset.json").exists():
         return Dataset.open(root)
-    spec = PRESETS[preset]
+    spec = PHANTOM_SIZES[preset]
     labels = AMOS_15 if variant == "amos" else BTCV_13
     name = "phantom" if variant == "btcv" else "phantom_amos"
     writer = DatasetWriter(root, name, labels)

@@ -17,7 +17,7 @@ replaced by the penalty 0.632 elsewhere (K); the fuzzy-rank fusion is
 enters an EMA (momentum 0.99, from 0) and the sampling rate is
 ``((1 - CC) / max(1 - CC))^2.5`` (starts at 1). A voxel predicted (by the student) as class c
 is kept with that class's rate, and its CE weight is ``max_k p_k^1.5``; the masked CE is
-averaged over all voxels. Supervision: DHC's Dice + CE (``methods.cps.dc_ce_loss``).
+averaged over all voxels. Supervision: DHC's Dice + CE (``methods.losses.dhc_dc_ce_loss``).
 
 Deviation: DHC passes the epoch, not the step, to the EMA warm start (so its teacher copies the
 student for the whole first epoch); the step is used here, as in SSL4MIS.
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses, MethodContext, RunningState
-from methods.cps import dc_ce_loss
+from methods.losses import dhc_dc_ce_loss
 from methods.mean_teacher import MeanTeacher
 
 P_FR = 0.632  # penalty rank
@@ -115,7 +115,7 @@ class ACISIS(MeanTeacher):
         n_l = labeled["image"].shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
         logits = student(x)
-        sup = dc_ce_loss(logits[:n_l], labeled["label"])
+        sup = dhc_dc_ce_loss(logits[:n_l], labeled["label"])
         with torch.no_grad():
             self.indicators.record(logits[:n_l], labeled["label"])
         if unlabeled is None:

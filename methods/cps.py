@@ -24,27 +24,9 @@ from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
 from methods.class_weighting import CReST, DiffDW, DistDW, SimiS, Weighting
-from methods.losses import one_hot
+from methods.losses import dhc_dc_ce_loss
 from methods.ramps import sigmoid_rampup
 from methods.supervised import BackboneHparams, build_vnet
-
-
-def dc_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """DHC's DC_and_CE_loss: weighted CE + (- mean over foreground classes of w_c x soft Dice_c).
-
-    logits (B, C, D, H, W), target (B, D, H, W); Dice over batch and space, smooth 1.
-    """
-    w = None if weight is None else weight.to(logits.device, torch.float32)
-    ce = F.cross_entropy(logits.float(), target.long(), weight=w)
-    p = torch.softmax(logits.float(), 1)
-    y = one_hot(target, logits.shape[1])
-    dims = (0, 2, 3, 4)
-    tp = (p * y).sum(dims)
-    fp = (p * (1 - y)).sum(dims)
-    fn = ((1 - p) * y).sum(dims)
-    dc = (2 * tp + 1.0) / (2 * tp + fp + fn + 1.0 + 1e-8)
-    dc = dc[1:] * (w[1:] if w is not None else 1.0)
-    return ce - dc.mean()
 
 
 class CoTraining(Method):
@@ -83,7 +65,7 @@ class CoTraining(Method):
             self.update_weights(out_A.detach(), out_B.detach(), y, n_l)
         wA, wB = self.weight_A.weights, self.weight_B.weights
         uniform = type(self.weight_A) is Weighting
-        sup = dc_ce_loss(out_A[:n_l], y, None if uniform else wA) + dc_ce_loss(out_B[:n_l], y, None if uniform else wB)
+        sup = dhc_dc_ce_loss(out_A[:n_l], y, None if uniform else wA) + dhc_dc_ce_loss(out_B[:n_l], y, None if uniform else wB)
         cps = self.cps_loss(out_A, out_B, None if uniform else wA.to(x.device), None if uniform else wB.to(x.device), n_l)
         w = self.cps_weight(step)
         return Losses(sup + w * cps, {"sup": sup, "unsup": cps, "w_unsup": torch.tensor(w)})
@@ -222,7 +204,7 @@ class DePL(CoTraining):
         n_l = y.shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
         out = {"A": self.networks["A"](x), "B": self.networks["B"](x)}
-        sup = dc_ce_loss(out["A"][:n_l], y) + dc_ce_loss(out["B"][:n_l], y)
+        sup = dhc_dc_ce_loss(out["A"][:n_l], y) + dhc_dc_ce_loss(out["B"][:n_l], y)
         targets, masks = {}, {}
         with torch.no_grad():
             for k in ("A", "B"):

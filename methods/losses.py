@@ -29,7 +29,7 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     return (per_class * w).sum()
 
 
-def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def ssl4mis_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """(CE + soft Dice) / 2 - the supervised loss of SSL4MIS and DHC (optionally class-weighted)."""
     ce = F.cross_entropy(logits.float(), target.long(), weight=None if weight is None else weight.float())
     dc = soft_dice_loss(torch.softmax(logits.float(), 1), target, weight)
@@ -39,3 +39,21 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 def softmax_mse(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of softmax outputs (Mean Teacher's consistency); teacher detached."""
     return F.mse_loss(torch.softmax(student_logits.float(), 1), torch.softmax(teacher_logits.detach().float(), 1))
+
+
+def dhc_dc_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """DHC's DC_and_CE_loss: weighted CE + (- mean over foreground classes of w_c x soft Dice_c).
+
+    logits (B, C, D, H, W), target (B, D, H, W); Dice over batch and space, smooth 1.
+    """
+    w = None if weight is None else weight.to(logits.device, torch.float32)
+    ce = F.cross_entropy(logits.float(), target.long(), weight=w)
+    p = torch.softmax(logits.float(), 1)
+    y = one_hot(target, logits.shape[1])
+    dims = (0, 2, 3, 4)
+    tp = (p * y).sum(dims)
+    fp = (p * (1 - y)).sum(dims)
+    fn = ((1 - p) * y).sum(dims)
+    dc = (2 * tp + 1.0) / (2 * tp + fp + fn + 1.0 + 1e-8)
+    dc = dc[1:] * (w[1:] if w is not None else 1.0)
+    return ce - dc.mean()

@@ -176,14 +176,6 @@ class StepState:
 class MagicNet(Method):
     """MagicNet: mean teacher with magic-cube partition/recovery, cube location loss and blending."""
 
-    #: the whole family (magicnet, ga, tak*) runs the demo and quick presets at lr 0.03, so that
-    #: tak vs ga stays a fair pair. It was chosen when TAK's val Dice was ~0 at step 100 of a
-    #: quick run at lr 0.1; later sweeps showed that TAK's slow start does not depend on the lr
-    #: (its flat dynamic head, see methods/tak.py) and that plain magicnet learns slowly at 0.03
-    #: (quick test Dice 12 % / 6.6 %, seeds 0 / 1). Dropping this correction (everyone at 0.1)
-    #: is the cleaner protocol; it is kept until the family's recorded figure runs are redone.
-    preset_train = {"quick": {"lr": 0.03}, "demo": {"lr": 0.03}}
-
     @dataclass
     class Hparams(Method.Hparams):
         cube: int = setting(0, ge=0)

@@ -19,7 +19,7 @@ from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses, MethodContext
 from methods.ema import ema_update, make_teacher
-from methods.losses import dice_ce_loss, softmax_mse
+from methods.losses import softmax_mse, ssl4mis_dice_ce_loss
 from methods.ramps import sigmoid_rampup
 from methods.supervised import BackboneHparams, Supervised
 
@@ -52,7 +52,7 @@ class MeanTeacher(Supervised):
         n_l = labeled["image"].shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
         logits = student(x)
-        sup = dice_ce_loss(logits[:n_l], labeled["label"])
+        sup = ssl4mis_dice_ce_loss(logits[:n_l], labeled["label"])
         if unlabeled is None:
             return Losses(sup, {"sup": sup})
         with torch.no_grad():

@@ -126,13 +126,3 @@ class VNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.decode(self.encode(x))
         return self.out_conv(y) if self.out_conv is not None else y
-
-
-def dhc_vnet(num_classes: int, n_filters: int = 32, in_channels: int = 1) -> VNet:
-    """DHC's V-Net: BatchNorm, Dropout3d(0.5)."""
-    return VNet(in_channels, num_classes, n_filters, "batchnorm", dropout=True)
-
-
-def magic_vnet(num_classes: int | None, n_filters: int = 16, in_channels: int = 1) -> VNet:
-    """MagicNet/GA/TAK's V-Net: InstanceNorm, no dropout."""
-    return VNet(in_channels, num_classes, n_filters, "instancenorm", dropout=False)

@@ -15,9 +15,3 @@ def sigmoid_rampup(current: float, length: float) -> float:
         return 1.0
     t = min(max(current, 0.0), length) / length
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
-
-
-def linear_rampup(current: float, length: float) -> float:
-    if length == 0:
-        return 1.0
-    return float(min(max(current, 0.0), length) / length)

@@ -9,7 +9,7 @@ import torch
 
 from bench.core.registry import register_method
 from methods.base import Losses, Method, MethodContext
-from methods.losses import dice_ce_loss
+from methods.losses import ssl4mis_dice_ce_loss
 from methods.networks import VNet
 
 
@@ -46,7 +46,7 @@ class Supervised(Method):
 
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
         logits = self.networks["net"](labeled["image"])
-        sup = dice_ce_loss(logits, labeled["label"])
+        sup = ssl4mis_dice_ce_loss(logits, labeled["label"])
         return Losses(sup, {"sup": sup})
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

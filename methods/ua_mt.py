@@ -30,7 +30,7 @@ import torch
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses
-from methods.losses import dice_ce_loss
+from methods.losses import ssl4mis_dice_ce_loss
 from methods.mean_teacher import MeanTeacher, teacher_noise
 from methods.ramps import sigmoid_rampup
 
@@ -76,7 +76,7 @@ class UAMT(MeanTeacher):
             return super().training_step(labeled, unlabeled, step)
         x = torch.cat([labeled["image"], unlabeled["image"]])
         logits = student(x)
-        sup = dice_ce_loss(logits[:n_l], labeled["label"])
+        sup = ssl4mis_dice_ce_loss(logits[:n_l], labeled["label"])
         with torch.no_grad():
             t_probs = torch.softmax(teacher(teacher_noise(unlabeled["image"])).float(), 1)
             mask = (self.uncertainty(unlabeled["image"]) < self.uncertainty_threshold(step)).float()

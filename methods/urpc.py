@@ -28,7 +28,7 @@ from torch import nn
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
-from methods.losses import dice_ce_loss
+from methods.losses import ssl4mis_dice_ce_loss
 from methods.networks import VNet
 from methods.ramps import sigmoid_rampup
 from methods.supervised import BackboneHparams
@@ -88,7 +88,7 @@ class URPC(Method):
         n_l = labeled["image"].shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
         outs = self.networks["net"](x)
-        sup = sum(dice_ce_loss(o[:n_l], labeled["label"]) for o in outs) / len(outs)
+        sup = sum(ssl4mis_dice_ce_loss(o[:n_l], labeled["label"]) for o in outs) / len(outs)
         if unlabeled is None:
             return Losses(sup, {"sup": sup})
         cons = rectified_consistency([torch.softmax(o[n_l:].float(), 1) for o in outs])

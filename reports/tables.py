@@ -1,4 +1,4 @@
-"""Per-organ result tables: one table model (pandas), three renderers (Markdown, LaTeX, CSV).
+"""Per-organ result tables: one table model (pandas), four renderers (Markdown, LaTeX, CSV, HTML).
 
 The model (:class:`Table`) holds, per row and column, the mean and standard deviation over
 seeds, the number of seeds, the row's kind (``measured`` or ``reported``), protocol and group

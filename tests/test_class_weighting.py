@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from methods.class_weighting import DiffDW, DistDW, ema
-from methods.cps import dc_ce_loss
+from methods.losses import dhc_dc_ce_loss
 
 
 def test_distdw_on_counts_1000_100_10():
@@ -75,10 +75,10 @@ def test_dc_ce_loss_hand_case():
     ce = -math.log(0.75)
     tp, fp, fn = 0.75, 0.25, 0.25  # class 1
     dc = (2 * tp + 1) / (2 * tp + fp + fn + 1 + 1e-8)
-    assert float(dc_ce_loss(logits, target)) == pytest.approx(ce - dc, rel=1e-5)
+    assert float(dhc_dc_ce_loss(logits, target)) == pytest.approx(ce - dc, rel=1e-5)
     w = torch.tensor([1.0, 3.0])
     ce_w = -math.log(0.75)  # weighted mean of equal per-voxel losses is unchanged
-    assert float(dc_ce_loss(logits, target, w)) == pytest.approx(ce_w - 3 * dc, rel=1e-5)
+    assert float(dhc_dc_ce_loss(logits, target, w)) == pytest.approx(ce_w - 3 * dc, rel=1e-5)
 
 
 def test_crest_swaps_majority_and_minority():

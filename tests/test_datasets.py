@@ -313,10 +313,17 @@ def _phantom_nifti(path: Path, array_dhw: np.ndarray, spacing_dhw, dtype):
     _nifti(path, np.asarray(array_dhw).transpose(2, 1, 0), np.diag([sw, sh, sd, 1.0]), dtype)
 
 
+def _case(ds, cid):
+    """One case's image, label and spacing (SimpleNamespace)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(image=ds.load_image(cid), label=ds.load_label(cid), spacing=ds.spacing(cid))
+
+
 def _tree_cases(tiny_dataset, ids):
     src = tiny_dataset.case_ids()
     for i, cid in enumerate(ids):
-        c = tiny_dataset.load(src[i % len(src)])
+        c = _case(tiny_dataset, src[i % len(src)])
         yield cid, c
 
 

@@ -28,6 +28,13 @@ def _lps_nifti(path: Path, array_dhw: np.ndarray, spacing_dhw, dtype):
     nib.save(nib.Nifti1Image(np.ascontiguousarray(xyz).astype(dtype), affine), str(path))
 
 
+def _case(ds, cid):
+    """One case's image, label and spacing (SimpleNamespace)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(image=ds.load_image(cid), label=ds.load_label(cid), spacing=ds.spacing(cid))
+
+
 @pytest.fixture(scope="module")
 def synapse_tree(tiny_dataset, tmp_path_factory):
     """A BTCV RawData tree (img/, label/) of phantom cases, and a split over its ids."""
@@ -36,7 +43,7 @@ def synapse_tree(tiny_dataset, tmp_path_factory):
     ids = split.labeled + split.unlabeled[:2] + split.eval[:1] + split.test[:3]
     src = tiny_dataset.case_ids()
     for i, cid in enumerate(ids):
-        c = tiny_dataset.load(src[i % len(src)])
+        c = _case(tiny_dataset, src[i % len(src)])
         _lps_nifti(root / "img" / f"img{cid}.nii.gz", c.image, c.spacing, np.int16)
         _lps_nifti(root / "label" / f"label{cid}.nii.gz", c.label, c.spacing, np.uint8)
     sub = root.parent / "split.json"

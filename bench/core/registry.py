@@ -38,10 +38,9 @@ def _marker(kind: str) -> Callable[..., Callable[[Any], Any]]:
     ``python -m bench list`` free of heavy imports; at import time nothing else happens.
     """
 
-    def register(name: str, *aliases: str) -> Callable[[Any], Any]:
+    def register(name: str) -> Callable[[Any], Any]:
         def deco(obj: Any) -> Any:
             obj.registry_name = name
-            obj.registry_aliases = aliases
             return obj
 
         return deco
