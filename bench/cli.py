@@ -329,3 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; finished runs and the last checkpoints are kept (run again to resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the output was piped into e.g. `head`, which stopped reading
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
