@@ -19,7 +19,7 @@ import numpy as np
 from bench.core.errors import UserError
 from bench.core.labels import read_labels_json
 from bench.core.records import MetricsRecord, write_record
-from bench.core.scoring import score_case
+from bench.core.scoring import penalty_distance, score_case
 from datasets.nifti import read_nifti, same_grid
 
 
@@ -82,7 +82,7 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
         raise UserError(f"no label in {gdir} for {len(missing)} prediction(s), e.g. '{missing[0]}' (looked for "
                         f"{missing[0]}.nii.gz or <prefix>{missing[0]}.nii.gz); give the folder of their labels")
     organs = list(labels[1:])
-    cases = {}
+    cases, penalty = {}, {}
     for cid, (ppath, gpath) in sorted(pairs.items()):
         g, spacing = read_nifti(gpath)
         p, p_spacing = read_nifti(ppath)
@@ -92,8 +92,9 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
             raise UserError(f"case '{cid}': {ppath} is not on the voxel grid of {gpath} (spacing {p_spacing} vs {spacing}); "
                             f"resample the prediction onto its label's grid")
         cases[cid] = score_case(_check_labels(p, ppath, len(labels)), _check_labels(g, gpath, len(labels)), spacing, proto, organs)
+        penalty[cid] = penalty_distance(g.shape, spacing, proto)
     record = MetricsRecord.build(method=pdir.name, dataset=gdir.name, protocol=proto, split="evaluate", seed=0,
-                                 organs=organs, cases=cases)
+                                 organs=organs, cases=cases, penalty_distance=penalty)
     write_record(target, record)
     from reports.tables import frame_markdown, per_organ_frame
 

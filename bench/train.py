@@ -28,7 +28,7 @@ from bench.core.errors import UserError
 from bench.core.metrics import case_metrics, nanmean
 from bench.core.protocol import Protocol
 from bench.core.records import ConfigRecord, MetricsRecord, TimingRecord, write_record
-from bench.core.scoring import score_case
+from bench.core.scoring import penalty_distance, score_case
 from bench.core.store import atomic_save, atomic_write_text
 from bench.data import Prefetcher, TwoStreamSampler
 from bench.inference import predict_volume
@@ -360,6 +360,7 @@ class Trainer:
         self.method.train(False)
         reset_peak_memory(self.device)
         cases: dict[str, dict] = {}
+        penalty: dict[str, float] = {}
         infer_times = []
         organs = list(ds.organs)
         cases_iter = self.spec.split.test
@@ -379,6 +380,7 @@ class Trainer:
 
                 write_nifti(self.dir / "predictions" / f"{cid}.nii.gz", native, ds.spacing(cid), ds.affine(cid))
             cases[cid] = score_case(native, gt, ds.spacing(cid), proto, organs)
+            penalty[cid] = penalty_distance(gt.shape, ds.spacing(cid), proto)
         metrics = MetricsRecord.build(
             method=self.spec.method_name,
             dataset=ds.name,
@@ -393,6 +395,7 @@ class Trainer:
             checkpoint_step=used_step,
             val_dice=None if self.best["step"] < 0 else self.best["score"],
             cases=cases,
+            penalty_distance=penalty,
         )
         timing = TimingRecord(
             device=device_description(self.device),

@@ -12,7 +12,9 @@ Definitions (part of the suite's contract, see DESIGN.md):
 * ASD = mean directed distance prediction -> ground truth (``medpy.metric.binary.asd``),
   as DHC and TAK report it; ASSD = mean of both directed distance sets pooled
   (``medpy.metric.binary.assd`` >= 0.5; not the mean of the two ASDs).
-* Empty organ: both empty -> every metric NaN; one side empty -> Dice 0 and distances NaN.
+* Empty organ: both empty -> every metric NaN; one side empty -> Dice 0 and distances NaN,
+  and ``missed`` = True when the organ is in the label but not in the prediction (reports
+  count these beside the distances, which would otherwise improve by missing an organ).
 
 For speed, distances are computed inside the bounding box of P ∪ G grown by one voxel,
 which leaves them unchanged: all surface voxels of both masks lie inside that box.
@@ -83,7 +85,8 @@ def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], em
         return {m: math.nan for m in METRICS}
     if not (pn and gn):
         d = DHC_EMPTY_DISTANCE if empty_rule == "dhc" else math.nan
-        return {"dice": 0.0, "hd95": d, "asd": d, "assd": d}
+        # missed: in the label, absent from the prediction (counted in reports beside distances)
+        return {"dice": 0.0, "hd95": d, "asd": d, "assd": d, "missed": gn}
     d_pg, d_gp = surface_distances(p, g, spacing)
     return {
         "dice": dice(p, g),

@@ -66,7 +66,8 @@ class MetricsRecord:
     #: {organ: {metric: mean over cases}} and {metric: mean over organs}; NaN excluded
     per_organ: dict[str, dict[str, float]]
     mean: dict[str, float]
-    #: {case: {organ: {metric: value}}}
+    #: {case: {organ: {metric: value}}}; ``missed`` (bool) where the organ is in the label and
+    #: absent from the prediction
     cases: dict[str, dict[str, dict[str, float]]]
     #: labeled share of the training cases (0.1 = 10 %), None where nothing was trained
     labeled_fraction: float | None = None
@@ -76,6 +77,9 @@ class MetricsRecord:
     labeled_voxel_share: dict[str, float] = field(default_factory=dict)
     checkpoint_step: int | None = None
     val_dice: float | None = None
+    #: {case: diagonal of its evaluation grid in the protocol's distance unit}: the distance a
+    #: missed organ gets under ``bench report --missed-distance penalty``
+    penalty_distance: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @classmethod

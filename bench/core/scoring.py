@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import numpy as np
 
 from bench.core.metrics import case_metrics
@@ -26,3 +28,19 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], proto
     p, g, sp = protocol.evaluation_pair(np.asarray(pred), np.asarray(gt), spacing)
     per = case_metrics(p, g, sp, len(organs) + 1, empty_rule=protocol.empty_rule)
     return {organs[c - 1]: m for c, m in per.items()}
+
+
+def penalty_distance(shape: Sequence[int], spacing: Sequence[float], protocol: Protocol) -> float:
+    """The diagonal of a case's evaluation grid, in the protocol's distance unit (mm, or voxels):
+    the distance ``bench report --missed-distance penalty`` gives an organ a prediction missed.
+
+    ``shape``, ``spacing``: the label's native grid (D, H, W) and its spacing in mm.
+    """
+    if protocol.eval_grid == "native":
+        grid, sp = tuple(shape), tuple(spacing)
+    else:
+        grid = tuple(protocol.eval_shape or protocol.grid_shape(tuple(shape)))
+        sp = tuple(float(s) * a / b for s, a, b in zip(spacing, shape, grid))
+    if protocol.distance_unit == "voxel":
+        sp = (1.0, 1.0, 1.0)
+    return math.sqrt(sum((n * s) ** 2 for n, s in zip(grid, sp)))
