@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output folder (default: <runs>/report)")
     rp.add_argument("--format", default="latex,markdown,csv,html", help="any of latex,markdown,csv,html")
     rp.add_argument("--reference", default=None, help="'published' (or a CSV): add the published rows, marked reported")
-    rp.add_argument("--baseline", default=None, help="method to test every row against (paired Wilcoxon)")
+    rp.add_argument("--baseline", default=None,
+                    help="method to test every row against: case-level paired Wilcoxon, Holm-corrected per group; writes significance.csv")
+    rp.add_argument("--alpha", type=float, default=0.05, help="significance level of the corrected p-values (default 0.05)")
+    rp.add_argument("--std-ddof", type=int, default=1, choices=[0, 1], help="std over seeds: 1 sample (default), 0 population (DHC's np.std)")
+    rp.add_argument("--missed-distance", default="exclude", choices=["exclude", "penalty"],
+                    help="HD95/ASD of a missed organ: exclude (default) or penalty (the case's evaluation-grid diagonal)")
     rp.add_argument("--delta-against", default=None, help="row label: also write a per-organ delta table against it")
     rp.add_argument("--skip-broken", action="store_true", help="skip unreadable result files (named on stderr)")
     rp.add_argument("--allow-mixed-protocols", action="store_true")
@@ -304,7 +309,8 @@ def cmd_report(args) -> int:
     make_report(ReportRequest(
         runs=args.runs, out=args.out, formats=tuple(_csv(args.format)), reference=args.reference, baseline=args.baseline,
         delta_against=args.delta_against, skip_broken=args.skip_broken, allow_mixed_protocols=args.allow_mixed_protocols,
-        figures=not args.no_figures, study=args.study, storage=args.storage,
+        figures=not args.no_figures, study=args.study, storage=args.storage, alpha=args.alpha, std_ddof=args.std_ddof,
+        missed_distance=args.missed_distance,
     ))
     return 0
 

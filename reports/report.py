@@ -24,8 +24,9 @@ from reports.tables import (
     build_table,
     delta_table,
     latex_document,
+    legend,
     load_reference,
-    significance_marks,
+    significance,
     timing_frame,
     to_csv,
     to_html,
@@ -49,6 +50,9 @@ class ReportRequest:
     figures: bool = True
     study: str | None = None
     storage: str | None = None
+    alpha: float = 0.05
+    std_ddof: int = 1
+    missed_distance: str = "exclude"
 
 
 def make_report(req: ReportRequest) -> dict[str, Path]:
@@ -85,31 +89,45 @@ def make_report(req: ReportRequest) -> dict[str, Path]:
 
 
 def _results_part(req, runs, out, put, written):
+    from reports import stats
+
+    if not (0 < req.alpha < 1):
+        raise UserError(f"--alpha {req.alpha}: give a significance level in (0, 1), e.g. 0.05")
     organs = check_one_label_set(runs)
     groups = sorted({r.labeled for r in runs})
-    reference = load_reference(req.reference, organs, groups) if req.reference else None
     datasets = sorted({r.metrics.dataset for r in runs})
+    reference = load_reference(req.reference, organs, groups) if req.reference else None
+    # published rows stand beside runs of their own dataset only; otherwise in a table of their own
+    separate_reference = reference is not None and not any(d.split("_")[0] in ("synapse", "amos") for d in datasets)
     caption = (f"Per-organ Dice (%) on the test split, mean ± std over seeds; {', '.join(datasets)}, protocol "
-               f"{', '.join(sorted({r.protocol for r in runs}))}. Best per column bold, second underlined; "
-               f"reported rows (italic) are another protocol and not ranked.")
-    table = build_table(runs, reference, req.allow_mixed_protocols, caption)
-    if req.baseline:
-        table.marks.update(significance_marks(table, runs, req.baseline))
-        table.caption += f" * = paired Wilcoxon signed-rank p < 0.05 against {req.baseline} (cases x seeds)."
+               f"{', '.join(sorted({r.protocol for r in runs}))}. Best per column bold, second underlined"
+               + ("; reported rows (italic) are another protocol and not ranked." if reference is not None and not separate_reference else "."))
+    table = build_table(runs, None if separate_reference else reference, req.allow_mixed_protocols, caption,
+                        ddof=req.std_ddof, missed_distance=req.missed_distance)
+    comparisons = significance(table, req.baseline, req.alpha) if req.baseline else []
+    table.legend = legend(table, req.baseline, req.alpha, req.std_ddof, req.missed_distance, comparisons,
+                          reference=reference is not None and not separate_reference)
+    if comparisons:
+        put("significance.csv", stats.to_csv(comparisons))
     tables = [("table", table)]
+    if separate_reference:
+        ref = build_table([], reference, organs=organs, caption=f"Published results on the real CT datasets (not the {', '.join(datasets)} of the "
+                                                     f"table above; each paper's own protocol and std convention; never ranked).")
+        ref.legend = "Reported rows: the papers' numbers, read from their tables (reports/published/)."
+        tables.append(("published", ref))
     if req.delta_against:
         tables.append(("delta", delta_table(table, req.delta_against)))
     timing = timing_frame(runs)
     for name, t in tables:
         if "markdown" in req.formats:
-            put(f"{name}.md", (t.caption + "\n\n" if t.caption else "") + to_markdown(t) + "\n")
+            put(f"{name}.md", (t.caption + "\n\n" if t.caption else "") + to_markdown(t) + "\n" + (f"\n{t.legend}\n" if t.legend else ""))
         if "latex" in req.formats:
             put(f"{name}.tex", to_latex(t))
-            put(f"{name}_standalone.tex", latex_document(f"{name}.tex", t.caption))
+            put(f"{name}_standalone.tex", latex_document(f"{name}.tex", t.caption, t.legend))
         if "csv" in req.formats:
             put(f"{name}.csv", to_csv(t))
     if "markdown" in req.formats and len(timing):
-        put("timing.md", timing.to_markdown(index=False, floatfmt=".3g") + "\n")
+        put("timing.md", timing_markdown(timing) + "\n")
     if "csv" in req.formats and len(timing):
         put("timing.csv", timing.to_csv(index=False))
     figs: list[Path] = []
@@ -126,6 +144,15 @@ def _results_part(req, runs, out, put, written):
     return tables, timing, figs
 
 
+def timing_markdown(timing) -> str:
+    """The timing table with plain units (1,890 MB, not 1.89e+03)."""
+    t = timing.copy()
+    for col, fmt in (("Train s/iter", "{:.3f}"), ("Infer s/case", "{:.2f}"), ("Peak MB", "{:,.0f}"), ("Data wait %", "{:.2f}")):
+        if col in t:
+            t[col] = [fmt.format(v) if v == v else "-" for v in t[col]]
+    return t.to_markdown(index=False, disable_numparse=True)
+
+
 def html_page(tables, timing, pngs, req: ReportRequest) -> str:
     """One self-contained page (figures embedded as data URIs)."""
     parts = [
@@ -137,10 +164,15 @@ def html_page(tables, timing, pngs, req: ReportRequest) -> str:
         f"<h1>Benchmark report</h1><p>Built {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {html.escape(str(Path(req.runs).resolve()))}.</p>",
     ]
     for name, t in tables:
-        parts.append(f"<h2>{'Per-organ Dice' if name == 'table' else 'Ablation deltas'}</h2><p>{html.escape(t.caption)}</p>")
+        title = {"table": "Per-organ Dice", "published": "Published results (another dataset)"}.get(name, "Ablation deltas")
+        parts.append(f"<h2>{title}</h2><p>{html.escape(t.caption)}</p>")
         parts.append(to_html(t))
+        if t.legend:
+            parts.append(f"<p class='legend'>{html.escape(t.legend)}</p>")
     if len(timing):
-        parts.append("<h2>Time and memory</h2>" + timing.to_html(index=False, border=0, classes="results", float_format=lambda v: f"{v:.3g}"))
+        parts.append("<h2>Time and memory</h2>" + timing.to_html(index=False, border=0, classes="results", formatters={
+            "Peak MB": lambda v: f"{v:,.0f}", "Train s/iter": lambda v: f"{v:.3f}", "Infer s/case": lambda v: f"{v:.2f}",
+            "Data wait %": lambda v: f"{v:.2f}"}))
     for p in pngs:
         data = base64.b64encode(p.read_bytes()).decode()
         parts.append(f"<h2>{html.escape(p.stem.replace('_', ' '))}</h2><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>")

@@ -37,8 +37,12 @@ class Table:
     rows: pd.DataFrame  # index: row labels; columns: group, kind, protocol, note
     headers: dict[str, str]  # column key -> short header
     direction: dict[str, int]  # column key -> UP / DOWN
-    marks: dict[tuple[str, str], str] = field(default_factory=dict)  # (row, column) -> suffix, e.g. "*"
+    marks: dict[tuple[str, str], str] = field(default_factory=dict)  # (row, column) -> "better" / "worse"
     caption: str = ""
+    #: text under the table: test, unit, correction, alpha, spread convention, distance policy
+    legend: str = ""
+    #: the runs behind each measured row
+    members: dict[str, list] = field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:
@@ -48,10 +52,14 @@ class Table:
 # -- building -------------------------------------------------------------------------------
 
 
-def _nanstd(values) -> float:
+def _nanstd(values, ddof: int = 1) -> float:
     a = np.asarray([np.nan if v is None else v for v in values], dtype=float)
     a = a[np.isfinite(a)]
-    return float(a.std(ddof=1)) if a.size > 1 else math.nan
+    return float(a.std(ddof=ddof)) if a.size > ddof else math.nan
+
+
+#: how HD95 / ASD treat an organ the prediction missed (in the label, absent from the prediction)
+MISSED_POLICIES = ("exclude", "penalty")
 
 
 def organ_groups(organs: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -60,8 +68,39 @@ def organ_groups(organs: Sequence[str]) -> tuple[list[str], list[str]]:
     return large, [o for o in organs if o not in LARGE_ORGANS]
 
 
-def run_values(metrics: MetricsRecord) -> dict[str, float]:
-    """Column values of one run: per-organ Dice (%), Large / Small / mean Dice (%), HD95, ASD."""
+def missed_count(metrics: MetricsRecord) -> float:
+    """(case, organ) pairs in the label and absent from the prediction; NaN for a record
+    written before missed organs were flagged (it has no penalty distances either)."""
+    if not metrics.penalty_distance:
+        return math.nan
+    return float(sum(bool(m.get("missed")) for organs in metrics.cases.values() for m in organs.values()))
+
+
+def _distance_means(metrics: MetricsRecord, policy: str) -> dict[str, float]:
+    """Mean HD95 / ASD over organs of per-organ means over cases, missed organs either left out
+    (``exclude``) or given the case's penalty distance (``penalty``)."""
+    if policy == "exclude":
+        return {"HD95": nanmean([metrics.mean.get("hd95")]), "ASD": nanmean([metrics.mean.get("asd")])}
+    missing = [c for c in metrics.cases if c not in metrics.penalty_distance]
+    if missing:
+        raise UserError(f"run {metrics.method} seed {metrics.seed} stores no penalty distance for case '{missing[0]}' (recorded "
+                        f"before they were kept); re-run it or use --missed-distance exclude")
+    out = {}
+    for key, col in (("hd95", "HD95"), ("asd", "ASD")):
+        per_organ = []
+        for o in metrics.organs:
+            vals = []
+            for cid, organs in metrics.cases.items():
+                m = organs.get(o, {})
+                vals.append(metrics.penalty_distance[cid] if m.get("missed") else m.get(key))
+            per_organ.append(nanmean(vals))
+        out[col] = nanmean(per_organ)
+    return out
+
+
+def run_values(metrics: MetricsRecord, missed_distance: str = "exclude") -> dict[str, float]:
+    """Column values of one run: per-organ Dice (%), Large / Small / mean Dice (%), HD95, ASD,
+    and the number of missed (case, organ) pairs."""
     organs = metrics.organs
     per = metrics.per_organ
     large, small = organ_groups(organs)
@@ -69,21 +108,28 @@ def run_values(metrics: MetricsRecord) -> dict[str, float]:
     out["Large"] = nanmean([out[o] for o in large]) if large else math.nan
     out["Small"] = nanmean([out[o] for o in small]) if small else math.nan
     out["Dice"] = 100 * nanmean([metrics.mean.get("dice")])
-    out["HD95"] = nanmean([metrics.mean.get("hd95")])
-    out["ASD"] = nanmean([metrics.mean.get("asd")])
+    out.update(_distance_means(metrics, missed_distance))
+    out["Missed"] = missed_count(metrics)
     return out
 
 
-def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mixed: bool = False, caption: str = "") -> Table:
+def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mixed: bool = False, caption: str = "",
+                ddof: int = 1, missed_distance: str = "exclude", organs: Sequence[str] | None = None) -> Table:
     """Per-organ table from stored runs (:class:`reports.collect.Run`) + optional reported rows.
 
     Rows are grouped by labeled share, then ordered as first seen. Measured rows of different
-    protocols are refused unless ``allow_mixed`` (they are then ranked per protocol).
+    protocols are refused unless ``allow_mixed`` (they are then ranked per protocol). ``ddof``:
+    the std convention over seeds (1: sample std; 0: population std, as DHC's numbers);
+    ``missed_distance``: :data:`MISSED_POLICIES`.
     """
+    if missed_distance not in MISSED_POLICIES:
+        raise UserError(f"--missed-distance {missed_distance}: choose one of {', '.join(MISSED_POLICIES)}")
+    if ddof not in (0, 1):
+        raise UserError(f"--std-ddof {ddof}: choose 0 (population std) or 1 (sample std)")
     runs = list(runs)
-    if not runs:
+    if not runs and (organs is None or reference is None):
         raise UserError("no results to tabulate")
-    organs = list(runs[0].organs)
+    organs = list(runs[0].organs) if runs else list(organs)
     protocols = sorted({r.protocol for r in runs})
     if len(protocols) > 1 and not allow_mixed:
         raise UserError(f"results of different protocols ({', '.join(protocols)}) cannot be ranked in one table; "
@@ -92,18 +138,20 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
     for r in runs:
         groups.setdefault((r.labeled, r.variant, r.protocol, r.config_hash), []).append(r)
     tags = _config_tags(groups)
-    mean_rows, std_rows, n, meta = {}, {}, {}, {}
+    mean_rows, std_rows, n, meta, members = {}, {}, {}, {}, {}
     multi_proto = len(protocols) > 1
     for (labeled, variant, proto, chash), rs in groups.items():
         variant = variant + tags.get((labeled, variant, proto, chash), "")
         name = f"{variant} ({proto})" if multi_proto else variant
         label = f"{name} @{labeled}" if name in mean_rows else name  # unique row key; ``name`` is shown
-        vals = [run_values(r.metrics) for r in rs]
+        vals = [run_values(r.metrics, missed_distance) for r in rs]
         keys = vals[0].keys()
         mean_rows[label] = {k: nanmean([v[k] for v in vals]) for k in keys}
-        std_rows[label] = {k: _nanstd([v[k] for v in vals]) for k in keys}
+        std_rows[label] = {k: _nanstd([v[k] for v in vals], ddof) for k in keys}
         n[label] = len(rs)
-        meta[label] = {"group": labeled, "kind": "measured", "protocol": proto, "note": "", "name": name, "variant": variant}
+        meta[label] = {"group": labeled, "kind": "measured", "protocol": proto, "note": "", "name": name, "variant": variant,
+                       "method": rs[0].method}
+        members[label] = rs
     if reference is not None and len(reference):
         for (paper, proto, pct, method), df in reference.groupby(["paper", "protocol", "labeled_percent", "method"], sort=False):
             label = f"{method} (reported, {paper})"
@@ -113,19 +161,19 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
             row["Large"] = nanmean([row[o] for o in large]) if large else math.nan
             row["Small"] = nanmean([row[o] for o in small]) if small else math.nan
             row["Dice"] = float(dice.get("mean", math.nan))
-            row["HD95"] = row["ASD"] = math.nan  # published distances use other units / grids
+            row["HD95"] = row["ASD"] = row["Missed"] = math.nan  # published distances use other units / grids
             std = df[(df.metric == "dice") & (df.organ == "mean")]["std"]
             mean_rows[label] = row
             std_rows[label] = {k: math.nan for k in row} | {"Dice": float(std.iloc[0]) if len(std) and pd.notna(std.iloc[0]) else math.nan}
             n[label] = 0
             meta[label] = {"group": f"{pct:g}%", "kind": "reported", "protocol": proto, "note": str(df["source"].iloc[0]),
-                           "name": label, "variant": method}
+                           "name": label, "variant": method, "method": method}
     rows = pd.DataFrame.from_dict(meta, orient="index")
     order = sorted(range(len(rows)), key=lambda i: (_group_key(rows["group"].iloc[i]), rows["kind"].iloc[i] != "measured", i))
     index = [rows.index[i] for i in order]
-    cols = organs + ["Large", "Small", "Dice", "HD95", "ASD"]
-    headers = {o: abbreviation(o) for o in organs} | {"Large": "Large", "Small": "Small", "Dice": "Dice", "HD95": "HD95", "ASD": "ASD"}
-    direction = {c: (DOWN if c in ("HD95", "ASD") else UP) for c in cols}
+    cols = organs + ["Large", "Small", "Dice", "HD95", "ASD", "Missed"]
+    headers = {o: abbreviation(o) for o in organs} | {c: c for c in ("Large", "Small", "Dice", "HD95", "ASD", "Missed")}
+    direction = {c: (DOWN if c in ("HD95", "ASD", "Missed") else UP) for c in cols}
     return Table(
         mean=pd.DataFrame.from_dict(mean_rows, orient="index").reindex(index)[cols],
         std=pd.DataFrame.from_dict(std_rows, orient="index").reindex(index)[cols],
@@ -134,6 +182,7 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
         headers=headers,
         direction=direction,
         caption=caption,
+        members=members,
     )
 
 
@@ -207,42 +256,59 @@ def rank_marks(table: Table, digits: int = 1) -> dict[tuple[str, str], str]:
             if not distinct:
                 continue
             for label, v in vals.items():
-                if v == distinct[0]:
+                if v == distinct[0] and len(distinct) > 1:
                     out[(label, col)] = "best"
-                elif len(distinct) > 1 and v == distinct[1]:
+                elif len(distinct) > 2 and v == distinct[1]:  # a "second" that is also the worst is no mark
                     out[(label, col)] = "second"
     return out
 
 
-def significance_marks(table: Table, runs: Iterable, baseline: str, alpha: float = 0.05) -> dict[tuple[str, str], str]:
-    """Paired Wilcoxon signed-rank test of per-case mean Dice (pairs = same seed and case) of each
-    measured row against the ``baseline`` method's row of the same group; "*" where p < alpha."""
-    from scipy.stats import wilcoxon
+def significance(table: Table, baseline: str, alpha: float = 0.05) -> list:
+    """Case-level comparisons of every measured row with ``baseline`` (:mod:`reports.stats`);
+    marks the Dice column of rows whose corrected p < alpha with their direction."""
+    from reports.stats import compare
 
-    by_row: dict[tuple[str, str], dict[tuple[int, str], float]] = {}
-    for r in runs:
-        key = (r.labeled, r.variant)
-        for cid, organs in r.metrics.cases.items():
-            by_row.setdefault(key, {})[(r.seed, cid)] = nanmean([m.get("dice") for m in organs.values()])
-    methods = {r.variant for r in runs} | {r.method for r in runs}
-    if baseline not in methods:
-        raise UserError(f"--baseline {baseline} is not among the reported methods ({', '.join(sorted(methods))})")
-    marks = {}
-    for label, row in table.rows[table.rows.kind == "measured"].iterrows():
-        variant = row["variant"]
-        group = row["group"]
-        base = by_row.get((group, baseline))
-        this = by_row.get((group, variant))
-        if not base or not this or variant == baseline:
-            continue
-        pairs = [(this[k], base[k]) for k in sorted(set(this) & set(base)) if np.isfinite(this[k]) and np.isfinite(base[k])]
-        diffs = [a - b for a, b in pairs]
-        if len(pairs) < 2 or not any(diffs):
-            continue
-        p = float(wilcoxon([a for a, _ in pairs], [b for _, b in pairs]).pvalue)
-        if p < alpha:
-            marks[(label, "Dice")] = "*"
-    return marks
+    measured = table.rows[table.rows.kind == "measured"]
+    names = set(measured["variant"]) | set(measured["method"]) | set(measured["name"])
+    if baseline not in names:
+        raise UserError(f"--baseline {baseline} is not among the reported methods ({', '.join(sorted(names))})")
+    rows = {label: {**measured.loc[label].to_dict(), "runs": table.members[label]} for label in measured.index}
+    comparisons = compare(rows, baseline, alpha)
+    by_name = {(c.group, c.method): c for c in comparisons}
+    for label, row in measured.iterrows():
+        c = by_name.get((row["group"], row["name"]))
+        if c is not None and c.direction in ("better", "worse"):
+            table.marks[(label, "Dice")] = c.direction
+    return comparisons
+
+
+MARKERS = {"better": "▲", "worse": "▼"}
+
+
+def legend(table: Table, baseline: str | None, alpha: float, ddof: int, missed_distance: str, comparisons=(),
+           reference: bool = False) -> str:
+    """The text under every table: what ± is, how distances treat missed organs, and the test."""
+    parts = [f"± = std over seeds (ddof={ddof}: {'sample' if ddof == 1 else 'population'} std)."]
+    if missed_distance == "exclude":
+        parts.append("HD95 / ASD: mean over organs of the mean over cases; an organ the prediction missed has no distance "
+                     "and is left out (so missing an organ cannot worsen them: read them with Missed).")
+    else:
+        parts.append("HD95 / ASD: mean over organs of the mean over cases; an organ the prediction missed gets the "
+                     "diagonal of its case's evaluation grid (mm; voxels under voxel-unit protocols).")
+    parts.append("Missed = (case, organ) pairs present in the label and absent from the prediction, per run, mean over seeds.")
+    if baseline:
+        groups = sorted({c.group for c in comparisons})
+        m = {g: sum(1 for c in comparisons if c.group == g) for g in groups}
+        n = sorted({c.n_cases for c in comparisons})
+        parts.append(f"{MARKERS['better']} / {MARKERS['worse']} = mean Dice higher / lower than {baseline}: paired two-sided "
+                     f"Wilcoxon signed-rank test over the test cases ({'/'.join(map(str, n)) or '-'} cases; a case's score is "
+                     f"its mean Dice over organs, averaged over seeds first), Holm-corrected across the rows compared in "
+                     f"each labeled-share group ({', '.join(f'{g}: {m[g]}' for g in groups) or 'none'}), shown where "
+                     f"p_adj < {alpha:g}; p-values and paired bootstrap 95 % CIs in significance.csv.")
+    if reference:
+        parts.append("Reported rows (italic): the papers' numbers under their own protocols and spread conventions "
+                     "(DHC reports np.std, ddof=0); never ranked or tested.")
+    return " ".join(parts)
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -276,7 +342,7 @@ def _header(table: Table, col: str, up: str, down: str) -> str:
 
 def to_markdown(table: Table, digits: int = 1) -> str:
     """GitHub Markdown: **best**, <u>second</u>, arrows in the header, reported rows in italics."""
-    cells = _cells(table, digits, lambda t: f"**{t}**", lambda t: f"<u>{t}</u>", lambda s: s.replace("*", "\\*"), " ± ")
+    cells = _cells(table, digits, lambda t: f"**{t}**", lambda t: f"<u>{t}</u>", lambda s: f" {MARKERS[s]}" if s else "", " ± ")
     cells.insert(0, "Labeled", table.rows["group"])
     cells.insert(1, "Method", [f"*{i}*" if k == "reported" else i for i, k in zip(table.rows["name"], table.rows["kind"])])
     cells.insert(2, "Seeds", [str(int(v)) if v else "-" for v in table.n])
@@ -293,9 +359,11 @@ def tex_escape(text: str) -> str:
 
 
 def to_latex(table: Table, digits: int = 1) -> str:
-    """A booktabs ``tabular`` to ``\\input`` (needs ``\\usepackage{booktabs}``)."""
+    """A booktabs ``tabular`` to ``\\input`` (needs ``\\usepackage{booktabs}`` and, for the
+    significance markers, ``amssymb``)."""
+    tex_marks = {"better": r"$^{\blacktriangle}$", "worse": r"$^{\blacktriangledown}$"}
     cells = _cells(table, digits, lambda t: rf"\textbf{{{t}}}", lambda t: rf"\underline{{{t}}}",
-                   lambda s: "$^{*}$" if s == "*" else tex_escape(s), r"$\pm$")
+                   lambda s: tex_marks.get(s, ""), r"$\pm$")
     lines = []
     ncol = len(table.columns)
     lines.append(r"\begin{tabular}{ll" + "r" * ncol + "}")
@@ -319,14 +387,16 @@ def to_latex(table: Table, digits: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
-def latex_document(fragment_name: str, caption: str = "") -> str:
-    """A standalone document that compiles the table fragment with pdflatex."""
+def latex_document(fragment_name: str, caption: str = "", legend: str = "") -> str:
+    """A standalone document that compiles the table fragment with pdflatex (legend under it)."""
     cap = rf"\caption*{{{tex_escape(caption)}}}" + "\n" if caption else ""
+    tex_legend = tex_escape(legend).replace("▲", r"$\blacktriangle$").replace("▼", r"$\blacktriangledown$").replace("±", r"$\pm$")
+    after = ("\\par\\smallskip\n\\begin{minipage}{0.95\\linewidth}\\footnotesize " + tex_legend + "\\end{minipage}\n") if legend else ""
     return (
-        "\\documentclass{article}\n\\usepackage{booktabs}\n"
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{amssymb}\n"
         "\\usepackage{caption}\n\\usepackage[landscape,margin=1cm]{geometry}\n\\pagestyle{empty}\n\\begin{document}\n"
         "\\begin{table}[h]\n\\centering\n\\scriptsize\n\\setlength{\\tabcolsep}{3pt}\n"
-        f"{cap}\\input{{{fragment_name}}}\n\\end{{table}}\n\\end{{document}}\n"
+        f"{cap}\\input{{{fragment_name}}}\n{after}\\end{{table}}\n\\end{{document}}\n"
     )
 
 
@@ -350,7 +420,7 @@ def delta_table(table: Table, reference_row: str) -> Table:
         raise UserError(f"--delta-against '{reference_row}' is not a row; rows: {', '.join(table.mean.index)}")
     group = table.rows.at[reference_row, "group"]
     keep = [i for i in table.mean.index if table.rows.at[i, "group"] == group and table.rows.at[i, "kind"] == "measured" and i != reference_row]
-    cols = [c for c in table.columns if c not in ("HD95", "ASD")]
+    cols = [c for c in table.columns if c not in ("HD95", "ASD", "Missed")]
     mean = table.mean.loc[keep, cols] - table.mean.loc[reference_row, cols]
     return Table(mean=mean, std=pd.DataFrame(np.nan, index=keep, columns=cols), n=table.n.loc[keep], rows=table.rows.loc[keep],
                  headers={c: "Δ" + table.headers[c] for c in cols}, direction={c: UP for c in cols},
@@ -410,7 +480,7 @@ def to_html(table: Table, digits: int = 1) -> str:
     """An HTML table (bold best, underlined second) for the self-contained report page."""
     import html
 
-    cells = _cells(table, digits, lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>", html.escape, " ± ")
+    cells = _cells(table, digits, lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>", lambda s: f" {MARKERS[s]}" if s else "", " ± ")
     cells.insert(0, "Labeled", table.rows["group"])
     cells.insert(1, "Method", [f"<i>{html.escape(i)}</i>" if k == "reported" else html.escape(i) for i, k in zip(table.rows["name"], table.rows["kind"])])
     cells.columns = ["Labeled", "Method"] + [html.escape(_header(table, c, " ↑", " ↓")) for c in table.columns]

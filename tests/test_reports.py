@@ -16,7 +16,7 @@ import pytest
 from bench.cli import main
 from reports.collect import collect
 from reports.report import ReportRequest, make_report
-from reports.tables import build_table, rank_marks, significance_marks, to_latex, to_markdown
+from reports.tables import build_table, rank_marks, significance, to_latex, to_markdown
 from tests.test_cli import _bad
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -82,10 +82,15 @@ def test_bold_and_underline_with_ties(results):
     assert marks[("b", "spleen")] == "best" and marks[("a", "spleen")] == "second" and ("c", "spleen") not in marks
     # HD95 is lower-is-better: b (3.0) best
     assert marks[("b", "HD95")] == "best"
-    # a tie for best: both bold, the next distinct value underlined
+    # a tie for best: both bold; the next distinct value is also the worst: no underline
     table.mean.loc["c", "spleen"] = 90.0
     marks = rank_marks(table)
-    assert marks[("b", "spleen")] == marks[("c", "spleen")] == "best" and marks[("a", "spleen")] == "second"
+    assert marks[("b", "spleen")] == marks[("c", "spleen")] == "best" and ("a", "spleen") not in marks
+    # one row above 0, the others tied at 0.0: the tie at 0 is not "second best"
+    table.mean.loc[["a", "b"], "gallbladder"] = 0.0
+    table.mean.loc["c", "gallbladder"] = 30.0
+    marks = rank_marks(table)
+    assert marks[("c", "gallbladder")] == "best" and ("a", "gallbladder") not in marks and ("b", "gallbladder") not in marks
     # a group with one row is not ranked
     assert not [k for k in marks if k[0] == "a @20%"]
 
@@ -114,19 +119,63 @@ def test_reference_rows_are_marked_and_not_ranked(results):
     assert all(o in organs for o in ORGANS)
 
 
-def test_wilcoxon_marks_consistent_improvements(tmp_path):
-    six = {f"c{i}": None for i in range(6)}
-    base = {c: {o: {"dice": 0.5 + 0.01 * i} for o in ORGANS} for i, c in enumerate(six)}
-    better = {c: {o: {"dice": 0.6 + 0.01 * i + 0.001 * i * i} for o in ORGANS} for i, c in enumerate(six)}
-    d = {o: 0.5 for o in ORGANS}
-    _run(tmp_path, "base", 0, d, cases=base)
-    _run(tmp_path, "new", 0, d, cases=better)
-    _run(tmp_path, "few", 0, d, cases={c: v for c, v in list(better.items())[:3]})
-    runs = collect(tmp_path)
-    table = build_table(runs)
-    marks = significance_marks(table, runs, "base")
-    # 6 pairs all in one direction: exact two-sided p = 2 / 2^6 = 0.03125 < 0.05; 3 pairs: p = 0.25
-    assert marks == {("new", "Dice"): "*"}
+def _designed(root: Path, n_cases: int = 12, seeds: int = 5) -> None:
+    """12 test cases x 5 seeds: a baseline, a row mixed across cases (+2 points on 10 cases,
+    -5 / -6 on 2, the same on every seed), a row better on every case, a row worse on every case."""
+    base = [0.50 + 0.01 * i for i in range(n_cases)]
+    rows = {
+        "base": base,
+        "mixed": [b + 0.02 for b in base[:10]] + [base[10] - 0.05, base[11] - 0.06],
+        "better": [b + 0.03 + 0.001 * i for i, b in enumerate(base)],
+        "worse": [b - 0.04 - 0.001 * i for i, b in enumerate(base)],
+    }
+    for method, vals in rows.items():
+        cases = {f"c{i:02d}": {o: {"dice": v} for o in ORGANS} for i, v in enumerate(vals)}
+        for seed in range(seeds):
+            _run(root, method, seed, {o: 0.5 for o in ORGANS}, cases=cases)
+
+
+def test_case_level_significance_with_direction_and_holm(tmp_path):
+    from reports.stats import signed_rank_p
+
+    _designed(tmp_path)
+    table = build_table(collect(tmp_path))
+    comps = {c.method: c for c in significance(table, "base")}
+    # the unit is the case (12), not (seed, case) pairs (60): the mixed row is not significant
+    assert comps["mixed"].n_cases == 12 and comps["mixed"].n_seeds == 5
+    assert comps["mixed"].p_value > 0.2 and comps["mixed"].direction == "n.s."
+    # better / worse on every one of 12 distinct differences: exact p = 2 / 2^12; Holm over 3 rows
+    assert comps["better"].p_value == pytest.approx(2 / 2**12) and comps["better"].direction == "better"
+    assert comps["worse"].direction == "worse" and comps["worse"].mean_diff < 0
+    assert comps["better"].p_adjusted == pytest.approx(3 * 2 / 2**12)  # the smallest p times the number of rows
+    assert comps["better"].ci_low > 0 and comps["worse"].ci_high < 0
+    assert table.marks == {("better", "Dice"): "better", ("worse", "Dice"): "worse"}
+    md = to_markdown(table)
+    assert "▲" in md and "▼" in md
+
+
+def test_holm_adjustment_by_hand():
+    from reports.stats import holm
+
+    # sorted 0.01, 0.03, 0.04 with m = 3: 0.03, max(0.03, 2 x 0.03) = 0.06, max(0.06, 1 x 0.04) = 0.06
+    assert holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+
+
+def test_report_writes_significance_csv_and_legends(tmp_path):
+    import csv
+
+    _designed(tmp_path / "runs")
+    out = tmp_path / "rep"
+    assert main(["report", "--runs", str(tmp_path / "runs"), "--out", str(out), "--baseline", "base", "--no-figures",
+                 "--alpha", "0.01", "--std-ddof", "0"]) == 0
+    rows = {r["method"]: r for r in csv.DictReader((out / "significance.csv").open())}
+    assert set(rows) == {"mixed", "better", "worse"}
+    assert {"group", "method", "baseline", "n_cases", "n_seeds", "mean_diff", "ci_low", "ci_high", "p_value", "p_adjusted",
+            "direction"} <= set(rows["better"])
+    assert rows["better"]["direction"] == "better" and rows["mixed"]["direction"] == "n.s." and rows["better"]["n_cases"] == "12"
+    for name in ("table.md", "table_standalone.tex", "report.html"):
+        text = (out / name).read_text()
+        assert "Wilcoxon" in text and "Holm" in text and "ddof=0" in text and "0.01" in text and "Missed" in text, name
 
 
 def test_delta_table(results):
@@ -238,3 +287,33 @@ def test_runs_of_one_method_with_other_settings_are_separate_rows(tmp_path):
     assert list(table.rows["name"]) == ["mt {consistency=0.1}", "mt {consistency=0.3}"]
     d = delta_table(table, "mt {consistency=0.1}")
     assert d.mean.at["mt {consistency=0.3}", "Dice"] == pytest.approx(20.0)
+
+
+def test_missed_organs_counted_and_penalty_policy(tmp_path):
+    """A run that misses the gallbladder in one of two cases: Missed = 1; under `exclude` its
+    distances come from the other case only, under `penalty` the missed case counts with the
+    case's diagonal."""
+    cases = {
+        "c1": {"spleen": {"dice": 0.9, "hd95": 2.0, "asd": 1.0}, "liver": {"dice": 0.9, "hd95": 2.0, "asd": 1.0},
+               "gallbladder": {"dice": 0.0, "hd95": math.nan, "asd": math.nan, "missed": True}},
+        "c2": {"spleen": {"dice": 0.9, "hd95": 2.0, "asd": 1.0}, "liver": {"dice": 0.9, "hd95": 2.0, "asd": 1.0},
+               "gallbladder": {"dice": 0.5, "hd95": 4.0, "asd": 3.0}},
+    }
+    d = _run(tmp_path, "m", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.25}, cases=cases, hd95=(2 + 2 + 4) / 3, asd=5 / 3)
+    m = json.loads((d / "metrics.json").read_text())
+    m["penalty_distance"] = {"c1": 100.0, "c2": 100.0}
+    (d / "metrics.json").write_text(json.dumps(m))
+    excl = build_table(collect(tmp_path))
+    assert excl.mean.at["m", "Missed"] == 1.0
+    assert excl.mean.at["m", "HD95"] == pytest.approx((2 + 2 + 4) / 3)  # the stored means: the missed organ left out
+    pen = build_table(collect(tmp_path), missed_distance="penalty")
+    # per organ mean over cases: spleen 2, liver 2, gallbladder (100 + 4) / 2 = 52 -> mean 56 / 3
+    assert pen.mean.at["m", "HD95"] == pytest.approx((2 + 2 + 52) / 3) and pen.mean.at["m", "ASD"] == pytest.approx((1 + 1 + 51.5) / 3)
+    assert pen.mean.at["m", "Missed"] == 1.0
+
+
+def test_published_rows_of_real_ct_stay_out_of_a_phantom_table(results, tmp_path):
+    out = tmp_path / "rep"
+    assert main(["report", "--runs", str(results), "--out", str(out), "--reference", "published", "--no-figures"]) == 0
+    assert "reported" not in (out / "table.md").read_text()
+    assert "(reported," in (out / "published.md").read_text() and "real CT" in (out / "published.md").read_text()

@@ -8,9 +8,8 @@ them); the protocol decides the grid metrics use, distance units and the empty-o
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from typing import Sequence
 
 import numpy as np
 
