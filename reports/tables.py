@@ -358,33 +358,62 @@ def tex_escape(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(text))
 
 
+def _styled(table: Table, digits: int, text, bold: str, under: str, pm: str, marker, row_name, headers: list[str],
+            index_as_columns: bool = False):
+    """A pandas ``Styler`` of the table: cell text (mean ± std + significance marker), the best
+    value per column and group styled with ``bold``, the second with ``under``; index = (group,
+    row name), or two leading columns "Labeled" and "Method" with ``index_as_columns``."""
+    ranks = rank_marks(table, digits)
+    body, style = {}, {}
+    for label in table.mean.index:
+        key = (text(table.rows.at[label, "group"]), row_name(label))
+        body[key], style[key] = {}, {}
+        for col in table.columns:
+            cell = _cell(table.mean.at[label, col], table.std.at[label, col], digits)
+            if cell != "-":
+                cell = text(cell).replace(text(" ± "), pm) + marker(table.marks.get((label, col), ""))
+            body[key][col] = cell
+            mark = ranks.get((label, col)) if cell != "-" else None
+            style[key][col] = bold if mark == "best" else under if mark == "second" else ""
+    df = pd.DataFrame.from_dict(body, orient="index")[table.columns]
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["Labeled", "Method"])
+    css = pd.DataFrame.from_dict(style, orient="index")[table.columns]
+    css.index = df.index
+    df.columns = css.columns = headers
+    if index_as_columns:
+        df = df.reset_index()
+        css = css.reset_index()
+        css["Labeled"] = css["Method"] = ""
+    return df.style.apply(lambda _: css.set_axis(_.index, axis=0), axis=None)
+
+
 def to_latex(table: Table, digits: int = 1) -> str:
     """A booktabs ``tabular`` to ``\\input`` (needs ``\\usepackage{booktabs}`` and, for the
-    significance markers, ``amssymb``)."""
+    significance markers, ``amssymb``), rendered by pandas' ``Styler.to_latex``."""
     tex_marks = {"better": r"$^{\blacktriangle}$", "worse": r"$^{\blacktriangledown}$"}
-    cells = _cells(table, digits, lambda t: rf"\textbf{{{t}}}", lambda t: rf"\underline{{{t}}}",
-                   lambda s: tex_marks.get(s, ""), r"$\pm$")
-    lines = []
-    ncol = len(table.columns)
-    lines.append(r"\begin{tabular}{ll" + "r" * ncol + "}")
-    lines.append(r"\toprule")
-    heads = ["Labeled", "Method"] + [tex_escape(_header(table, c, "", "")) + (r"$\uparrow$" if table.direction[c] == UP else r"$\downarrow$") for c in table.columns]
-    lines.append(" & ".join(heads) + r" \\")
-    lines.append(r"\midrule")
-    prev = None
-    for label in cells.index:
-        group = table.rows.at[label, "group"]
-        if prev is not None and group != prev:
-            lines.append(r"\midrule")
-        name = tex_escape(table.rows.at[label, "name"])
-        if table.rows.at[label, "kind"] == "reported":
-            name = rf"\textit{{{name}}}"
-        cell_text = [c.replace("%", r"\%") for c in cells.loc[label].tolist()]
-        lines.append(" & ".join([tex_escape(group) if group != prev else "", name] + cell_text) + r" \\")
-        prev = group
-    lines.append(r"\bottomrule")
-    lines.append(r"\end{tabular}")
-    return "\n".join(lines) + "\n"
+
+    def name(label):
+        n = tex_escape(table.rows.at[label, "name"])
+        return rf"\textit{{{n}}}" if table.rows.at[label, "kind"] == "reported" else n
+
+    headers = [tex_escape(_header(table, c, "", "")) + (r"$\uparrow$" if table.direction[c] == UP else r"$\downarrow$")
+               for c in table.columns]
+    st = _styled(table, digits, tex_escape, "textbf:--rwrap;", "underline:--rwrap;", r"$\pm$", lambda m: tex_marks.get(m, ""), name,
+                 headers)
+    st = st.hide(names=True, axis="index")
+    tex = st.to_latex(hrules=True, column_format="ll" + "r" * len(table.columns), clines="skip-last;data",
+                      multirow_align="naive")
+    # booktabs rules between groups, and the two index columns named in the one header row
+    lines = tex.splitlines()
+    lines[2] = "Labeled & Method" + lines[2][lines[2].index(" & ", lines[2].index(" & ") + 1):]
+    out, n = [], len(lines)
+    for i, line in enumerate(lines):
+        if line.startswith(r"\cline"):
+            if not lines[i + 1].startswith(r"\bottomrule") and i + 1 < n:
+                out.append(r"\midrule")
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def latex_document(fragment_name: str, caption: str = "", legend: str = "") -> str:
@@ -477,11 +506,15 @@ def frame_markdown(df: pd.DataFrame, digits: int = 1) -> str:
 
 
 def to_html(table: Table, digits: int = 1) -> str:
-    """An HTML table (bold best, underlined second) for the self-contained report page."""
+    """An HTML table (bold best, underlined second) for the self-contained report page,
+    rendered by pandas' ``Styler.to_html``."""
     import html
 
-    cells = _cells(table, digits, lambda t: f"<b>{t}</b>", lambda t: f"<u>{t}</u>", lambda s: f" {MARKERS[s]}" if s else "", " ± ")
-    cells.insert(0, "Labeled", table.rows["group"])
-    cells.insert(1, "Method", [f"<i>{html.escape(i)}</i>" if k == "reported" else html.escape(i) for i, k in zip(table.rows["name"], table.rows["kind"])])
-    cells.columns = ["Labeled", "Method"] + [html.escape(_header(table, c, " ↑", " ↓")) for c in table.columns]
-    return cells.to_html(index=False, escape=False, border=0, classes="results")
+    def name(label):
+        n = html.escape(table.rows.at[label, "name"])
+        return f"<i>{n}</i>" if table.rows.at[label, "kind"] == "reported" else n
+
+    st = _styled(table, digits, html.escape, "font-weight: bold", "text-decoration: underline", " ± ",
+                 lambda m: f" {MARKERS[m]}" if m else "", name, [html.escape(_header(table, c, " ↑", " ↓")) for c in table.columns],
+                 index_as_columns=True)
+    return st.set_table_attributes('class="results"').hide(axis="index").to_html(doctype_html=False)

@@ -196,7 +196,7 @@ def test_report_command_writes_everything(results, capsys):
         assert n in names, n
     assert not [n for n in names if n.endswith(".tmp")]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "<b>" in html and "src='http" not in html
+    assert html.count("data:image/png;base64,") == 4 and "font-weight: bold" in html and "src='http" not in html
     csv = (out / "table.csv").read_text().splitlines()
     assert csv[0].startswith("row,group,kind,protocol,seeds,spleen_mean,spleen_std")
 
@@ -220,6 +220,14 @@ def test_latex_compiles_and_first_page_renders(results, tmp_path):
     subprocess.run([pdftoppm, "-png", "-r", "50", "-f", "1", "-l", "1", "table_standalone.pdf", "page"], cwd=out, check=True, timeout=60)
     png = next(out.glob("page*.png"))
     assert png.stat().st_size > 2000
+    # with significance markers (amssymb) and the legend under the table
+    _designed(tmp_path / "designed")
+    make_report(ReportRequest(runs=str(tmp_path / "designed"), out=str(tmp_path / "sig"), formats=("latex",), figures=False,
+                              baseline="base"))
+    assert r"\blacktriangle" in (tmp_path / "sig" / "table.tex").read_text()
+    r = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "table_standalone.tex"], cwd=tmp_path / "sig",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
 
 
 def test_html_renders_in_headless_chromium(results, tmp_path):
