@@ -18,11 +18,22 @@ def predict_volume(
     mode: str = "gaussian",
     sw_batch_size: int = 2,
     amp: bool = False,
+    fusion: str = "logits",
 ) -> np.ndarray:
-    """Label map (D, H, W) uint8 = argmax of sliding-window logits of a normalised image (D, H, W).
+    """Label map (D, H, W) uint8 = argmax of the fused sliding windows of a normalised image (D, H, W).
 
+    ``overlap``: one number or one per axis (D, H, W); ``fusion``: "logits" averages the
+    windows' logits, "softmax" their softmax probabilities (the released DHC / TAK tests).
     Volumes smaller than the patch are padded by MONAI and cropped back.
     """
+    if fusion not in ("logits", "softmax"):
+        raise ValueError(f"fusion must be 'logits' or 'softmax', not {fusion!r}")
+    if fusion == "softmax":
+        raw = predict
+
+        def predict(x: torch.Tensor) -> torch.Tensor:  # noqa: F811 - the softmax of the method's logits
+            return torch.softmax(raw(x).float(), 1)
+
     from monai.inferers import sliding_window_inference
 
     from bench.step import amp_dtype, amp_enabled

@@ -310,7 +310,7 @@ class Trainer:
         )
 
     # -- evaluation -----------------------------------------------------------------------
-    def _predict_case(self, image: np.ndarray, overlap: float) -> np.ndarray:
+    def _predict_case(self, image: np.ndarray, overlap) -> np.ndarray:
         return predict_volume(
             self.method.predict,
             image,
@@ -320,6 +320,7 @@ class Trainer:
             mode=self.spec.protocol.sw_mode,
             sw_batch_size=self.t.sw_batch_size,
             amp=self.use_amp,
+            fusion=self.spec.protocol.fusion,
         )
 
     def validate(self) -> float:
@@ -355,7 +356,7 @@ class Trainer:
 
     def test(self) -> MetricsRecord:
         ds, proto = self.spec.dataset, self.spec.protocol
-        overlap = self.t.overlap if self.t.overlap >= 0 else proto.overlap
+        overlap = self.t.overlap if self.t.overlap >= 0 else proto.window_overlap(self.t.patch)
         used_step = self.load_best()
         self.method.train(False)
         reset_peak_memory(self.device)

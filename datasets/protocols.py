@@ -9,17 +9,22 @@ resample Synapse and AMOS differently.
 * ``default`` (ours): window [-125, 275] HU scaled to [0, 1], native resolution, metrics on the
   native label grid in mm; organ empty on both sides = NaN (not counted), one side empty =
   Dice 0 and no distance (NaN).
-* ``dhc`` (DHC / GenericSSL, so DHC's numbers can be matched): clip [-75, 275] then min-max;
-  Synapse halves H and W (trilinear / nearest), AMOS volumes are resized to 80x160x160;
-  metrics on that grid, ASD in voxels (medpy without spacing); one side empty: Dice 0,
-  ASD 128; both empty: Dice 1. Sliding window stride (16, 32, 32) on a 64x128x128 patch =
-  overlap 0.75, plain averaging. DHC's AMOS evaluation resizes the ground truth to
-  72x144x144, which does not match its own 80x160x160 predictions (a defect); here both are
-  on the 80x160x160 grid.
+* ``dhc`` (DHC, so DHC's numbers can be matched; GenericSSL evaluates Synapse on 80x160x160
+  instead): clip [-75, 275] then min-max; Synapse halves H and W (trilinear / nearest), AMOS
+  volumes are resized to 80x160x160 for training and inference; metrics on the Synapse grid /
+  on 72x144x144 for AMOS (DHC's evaluation resizes the AMOS ground truth to 72x144x144, and
+  medpy's Dice would fail on 80x160x160 predictions, so its published AMOS numbers come from
+  that grid: the prediction is nearest-resized to it too - an assumption about its pipeline,
+  docs/fidelity.md); ASD in voxels (medpy without spacing); one side empty: Dice 0, ASD 128;
+  both empty: Dice 1 (DHC writes 1 on its x100 scale, a scale bug we do not copy). Test-time
+  sliding window: stride 16 along D, 32 in-plane, softmax probabilities averaged with equal
+  weights, as DHC's test.py.
 * ``ga`` (GALoss / MagicNet / TAK): clip [-125, 275], (x + 125) / 400; native grid for
-  training and inference (96^3 patches, stride 16 = overlap 5/6, plain averaging); prediction
-  and ground truth nearest-resized to 80x160x160 (TAK: "as DHC"); medpy Dice and ASD in
-  voxels; the 0 / 128 rule for one empty side, Dice 1 when both are empty.
+  training and inference (96^3 patches; test stride 16 along D and 32 in-plane, softmax
+  probabilities averaged, as TAK's test); prediction and ground truth nearest-resized to
+  80x160x160 (TAK: "as DHC"); medpy Dice and ASD in voxels; the 0 / 128 rule for one empty
+  side, Dice 1 when both are empty. GA ships pre-built h5 files: its intensity step for
+  Synapse and its AMOS grid are assumptions (docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -43,14 +48,15 @@ def default_protocol(dataset: str | None = None) -> Protocol:
 def dhc_protocol(dataset: str | None = None) -> Protocol:
     """DHC's pipeline: clip [-75, 275] + min-max; Synapse H, W halved / AMOS 80x160x160; ASD in voxels; 0/128 rule."""
     resample = ("shape", (80, 160, 160)) if _kind(dataset) == "amos" else ("scale", (1.0, 0.5, 0.5))
-    return Protocol(name="dhc", version="1", window=(-75.0, 275.0), norm="minmax", resample=resample,
-                    eval_grid="protocol", overlap=0.75, sw_mode="constant", distance_unit="voxel",
-                    empty_rule="dhc", patch=(64, 128, 128))
+    return Protocol(name="dhc", version="2", window=(-75.0, 275.0), norm="minmax", resample=resample,
+                    eval_grid="protocol", eval_shape=(72, 144, 144) if _kind(dataset) == "amos" else None, overlap=0.75,
+                    stride=(16, 32, 32), sw_mode="constant", fusion="softmax", distance_unit="voxel", empty_rule="dhc",
+                    patch=(64, 128, 128))
 
 
 @register_protocol("ga")
 def ga_protocol(dataset: str | None = None) -> Protocol:
     """GALoss/TAK's pipeline: clip [-125, 275] / 400, native grid, 96^3 patches, evaluation at 80x160x160 in voxels."""
-    return Protocol(name="ga", version="1", window=(-125.0, 275.0), norm="window", resample=None,
-                    eval_grid="protocol", eval_shape=(80, 160, 160), overlap=1 - 16 / 96, sw_mode="constant",
-                    distance_unit="voxel", empty_rule="dhc", patch=(96, 96, 96))
+    return Protocol(name="ga", version="2", window=(-125.0, 275.0), norm="window", resample=None,
+                    eval_grid="protocol", eval_shape=(80, 160, 160), overlap=1 - 16 / 96, stride=(16, 32, 32), sw_mode="constant",
+                    fusion="softmax", distance_unit="voxel", empty_rule="dhc", patch=(96, 96, 96))

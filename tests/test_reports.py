@@ -136,7 +136,6 @@ def _designed(root: Path, n_cases: int = 12, seeds: int = 5) -> None:
 
 
 def test_case_level_significance_with_direction_and_holm(tmp_path):
-    from reports.stats import signed_rank_p
 
     _designed(tmp_path)
     table = build_table(collect(tmp_path))

@@ -15,6 +15,7 @@ from bench.cli import main
 from bench.core.errors import UserError
 from bench.core.protocol import Protocol, nearest_source_index, resize
 from bench.core.records import SCHEMA_VERSION, MetricsRecord, read_record, write_record
+from bench.core.registry import PROTOCOLS
 from bench.core.scoring import score_case
 from datasets.splits import Split, published_split
 
@@ -153,3 +154,55 @@ def test_report_refuses_a_future_record_in_one_line(tmp_path, capsys):
     assert main(["report", "--runs", str(tmp_path / "runs"), "--no-figures"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "schema_version 99" in err
+
+
+@pytest.mark.parametrize("protocol,patch,shape,windows", [
+    ("ga", (96, 96, 96), (128, 256, 256), 3 * 6 * 6),      # stride 16 along D, 32 in-plane (TAK's test)
+    ("dhc", (64, 128, 128), (80, 256, 256), 2 * 5 * 5),    # stride 16 along D, 32 in-plane (DHC test.py)
+    ("default", (32, 64, 64), (40, 80, 80), 2 * 2 * 2),    # ours: overlap 0.5
+])
+def test_protocol_windows_counted(protocol, patch, shape, windows):
+    """The released tests step 16 voxels along D and 32 in-plane: ceil((n - p) / s) + 1 windows per
+    axis. One overlap 1 - 16/96 on every axis made MONAI step 15 (4 x 12 x 12 = 576 windows here)."""
+    import torch
+
+    from bench.inference import predict_volume
+
+    proto = PROTOCOLS.get(protocol)("synapse")
+    seen = []
+
+    def net(x):
+        seen.append(x.shape[0])
+        return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+    predict_volume(net, np.zeros(shape, np.float32), patch, proto.window_overlap(patch), torch.device("cpu"),
+                   mode=proto.sw_mode, sw_batch_size=4, fusion=proto.fusion)
+    assert sum(seen) == windows
+
+
+def test_softmax_fusion_differs_from_logit_fusion():
+    """Two windows overlapping along W. Window A's logits (2, 0, -10), window B's (0, 1.5, 10):
+    mean logits (1, 0.75, 0) pick class 0 in the overlap; mean softmax probabilities
+    ((0.881, 0.119, 0) + (0, 0, 1)) / 2 pick class 2 (the released tests average softmax)."""
+    import torch
+
+    from bench.inference import predict_volume
+
+    logits = [torch.tensor([2.0, 0.0, -10.0]), torch.tensor([0.0, 1.5, 10.0])]
+
+    def net(x):
+        out = torch.empty(x.shape[0], 3, *x.shape[2:])
+        for i in range(x.shape[0]):
+            out[i] = logits[net.calls % 2][:, None, None, None]
+            net.calls += 1
+        return out
+
+    vol = np.zeros((16, 16, 24), np.float32)
+    res = {}
+    for fusion in ("logits", "softmax"):
+        net.calls = 0
+        res[fusion] = predict_volume(net, vol, (16, 16, 16), (0.0, 0.0, 0.5), torch.device("cpu"), mode="constant",
+                                     sw_batch_size=1, fusion=fusion)
+    for r in res.values():  # outside the overlap each window decides alone
+        assert (r[..., :8] == 0).all() and (r[..., 16:] == 2).all()
+    assert (res["logits"][..., 8:16] == 0).all() and (res["softmax"][..., 8:16] == 2).all()

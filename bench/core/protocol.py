@@ -21,6 +21,8 @@ class Protocol:
     ``eval_grid``: ``"native"`` (the prediction is brought back to the label's own grid) or
     ``"protocol"`` (the ground truth is resized to the protocol grid, or to ``eval_shape``).
     ``empty_rule``: ``"nan"`` (ours) or ``"dhc"`` (0 / 128 and both-empty = 1).
+    ``stride`` / ``fusion``: test-time sliding window (per-axis stride in voxels; fusion of
+    overlapping windows: averaged logits or averaged softmax probabilities).
     """
 
     name: str
@@ -31,7 +33,13 @@ class Protocol:
     eval_grid: str = "native"
     eval_shape: tuple[int, int, int] | None = None
     overlap: float = 0.5
+    #: test-time window stride in voxels per axis (D, H, W), as the released pipelines give it;
+    #: overrides ``overlap`` when set
+    stride: tuple[int, int, int] | None = None
     sw_mode: str = "gaussian"
+    #: how overlapping windows are fused: "logits" (ours) or "softmax" (DHC, GALoss, TAK average
+    #: softmax probabilities)
+    fusion: str = "logits"
     distance_unit: str = "mm"
     empty_rule: str = "nan"
     patch: tuple[int, int, int] | None = None  # the published patch (informative; configs set it)
@@ -110,6 +118,14 @@ class Protocol:
             sp = (1.0, 1.0, 1.0)
         return p, g, sp
 
+    def window_overlap(self, patch) -> float | tuple[float, ...]:
+        """The overlap to give MONAI's sliding window for ``patch``: per axis where the protocol
+        has a stride (MONAI's step is ``int(patch * (1 - overlap))``, so 1 - stride / patch
+        computed in floats can land one voxel short: 1 - 16/96 gives 15), else ``overlap``."""
+        if self.stride is None:
+            return self.overlap
+        return tuple(max(0.0, 1.0 - (s + 0.5) / p) if s < p else 0.0 for s, p in zip(self.stride, patch))
+
     def describe(self) -> dict:
         return {
             "name": self.name,
@@ -120,7 +136,9 @@ class Protocol:
             "eval_grid": self.eval_grid,
             "eval_shape": None if self.eval_shape is None else list(self.eval_shape),
             "overlap": self.overlap,
+            "stride": None if self.stride is None else list(self.stride),
             "sw_mode": self.sw_mode,
+            "fusion": self.fusion,
             "distance_unit": self.distance_unit,
             "empty_rule": self.empty_rule,
             "patch": None if self.patch is None else list(self.patch),
