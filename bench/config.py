@@ -52,6 +52,9 @@ class TrainConfig:
     weight_decay: float = setting(1e-4, ge=0.0)
     nesterov: bool = True
     poly_power: float = setting(0.9, ge=0.0)
+    #: horizon of the poly decay lr (1 - step / horizon)^power, in iterations; 0 = the run's
+    #: length (decay to 0 at the end). TAK and GALoss decay over 70,000 and stop earlier.
+    lr_horizon: int = setting(0, ge=0)
     labeled_bs: int = setting(2, ge=1)
     unlabeled_bs: int = setting(2, ge=0)
     patch: tuple[int, int, int] = (32, 64, 64)

@@ -70,8 +70,9 @@ class RunSpec:
     save_predictions: bool = False
 
 
-def poly_lr(base: float, step: int, total: int, power: float) -> float:
-    return base * (1.0 - step / total) ** power
+def poly_lr(base: float, step: int, horizon: int, power: float) -> float:
+    """``base * (1 - step / horizon) ** power``, 0 from the horizon on."""
+    return base * max(0.0, 1.0 - step / horizon) ** power
 
 
 def seed_everything(seed: int) -> None:
@@ -264,7 +265,7 @@ class Trainer:
         try:
             while self.step < stop:
                 step = self.step
-                lr = poly_lr(t.lr, step, t.iterations, t.poly_power)
+                lr = poly_lr(t.lr, step, t.lr_horizon or t.iterations, t.poly_power)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 torch.manual_seed(_step_seed(spec.seed, step))

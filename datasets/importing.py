@@ -34,7 +34,7 @@ from bench.core.store import cache_root, read_json
 from datasets.base import Dataset, DatasetWriter
 from datasets.nifti import as_label, read_nifti, same_grid, source_affine
 
-IMPORT_VERSION = 2  # 2: dataset.json keeps each source image's affine (predictions are written back onto it)
+IMPORT_VERSION = 2  # 2: dataset.json keeps each source image's affine; DHC npy arrays are no longer transposed
 LABEL_MAP_DIR = Path(__file__).parent / "label_maps"
 
 

@@ -5,9 +5,10 @@
 * BTCV RawData: ``img/img0001.nii.gz`` + ``label/label0001.nii.gz`` (also found under
   ``Training/`` or ``RawData/Training/``); case ids ``0001``...;
 * DHC's preprocessed npy: ``npy/0001_image.npy`` + ``npy/0001_label.npy`` (or those files in
-  the root). These arrays are nibabel's stored voxel order (i, j, k) without a header: they
-  are transposed to (D, H, W) = (k, j, i) and, lacking spacing, get 1 mm (distances are then
-  in voxels, as DHC reports them). Prefer the RawData layout for the ``default`` protocol.
+  the root). DHC writes them from SimpleITK arrays, which are already (z, y, x) = (D, H, W):
+  they are used as stored (no transpose; the in-plane axes are the last two, which the
+  ``dhc`` protocol halves) and, lacking spacing, get 1 mm (distances are then in voxels, as
+  DHC reports them). Prefer the RawData layout for the ``default`` protocol.
 
 Labels: the 13 BTCV organs in BTCV order (the 8-organ "Synapse" subset is a table choice, not
 a different dataset). The default partition is the DHC / GenericSSL one (20 train, 4 eval,
@@ -29,7 +30,7 @@ from datasets.splits import published_split
 
 
 class NpyArray:
-    """Callable loading a DHC npy array as (D, H, W) with 1 mm spacing."""
+    """Callable loading a DHC npy array, already (D, H, W) = SimpleITK's (z, y, x), with 1 mm spacing."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -41,7 +42,7 @@ class NpyArray:
             raise UserError(f"{self.path} is not a readable .npy array ({type(e).__name__}); re-run DHC's preprocessing")
         if a.ndim != 3:
             raise UserError(f"{self.path} has {a.ndim} dimensions; expected a 3D volume")
-        return np.ascontiguousarray(a.transpose(2, 1, 0)), (1.0, 1.0, 1.0)
+        return np.ascontiguousarray(a), (1.0, 1.0, 1.0)
 
 
 def synapse_cases(root: Path) -> tuple[list[SourceCase], str]:

@@ -18,6 +18,7 @@ constructs it with 0.9 - set ``--set thresh_major=0.9`` to match that script.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,7 @@ class Adsh(CoTraining):
 
     @dataclass
     class Hparams(CoTraining.Hparams):
+        init_b: Literal["kaiming", "xavier", "default"] = "xavier"  # DHC initialises its network B with Xavier-normal
         thresh_major: float = setting(0.95, ge=0.0, le=1.0)
         bank: int = setting(0, ge=0)  # images per calibration; 0 = a quarter of the unlabeled cases (DHC)
 

@@ -17,6 +17,7 @@ B's bank starts as a copy of A's random initial confidences.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,7 @@ class CLD(CoTraining):
 
     @dataclass
     class Hparams(CoTraining.Hparams):
+        init_b: Literal["kaiming", "xavier", "default"] = "xavier"  # DHC initialises its network B with Xavier-normal
         gamma: float = setting(0.5, ge=0.0)
         confs_iter: int = setting(8, ge=1)
         confs_momentum: float = setting(0.999, ge=0.0, le=1.0)

@@ -16,6 +16,7 @@ evaluation mixes Dice scales (1 vs 100 for absent organs) - evaluation here is t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +39,14 @@ class CoTraining(Method):
     class Hparams(BackboneHparams):
         cps_w: float = setting(0.1, ge=0.0)
         cps_rampup: float = setting(1.0, ge=0.0)
+        #: initialisation of network B (network A: ``init``); DHC: Kaiming for both, except Adsh / CLD
+        init_b: Literal["kaiming", "xavier", "default"] = "kaiming"
         weighted_dice: bool = True
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
         self.networks["A"] = build_vnet(ctx, self.hp)
-        self.networks["B"] = build_vnet(ctx, self.hp)
+        self.networks["B"] = build_vnet(ctx, self.hp, self.hp.init_b)
         self.weight_A, self.weight_B = self.make_weighting(ctx)
 
     def make_weighting(self, ctx: MethodContext) -> tuple[Weighting, Weighting]:

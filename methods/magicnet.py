@@ -95,9 +95,10 @@ class MagicNetwork(nn.Module):
     Linear + ReLU per scale, the head's shared projection reused where widths match).
     """
 
-    def __init__(self, num_classes: int, width: int, cube: int, n_cubes: int, prior: torch.Tensor | None, contrast: bool):
+    def __init__(self, num_classes: int, width: int, cube: int, n_cubes: int, prior: torch.Tensor | None, contrast: bool,
+                 init: str = "default"):
         super().__init__()
-        self.backbone = VNet(1, None, width, "instancenorm", dropout=False)
+        self.backbone = VNet(1, None, width, "instancenorm", dropout=False, init=init)
         feat_ch = (4 * width, 8 * width, 16 * width)
         if prior is not None:
             self.head: nn.Module = TextDrivenHead(prior, num_classes, feat_ch, width)
@@ -176,6 +177,9 @@ class StepState:
 class MagicNet(Method):
     """MagicNet: mean teacher with magic-cube partition/recovery, cube location loss and blending."""
 
+    #: the released optimiser: SGD with plain momentum (MagicNet, GALoss and TAK: no Nesterov)
+    train_defaults = {"nesterov": False}
+
     @dataclass
     class Hparams(Method.Hparams):
         cube: int = setting(0, ge=0)
@@ -187,6 +191,9 @@ class MagicNet(Method):
         dist_update_every: int = setting(20, ge=1)
         T_dist: float = setting(1.0, gt=0.0)
         loss: Literal["ga", "dice_ce"] = "dice_ce"
+        #: backbone initialisation: the released MagicNet / GALoss / TAK call no initialiser
+        #: (PyTorch's default; TAK defines a Kaiming init and never calls it)
+        init: Literal["kaiming", "xavier", "default"] = "default"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
@@ -194,7 +201,7 @@ class MagicNet(Method):
         self.n = grid(tuple(ctx.patch_size), self.cube)
         prior = self.build_prior() if self.use_text_head else None
         n_cubes = self.n[0] * self.n[1] * self.n[2]
-        net = MagicNetwork(ctx.num_classes, ctx.width, self.cube, n_cubes, prior, self.use_contrast)
+        net = MagicNetwork(ctx.num_classes, ctx.width, self.cube, n_cubes, prior, self.use_contrast, self.hp.init)
         self.networks["net"] = net
         self.teachers["teacher"] = make_teacher(net)
         #: running class distribution of the pseudo-labels (blending weights)

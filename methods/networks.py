@@ -50,6 +50,10 @@ class VNet(nn.Module):
         n_filters: base width (DHC 32, MagicNet/TAK 16; CPU presets use less).
         normalization: ``batchnorm`` (DHC), ``instancenorm`` (MagicNet/TAK), ``groupnorm``, ``none``.
         dropout: Dropout3d(0.5) on the bottleneck and the last decoder map, in training.
+        init: weights of every (transposed) convolution: ``kaiming`` (Kaiming-normal, zero
+            biases: DHC's network A, SSL4MIS), ``xavier`` (Xavier-normal, zero biases: DHC's
+            network B of Adsh / CLD) or ``default`` (PyTorch's own: MagicNet, GALoss, TAK call
+            no initialiser).
 
     Shapes: input (B, in_channels, D, H, W) with D, H, W divisible by 16; output
     (B, num_classes, D, H, W). :meth:`encode` returns the five encoder maps
@@ -63,6 +67,7 @@ class VNet(nn.Module):
         n_filters: int = 16,
         normalization: str = "batchnorm",
         dropout: bool = False,
+        init: str = "kaiming",
     ):
         super().__init__()
         n = n_filters
@@ -89,11 +94,8 @@ class VNet(nn.Module):
         )
         self.dropout = nn.Dropout3d(p=0.5)
         self.out_conv = nn.Conv3d(n, num_classes, 1) if num_classes else None
-        for m in self.modules():
-            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-                nn.init.kaiming_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self, init)
+
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -126,3 +128,20 @@ class VNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.decode(self.encode(x))
         return self.out_conv(y) if self.out_conv is not None else y
+
+
+INITS = ("kaiming", "xavier", "default")
+
+
+def init_weights(net: nn.Module, init: str) -> None:
+    """Re-initialise every (transposed) 3D convolution of ``net`` (see :class:`VNet`)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, not {init!r}")
+    if init == "default":
+        return
+    fn = nn.init.kaiming_normal_ if init == "kaiming" else nn.init.xavier_normal_
+    for m in net.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            fn(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -24,10 +24,12 @@ class BackboneHparams(Method.Hparams):
 
     normalization: Literal["batchnorm", "instancenorm", "groupnorm", "none"] = "batchnorm"
     dropout: bool = False
+    #: backbone initialisation (``methods.networks.VNet``): DHC and SSL4MIS use Kaiming-normal
+    init: Literal["kaiming", "xavier", "default"] = "kaiming"
 
 
-def build_vnet(ctx: MethodContext, hp: BackboneHparams) -> VNet:
-    return VNet(ctx.in_channels, ctx.num_classes, ctx.width, hp.normalization, hp.dropout)
+def build_vnet(ctx: MethodContext, hp: BackboneHparams, init: str | None = None) -> VNet:
+    return VNet(ctx.in_channels, ctx.num_classes, ctx.width, hp.normalization, hp.dropout, init or hp.init)
 
 
 @register_method("supervised")

@@ -40,10 +40,10 @@ class PyramidVNet(nn.Module):
     """V-Net with deep-supervision heads: training forward returns [out_1, out_1/2, out_1/4,
     out_1/8], each (B, C, D, H, W) at full size; eval forward returns out_1 only."""
 
-    def __init__(self, ctx: MethodContext, normalization: str = "batchnorm"):
+    def __init__(self, ctx: MethodContext, normalization: str = "batchnorm", init: str = "kaiming"):
         super().__init__()
         n = ctx.width
-        self.vnet = VNet(ctx.in_channels, None, n, normalization, dropout=False)
+        self.vnet = VNet(ctx.in_channels, None, n, normalization, dropout=False, init=init)
         self.heads = nn.ModuleList([nn.Conv3d(ch, ctx.num_classes, 1) for ch in (8 * n, 4 * n, 2 * n, n)])
         self.drops = nn.ModuleList([nn.Dropout3d(p) for p in DROPOUT])
 
@@ -82,7 +82,7 @@ class URPC(Method):
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
-        self.networks["net"] = PyramidVNet(ctx, self.hp.normalization)
+        self.networks["net"] = PyramidVNet(ctx, self.hp.normalization, self.hp.init)
 
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
         n_l = labeled["image"].shape[0]

@@ -150,12 +150,16 @@ def test_synapse_rawdata_and_published_splits(tmp_path):
 
 
 def test_synapse_dhc_npy_layout(tmp_path):
+    """DHC's npy files come from SimpleITK: (z, y, x) with few slices and large slices. They are
+    used as stored, so the dhc protocol halves the two in-plane axes, not the slice axis."""
     (tmp_path / "npy").mkdir()
+    zyx = np.arange(4 * 12 * 10, dtype=np.float32).reshape(4, 12, 10)  # 4 slices of 12 x 10
     for cid in ("0001", "0002"):
-        np.save(tmp_path / "npy" / f"{cid}_image.npy", np.zeros((8, 6, 4), np.float32))
-        np.save(tmp_path / "npy" / f"{cid}_label.npy", np.ones((8, 6, 4), np.int8))
+        np.save(tmp_path / "npy" / f"{cid}_image.npy", zyx)
+        np.save(tmp_path / "npy" / f"{cid}_label.npy", np.ones((4, 12, 10), np.int8))
     ds = DATASETS.get("synapse")(data_root=str(tmp_path))
-    assert ds.load_image("0001").shape == (4, 6, 8) and ds.spacing("0001") == (1.0, 1.0, 1.0)
+    assert np.array_equal(ds.load_image("0001"), zyx) and ds.spacing("0001") == (1.0, 1.0, 1.0)
+    assert PROTOCOLS.get("dhc")("synapse").grid_shape(ds.load_image("0001").shape) == (4, 6, 5)
 
 
 def test_amos_layout_and_modality_option(tmp_path):
