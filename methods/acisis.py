@@ -6,7 +6,7 @@ student learns the teacher's argmax on the unlabeled images through a voxel-samp
 sampling rate of each class comes from three indicators measured on the labeled batch and
 accumulated over ``update_iter`` steps (DHC: one epoch = unlabeled cases / unlabeled batch):
 
-* entropy-like  e_c = mean over voxels of class c of  p_c Σ_k log p_k  (the released formula),
+* entropy-like  e_c = mean over voxels of class c of  p_c Σ_k log p_k,
 * confidence    q_c = mean p_c on voxels of class c,
 * variance      v_c = mean (max_k p_k - p_c) on voxels of class c.
 
@@ -19,8 +19,11 @@ enters an EMA (momentum 0.99, from 0) and the sampling rate is
 is kept with that class's rate, and its CE weight is ``max_k p_k^1.5``; the masked CE is
 averaged over all voxels. Supervision: DHC's Dice + CE (``methods.losses.dhc_dc_ce_loss``).
 
-Deviation: DHC passes the epoch, not the step, to the EMA warm start (so its teacher copies the
-student for the whole first epoch); the step is used here, as in SSL4MIS.
+The indicators are computed per image. DHC's ``record_data`` multiplies (B, D, H, W) maps by a
+(B, 1, D, H, W) label mask, which broadcasts to (B, B, ...): every image is paired with every
+label map and the sums grow about B-fold (a released bug; ``--set released_acisis_broadcast=true``
+reproduces it). Deviation: DHC passes the epoch, not the step, to the EMA warm start (so its
+teacher copies the student for the whole first epoch); the step is used here, as in SSL4MIS.
 """
 
 from __future__ import annotations
@@ -56,23 +59,29 @@ class ClassIndicators(RunningState):
     """Accumulates the three per-class indicators on labeled batches; every ``update_iter``
     records it refreshes the sampling rate (see module docstring)."""
 
-    def __init__(self, num_classes: int, update_iter: int, momentum: float = 0.99, top_m: int = 12, lam: float = 2.5):
+    def __init__(self, num_classes: int, update_iter: int, momentum: float = 0.99, top_m: int = 12, lam: float = 2.5,
+                 released_broadcast: bool = False):
         self.num_classes, self.update_iter, self.momentum, self.top_m, self.lam = num_classes, max(1, update_iter), momentum, top_m, lam
+        self.released_broadcast = released_broadcast
         self.sums = torch.zeros(3, num_classes)
         self.records = 0
         self.cc = torch.zeros(num_classes)
         self.rate = torch.ones(num_classes)
 
     def record(self, logits: torch.Tensor, label: torch.Tensor) -> None:
+        """Add one labeled batch: logits (B, C, D, H, W), label (B, D, H, W)."""
         c = self.num_classes
-        p = torch.softmax(logits.detach().float(), 1).movedim(1, -1).reshape(-1, c)
         lab = label.reshape(-1).long()
-        pc = p.gather(1, lab[:, None])[:, 0]
-        ent = pc * torch.log(p + 1e-12).sum(1)
-        var = p.max(1).values - pc
         n = torch.bincount(lab, minlength=c)[:c].double() + 1e-12
-        for row, v in enumerate((ent, pc, var)):
-            self.sums[row] += (torch.zeros(c, dtype=torch.float64, device=p.device).index_add_(0, lab, v.double()).cpu() / n.cpu()).float()
+        if self.released_broadcast:
+            self._record_broadcast(logits, label, n)
+        else:
+            p = torch.softmax(logits.detach().float(), 1).movedim(1, -1).reshape(-1, c)
+            pc = p.gather(1, lab[:, None])[:, 0]
+            ent = pc * torch.log(p + 1e-12).sum(1)
+            var = p.max(1).values - pc
+            for row, v in enumerate((ent, pc, var)):
+                self.sums[row] += (torch.zeros(c, dtype=torch.float64, device=p.device).index_add_(0, lab, v.double()).cpu() / n.cpu()).float()
         self.records += 1
         if self.records == self.update_iter:
             r = torch.softmax(self.sums / self.records, dim=1)
@@ -83,6 +92,20 @@ class ClassIndicators(RunningState):
             self.rate = (rate / (rate.max() + 1e-12)) ** self.lam
             self.sums.zero_()
             self.records = 0
+
+
+    def _record_broadcast(self, logits: torch.Tensor, label: torch.Tensor, n: torch.Tensor) -> None:
+        """DHC's sums: sum over image pairs (b, b') of image b's map times image b''s class-c
+        mask, i.e. per voxel (sum over images of the map) x (number of images labelled c there)."""
+        c = self.num_classes
+        b = logits.shape[0]
+        p = torch.softmax(logits.detach().float(), 1).movedim(1, -1).reshape(b, -1, c).double()  # (B, V, C)
+        masks = torch.nn.functional.one_hot(label.reshape(b, -1).long(), c).double().sum(0)  # (V, C)
+        ent = (p * torch.log(p + 1e-12).sum(-1, keepdim=True)).sum(0)  # (V, C): sum_b p_bc sum_k log p_bk
+        conf = p.sum(0)
+        var = (p.max(-1, keepdim=True).values - p).sum(0)
+        for row, v in enumerate((ent, conf, var)):
+            self.sums[row] += ((v * masks).sum(0).cpu() / n.cpu()).float()
 
 
 def sampling_weights(logits: torch.Tensor, rate: torch.Tensor, beta: float = 1.5) -> torch.Tensor:
@@ -104,11 +127,14 @@ class ACISIS(MeanTeacher):
         beta: float = 1.5
         indicator_momentum: float = setting(0.99, ge=0.0, le=1.0)
         update_iter: int = setting(0, ge=0)  # 0 = one epoch of unlabeled batches (DHC)
+        #: DHC's record_data pairs every image with every label map (a released bug, see the module docstring)
+        released_acisis_broadcast: bool = False
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
         it = self.hp.update_iter or max(1, ctx.n_unlabeled // 2)
-        self.indicators = ClassIndicators(ctx.num_classes, it, self.hp.indicator_momentum, self.hp.top_m, self.hp.lam)
+        self.indicators = ClassIndicators(ctx.num_classes, it, self.hp.indicator_momentum, self.hp.top_m, self.hp.lam,
+                                          self.hp.released_acisis_broadcast)
 
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
         student, teacher = self.networks["net"], self.teachers["teacher"]

@@ -60,8 +60,27 @@ def cubes_of(x: torch.Tensor, cube: int) -> torch.Tensor:
     return t.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, nd * nh * nw, c, cube, cube, cube)
 
 
-def unmix_cubes(cubes: torch.Tensor, n: tuple[int, int, int]) -> torch.Tensor:
-    """Inverse of :func:`cubes_of` at any scale: (B, N, C, s, s, s) -> (B, C, n_d s, n_h s, n_w s)."""
+def released_order(n: tuple[int, int, int]) -> torch.Tensor:
+    """The cube list index the released ``unmix_tensor`` puts at each grid position.
+
+    The released ``get_patch_list`` lists cubes with the last axis innermost (as
+    :func:`cubes_of`), but ``unmix_tensor`` reads position (i, j, k) from index
+    ``i + n_0 j + n_0 n_1 k``: the recovery transposes the cube grid (first <-> last axis), and
+    only cubes with i == k land in place (9 of 27 on a 3x3x3 grid).
+    """
+    nd, nh, nw = n
+    i, j, k = torch.meshgrid(torch.arange(nd), torch.arange(nh), torch.arange(nw), indexing="ij")
+    return (i + nd * j + nd * nh * k).reshape(-1)
+
+
+def unmix_cubes(cubes: torch.Tensor, n: tuple[int, int, int], released_order_: bool = False) -> torch.Tensor:
+    """Inverse of :func:`cubes_of` at any scale: (B, N, C, s, s, s) -> (B, C, n_d s, n_h s, n_w s).
+
+    ``released_order_``: recover as the released MagicNet / GALoss / TAK code does (transposed
+    grid, see :func:`released_order`) instead of inverting :func:`cubes_of`.
+    """
+    if released_order_:
+        cubes = cubes[:, released_order(n).to(cubes.device)]
     b, _, c, sd, sh, sw = cubes.shape
     nd, nh, nw = n
     t = cubes.reshape(b, nd, nh, nw, c, sd, sh, sw).permute(0, 4, 1, 5, 2, 6, 3, 7)

@@ -194,6 +194,17 @@ class MagicNet(Method):
         #: backbone initialisation: the released MagicNet / GALoss / TAK call no initialiser
         #: (PyTorch's default; TAK defines a Kaiming init and never calls it)
         init: Literal["kaiming", "xavier", "default"] = "default"
+        #: who decodes the unlabeled cubes into the cube-wise pseudo-label: the released MagicNet
+        #: and GALoss call get_mix_pl(model, ...) (the student); TAK passes its EMA teacher
+        pl_source: Literal["student", "teacher"] = "student"
+        #: the released recovery of a cube list transposes the cube grid (methods/cube_mixing.py,
+        #: released_order); ours inverts the partition
+        released_cube_order: bool = False
+        #: consistency ramp: 0 = over ``consistency_rampup`` x the run (MagicNet); n > 0 = the
+        #: GALoss / TAK form sigmoid_rampup(step // n, consistency_rampup_epochs) (GALoss: n = 350;
+        #: -1 = one epoch of unlabeled batches, TAK's epoch_num)
+        consistency_epoch: int = setting(0, ge=-1)
+        consistency_rampup_epochs: float = setting(200.0, gt=0.0)
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
@@ -230,7 +241,22 @@ class MagicNet(Method):
         return F.cross_entropy(logits.float(), target.long())
 
     def consistency_weight(self, step: int) -> float:
-        return self.hp.consistency * sigmoid_rampup(step, self.hp.consistency_rampup * self.ctx.iterations)
+        if self.hp.consistency_epoch == 0:
+            return self.hp.consistency * sigmoid_rampup(step, self.hp.consistency_rampup * self.ctx.iterations)
+        epoch = self.hp.consistency_epoch if self.hp.consistency_epoch > 0 else max(1, self.ctx.n_unlabeled // 2)
+        return self.hp.consistency * sigmoid_rampup(step // epoch, self.hp.consistency_rampup_epochs)
+
+    def unmix_cubes(self, cubes: torch.Tensor) -> torch.Tensor:
+        """Recovery of a cube list (B, N, C, s, s, s) -> (B, C, D', H', W') (released order on request)."""
+        return unmix_cubes(cubes, self.n, self.hp.released_cube_order)
+
+    def pl_cube_indices(self, n_l: int, b: int) -> range:
+        """Batch indices whose cubes give the unlabeled images' cube-wise pseudo-labels."""
+        return range(n_l, b)
+
+    def pl_class_embedding(self, net, teacher, class_emb):
+        """The class embedding the pseudo-label head uses (None without a text head)."""
+        return (teacher if self.hp.pl_source == "teacher" else net).class_embedding()
 
     # -- the step ---------------------------------------------------------------------------
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
@@ -276,8 +302,8 @@ class MagicNet(Method):
             loc_loss = loc_loss + F.nll_loss(F.log_softmax(net.fc(f[4].flatten(1)).float(), 1), loc_target)
         loc_loss = loc_loss / b
         dec_local = torch.stack([net.decode(cube_feats[i]) for i in range(n_l)])
-        feat_local = [unmix_cubes(torch.stack([cube_feats[i][s] for i in range(n_l)]), self.n) for s in range(5)]
-        pred_local = net.segment(feat_local, unmix_cubes(dec_local, self.n), class_emb)
+        feat_local = [self.unmix_cubes(torch.stack([cube_feats[i][s] for i in range(n_l)])) for s in range(5)]
+        pred_local = net.segment(feat_local, self.unmix_cubes(dec_local), class_emb)
         sup_local = self.dice(torch.softmax(pred_local.float(), 1), y)
         sup = (sup_ce + sup_dice + sup_unmix + sup_local) / 4
 
@@ -286,12 +312,13 @@ class MagicNet(Method):
         with torch.no_grad():
             if step > self.hp.dist_warmup:
                 w = self.class_dist.weights(self.hp.T_dist).to(x.device)[pseudo][:, None]  # (B_u, 1, D, H, W)
-                t_emb = teacher.class_embedding()
+                pl_net = teacher if self.hp.pl_source == "teacher" else net
+                emb = self.pl_class_embedding(net, teacher, class_emb)
                 pl = []
-                for i in range(n_l, b):
+                for i in self.pl_cube_indices(n_l, b):
                     f = [t.detach() for t in cube_feats[i]]
-                    pl.append(teacher.segment(f, teacher.decode(f), t_emb).float())
-                unmix_pl = unmix_cubes(torch.stack(pl), self.n)
+                    pl.append(pl_net.segment(f, pl_net.decode(f), emb).float())
+                unmix_pl = self.unmix_cubes(torch.stack(pl))
                 blended = torch.softmax((1 - w) * t_logits + w * unmix_pl, 1)
                 mix_entropy = -(blended * torch.log(blended + 1e-6)).sum(1, keepdim=True)
                 target = blended.argmax(1)
@@ -342,3 +369,11 @@ class GA(MagicNet):
     @dataclass
     class Hparams(MagicNet.Hparams):
         loss: Literal["ga", "dice_ce"] = "ga"
+        #: GALoss: consistency 0.1 sigmoid_rampup(iter // 350, 200) (never above ~0.0056 in its 17k iterations)
+        consistency_epoch: int = setting(350, ge=-1)
+        #: GALoss' get_mix_pl decodes the first unlabeled_bs images' cubes - the labeled ones - for
+        #: the unlabeled images' pseudo-labels (a released bug; ours takes the unlabeled cubes)
+        released_galoss_mix_pl: bool = False
+
+    def pl_cube_indices(self, n_l: int, b: int) -> range:
+        return range(0, b - n_l) if self.hp.released_galoss_mix_pl else range(n_l, b)

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.contrastive import voxel_text_contrastive
-from methods.cube_mixing import unmix, unmix_cubes
+from methods.cube_mixing import unmix
 from methods.magicnet import GA, MagicNet, StepState
 from methods.ramps import sigmoid_rampup
 
@@ -64,6 +65,14 @@ class TAK(GA):
         entropy_rampup: float = setting(0.625, ge=0.0)
         sample_num: int = setting(10, ge=1)
         temperature: float = setting(0.07, gt=0.0)
+        #: TAK's get_mix_pl(ema_model, unlabeled cube features, clip_embedding): the teacher decodes...
+        pl_source: Literal["student", "teacher"] = "teacher"
+        #: ... with the student's class embedding (``teacher``: the teacher's own)
+        pl_class_embedding: Literal["student", "teacher"] = "student"
+        #: TAK ramps the consistency by epoch_num over 200 epochs (161 are run)
+        consistency_epoch: int = setting(-1, ge=-1)
+        #: TAK takes GALoss' get_mix_pl fixed (the unlabeled cubes); no such switch here
+        released_galoss_mix_pl: bool = False
 
     def __init__(self, ctx, **hparams):
         # with text_head=False and contrast_weight=0, TAK builds exactly GA's networks and losses
@@ -79,6 +88,11 @@ class TAK(GA):
             raise ValueError(f"prior has {prior.shape[0]} rows for {self.ctx.num_classes} classes")
         return prior
 
+    def pl_class_embedding(self, net, teacher, class_emb):
+        if not self.use_text_head:
+            return None
+        return class_emb.detach() if self.hp.pl_class_embedding == "student" else teacher.class_embedding()
+
     def entropy_threshold(self, step: int) -> float:
         return math.log(2) * (0.75 + 0.25 * sigmoid_rampup(step, self.hp.entropy_rampup * self.ctx.iterations))
 
@@ -93,7 +107,7 @@ class TAK(GA):
         for s, proj in enumerate(net.voxel_proj):
             full = proj(feats[2 + s])
             rec = unmix(proj(mfeats[2 + s]), ind)
-            cube = unmix_cubes(torch.stack([proj(cube_feats[i][2 + s]) for i in range(b)]), self.n)
+            cube = self.unmix_cubes(torch.stack([proj(cube_feats[i][2 + s]) for i in range(b)]))
             # labeled-derived maps first, then unlabeled-derived (TAK's organized_idx)
             vox.append(torch.cat([full[:n_l], rec[:n_l], cube[:n_l], full[n_l:], rec[n_l:], cube[n_l:]]))
         thr = self.entropy_threshold(step)

@@ -1,0 +1,120 @@
+"""Faithful by default: the released settings each method declares, and every switch to a
+released behaviour changes what it says (docs/fidelity.md lists them)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.core.registry import METHODS
+from bench.runner import RunRequest, dry_run
+from methods.acisis import ClassIndicators
+from methods.cube_mixing import cubes_of, released_order, unmix_cubes
+from methods.magicnet import GA, MagicNet
+from methods.networks import VNet
+from tests.helpers import random_batch, tiny_context
+
+PATCH = (32, 32, 64)
+
+
+def test_released_optimiser_and_init_in_the_resolved_config():
+    runs = {r["method"]: r for r in dry_run(RunRequest.build({"methods": "magicnet,ga,tak,dhc,adsh,mean_teacher"}))}
+    for m in ("magicnet", "ga", "tak"):
+        assert runs[m]["train"]["nesterov"] is False and runs[m]["hparams"]["init"] == "default"
+    for m in ("dhc", "mean_teacher"):
+        assert runs[m]["train"]["nesterov"] is True and runs[m]["hparams"]["init"] == "kaiming"
+    assert runs["adsh"]["hparams"]["init_b"] == "xavier" and runs["dhc"]["hparams"]["init_b"] == "kaiming"
+    assert all(r["train"]["lr_horizon"] == 0 for r in runs.values())
+    assert runs["ga"]["hparams"]["consistency_epoch"] == 350 and runs["tak"]["hparams"]["pl_source"] == "teacher"
+
+
+def test_init_switch():
+    torch.manual_seed(0)
+    default = VNet(1, 3, 4, init="default")
+    torch.manual_seed(0)
+    kaiming = VNet(1, 3, 4, init="kaiming")
+    w_d, w_k = default.enc[1][0].weight, kaiming.enc[1][0].weight  # a 3x3x3 conv with 8 inputs
+    fan_in = w_k[0].numel()
+    # Kaiming-normal: std sqrt(2 / fan_in); PyTorch's default: uniform(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in)
+    assert w_k.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)
+    assert w_d.std().item() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.1)
+    assert kaiming.enc[1][0].bias.abs().sum() == 0 and default.enc[1][0].bias.abs().sum() > 0
+
+
+def test_lr_horizon_by_hand():
+    from bench.train import poly_lr
+
+    # GALoss: 17,000 of 70,000 iterations -> 0.01 (1 - 17000/70000)^0.9 = 0.0077845
+    assert poly_lr(0.01, 17000, 70000, 0.9) == pytest.approx(0.0077845, rel=1e-4)
+    assert poly_lr(0.01, 600, 600, 0.9) == 0.0 and poly_lr(0.01, 700, 600, 0.9) == 0.0
+
+
+def test_ga_consistency_weight_as_released():
+    ga = GA(tiny_context(patch=PATCH))
+    # 0.1 sigmoid_rampup(17000 // 350 = 48, 200) = 0.1 exp(-5 (1 - 48/200)^2) = 0.00557
+    assert ga.consistency_weight(17000) == pytest.approx(0.1 * math.exp(-5 * (1 - 48 / 200) ** 2))
+    assert ga.consistency_weight(17000) < 0.0056
+    mn = MagicNet(tiny_context(patch=PATCH))  # MagicNet: over the run
+    assert mn.consistency_weight(mn.ctx.iterations) == pytest.approx(0.1)
+
+
+def test_released_cube_order_transposes_the_grid():
+    n = (3, 3, 3)
+    x = torch.arange(27, dtype=torch.float32).reshape(1, 1, 3, 3, 3)
+    cubes = cubes_of(x, 1)  # cube (i, j, k) holds the value 9 i + 3 j + k
+    assert torch.equal(unmix_cubes(cubes, n), x)
+    rel = unmix_cubes(cubes, n, released_order_=True)
+    # the released recovery puts cube (k, j, i) at (i, j, k): the first and last axes swap
+    assert torch.equal(rel, x.permute(0, 1, 4, 3, 2))
+    assert int((rel == x).sum()) == 9  # 9 of 27 cubes land in place (those with i == k)
+    assert released_order(n).tolist()[:3] == [0, 9, 18]
+
+
+def test_released_acisis_broadcast_pairs_images_by_hand():
+    """Two one-voxel images, both labelled class 0; p = (0.8, 0.2) and (0.4, 0.6). Per image the
+    class-0 confidence is (0.8 + 0.4) / 2 = 0.6; DHC's broadcast sums over both label maps:
+    (0.8 + 0.4) x 2 / 2 = 1.2."""
+    logits = torch.log(torch.tensor([[0.8, 0.2], [0.4, 0.6]]))[:, :, None, None, None]
+    label = torch.zeros(2, 1, 1, 1, dtype=torch.long)
+    ours, released = ClassIndicators(2, 10), ClassIndicators(2, 10, released_broadcast=True)
+    ours.record(logits, label)
+    released.record(logits, label)
+    assert ours.sums[1, 0].item() == pytest.approx(0.6, abs=1e-5)
+    assert released.sums[1, 0].item() == pytest.approx(1.2, abs=1e-5)
+    # the entropy-like indicator doubles as well: sum_b p_b0 sum_k log p_bk, twice, over n = 2
+    e = [0.8 * (math.log(0.8) + math.log(0.2)), 0.4 * (math.log(0.4) + math.log(0.6))]
+    assert ours.sums[0, 0].item() == pytest.approx(sum(e) / 2, abs=1e-5)
+    assert released.sums[0, 0].item() == pytest.approx(sum(e), abs=1e-5)
+
+
+def _unsup(name: str, patch=PATCH, **hp) -> float:
+    """The consistency loss of one step past the pseudo-label warm-up, with a teacher that
+    differs from the student (so that student- and teacher-made pseudo-labels differ) and the
+    blending weight at 1 (the target is then the cube-wise pseudo-label alone)."""
+    ctx = tiny_context(patch=patch, priors=lambda: torch.randn(2 * 14, 16, generator=torch.Generator().manual_seed(1)))
+    torch.manual_seed(0)
+    m = METHODS.get(name)(ctx, dist_warmup=0, contrast_weight=0.0, **hp) if name == "tak" else METHODS.get(name)(ctx, dist_warmup=0, **hp)
+    with torch.no_grad():
+        for p in m.teachers["teacher"].parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    m.class_dist.counts = torch.ones(ctx.num_classes)  # blending weight 1: the target is the cube-wise pseudo-label
+    labeled, unlabeled = random_batch(ctx)
+    torch.manual_seed(1)
+    return float(m.training_step(labeled, unlabeled, 5).parts["unsup"])
+
+
+@pytest.mark.parametrize("name,switch,patch", [
+    ("magicnet", {"pl_source": "teacher"}, PATCH),
+    ("ga", {"released_galoss_mix_pl": True}, PATCH),
+    ("ga", {"released_cube_order": True}, (64, 32, 64)),  # a 2x1x2 cube grid: the transposition moves cubes
+    ("tak", {"pl_class_embedding": "teacher"}, PATCH),
+])
+def test_pseudo_label_switches_change_the_consistency_target(name, switch, patch):
+    assert _unsup(name, patch) != pytest.approx(_unsup(name, patch, **switch), rel=1e-6)
+
+
+def test_galoss_mix_pl_takes_the_labeled_cubes():
+    ga, fixed = GA(tiny_context(patch=PATCH), released_galoss_mix_pl=True), GA(tiny_context(patch=PATCH))
+    assert list(ga.pl_cube_indices(2, 4)) == [0, 1] and list(fixed.pl_cube_indices(2, 4)) == [2, 3]
