@@ -1,8 +1,9 @@
 """Run claims: a lock file per run folder so that workers sharing a results directory never
 train the same run twice.
 
-``claim(dir)`` creates ``dir/.claim`` with O_CREAT | O_EXCL (atomic on local and NFS v3+
-filesystems) holding host, pid and time. A claim is stale - and is taken over - when its owner
+``claim(dir)`` writes host, pid and time to a temporary file and hard-links it to
+``dir/.claim`` (``link`` fails if the claim exists: atomic on local and NFS filesystems), so a
+claim never exists without its content. A claim is stale - and is taken over - when its owner
 process is gone (same host) or it has not been refreshed for ``stale_after`` seconds (any
 host; the owner refreshes it at every checkpoint through :func:`touch`).
 """
@@ -34,10 +35,13 @@ def _alive(pid: int) -> bool:
 
 def is_stale(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
     try:
-        info = json.loads(path.read_text())
         age = time.time() - path.stat().st_mtime
+    except OSError:
+        return True  # vanished: not a live claim
+    try:
+        info = json.loads(path.read_text())
     except (OSError, ValueError):
-        return True  # unreadable or vanished: not a live claim
+        return age > 60.0  # unreadable (written by another tool): stale once it is a minute old
     if info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1))):
         return True
     return age > stale_after
@@ -48,22 +52,24 @@ def claim(run_dir: Path, stale_after: float = STALE_AFTER_S) -> bool:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ".claim"
     for _ in range(2):
+        tmp = run_dir / f".claim.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(_owner()))
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             info = _read(path)
             if info.get("host") == socket.gethostname() and info.get("pid") == os.getpid():
                 return True
             if not is_stale(path, stale_after):
                 return False
-            # stale: remove it and retry once (a rival doing the same loses the O_EXCL race)
+            # stale: remove it and retry once (a rival doing the same loses the link race)
             try:
                 path.unlink()
             except FileNotFoundError:
                 pass
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(_owner(), f)
+        finally:
+            tmp.unlink(missing_ok=True)
         return True
     return False
 

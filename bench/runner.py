@@ -27,7 +27,7 @@ from bench.config import (
 from bench.core.errors import UserError
 from bench.core.records import MetricsRecord, read_record
 from bench.core.registry import DATASETS, METHODS, PROTOCOLS
-from bench.core.store import config_hash, is_finished, run_dir
+from bench.core.store import config_hash, inside, is_finished, run_dir, safe_name
 
 
 @dataclass
@@ -91,7 +91,44 @@ def pick_device(name: str):
         raise UserError("--device cuda was asked but no CUDA GPU is visible; use --device cpu or auto")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise UserError(f"--device {name}: choose auto, cpu or cuda")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name; write cpu, cuda or cuda:N")
+
+
+#: a lower bound of a training step's memory per (base width x patch voxel x image in the
+#: batch), in bytes: the lightest methods measured ~74 (mean_teacher, paper preset), TAK ~230
+#: (docs/performance.md, "Peak memory")
+MIN_BYTES_PER_WIDTH_VOXEL_IMAGE = 64
+
+
+def check_memory(name: str, train, device) -> None:
+    """Refuse a patch / width / batch that cannot fit in the machine's memory (a lower bound;
+    the run could still need more)."""
+    import math
+
+    need = MIN_BYTES_PER_WIDTH_VOXEL_IMAGE * train.width * math.prod(train.patch) * (train.labeled_bs + train.unlabeled_bs)
+    have = _available_memory(device)
+    if have and need > have:
+        raise UserError(f"{name}: patch {'x'.join(map(str, train.patch))}, width {train.width}, batch "
+                        f"{train.labeled_bs}+{train.unlabeled_bs} needs at least {need / 2**30:.1f} GB for a training step "
+                        f"(estimate), more than the {have / 2**30:.1f} GB available; use a smaller --set patch=, width= or batch")
+
+
+def _available_memory(device) -> int | None:
+    """Bytes free on ``device`` (MemAvailable on Linux CPUs; the GPU's free memory), or None."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def _git_commit() -> str | None:
@@ -141,7 +178,7 @@ def resolve_split(opts: RunOptions, dataset, out: Path):
     if opts.split:
         path = Path(opts.split)
         if not path.suffix:  # a name: the dataset's split folder, then the published splits
-            path = out / dataset.name / "splits" / f"{opts.split}.json"
+            path = out / safe_name(dataset.name, "dataset name") / "splits" / f"{safe_name(opts.split, 'split name')}.json"
             if not path.exists():
                 from datasets.splits import published_split
 
@@ -157,7 +194,8 @@ def resolve_split(opts: RunOptions, dataset, out: Path):
         if not part.get("train"):
             raise UserError(f"dataset '{dataset.name}' defines no train/eval/test partition; give --split FILE")
         split = draw_split(part["train"], part.get("eval", []), part.get("test", []), fraction, seed=0)
-        path = out / dataset.name / "splits" / f"{split.name}.json"
+        path = inside(out / safe_name(dataset.name, "dataset name") / "splits" / f"{safe_name(split.name, 'split name')}.json",
+                      out, "split file")
         if path.exists():
             stored = Split.load(path)
             if stored.digest() != split.digest():
@@ -175,9 +213,13 @@ def resolve_runs(req: RunRequest) -> tuple[list[tuple[str, Any, MethodSettings]]
     if any(cls.uses_priors for cls in classes.values()):
         _check_priors(opts.prompts, opts.text_encoder)
     parse_shard(req.shard)
+    device = pick_device(req.device)
+    _check_out(Path(req.out))
     layers = req.all_layers
     check_keys(layers, classes)
     settings = [(name, cls, resolve_method(name, cls, layers)) for name, cls in classes.items()]
+    for name, _, st in settings:
+        check_memory(name, st.train, device)
     return settings, protocol
 
 
@@ -239,6 +281,17 @@ def plan(req: RunRequest) -> tuple[list[PlannedRun], Any, Any, Any]:
                 runs.append(PlannedRun(name, cls, st, resolved, chash, seed, prompts, encoder,
                                        run_dir(out, dataset.name, protocol.name, split.name, name, chash, seed)))
     return runs, dataset, protocol, split
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder we can write in (or one we can create)."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"--out {out}: {probe} is a file, not a folder; give a folder for the results")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {probe} is not writable; give a folder you can write in")
 
 
 def _check_priors(prompt_list: list[str], encoder_list: list[str]) -> None:

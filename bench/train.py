@@ -29,7 +29,7 @@ from bench.core.metrics import case_metrics, nanmean
 from bench.core.protocol import Protocol
 from bench.core.records import ConfigRecord, MetricsRecord, TimingRecord, write_record
 from bench.core.scoring import penalty_distance, score_case
-from bench.core.store import atomic_save, atomic_write_text
+from bench.core.store import atomic_save, atomic_write_text, safe_name
 from bench.data import Prefetcher, TwoStreamSampler
 from bench.inference import predict_volume
 from bench.step import TrainStep, make_optimizer
@@ -115,7 +115,8 @@ class Trainer:
         # unlabeled cases: images only - their labels are never read
         self.unlabeled = [self._image(c) for c in unlabeled_ids]
         for cid in split.eval + split.test:  # fail now, not after hours of training
-            ds.load_image(cid)
+            if not np.isfinite(np.asarray(ds.load_image(cid))).all():
+                raise UserError(f"image of case '{cid}' of dataset '{ds.name}' contains NaN or infinite values; fix or re-export it")
         # labels checked once here; validation reuses the eval ones on the protocol grid
         self.eval_labels = {cid: self._label(cid) for cid in split.eval}
         for cid in split.test:
@@ -188,13 +189,23 @@ class Trainer:
         atomic_save(self.ckpt_path, lambda f: torch.save(state, f))
         lock.touch(self.dir)  # a live claim stays fresh
 
+    def _read_state(self, path: Path, keys: tuple[str, ...]) -> dict:
+        """A checkpoint of ours: tensors and plain data only (``weights_only=True``: a file whose
+        unpickling would run code, or anything else that is not ours, is refused, never run)."""
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # UnpicklingError for foreign objects, RuntimeError / EOFError for damage
+            detail = " ".join(str(e).split())[:120]
+            raise UserError(f"{path} is not a bench checkpoint or is corrupt ({type(e).__name__}: {detail}); "
+                            f"delete the run folder or run with --force")
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            raise UserError(f"{path} is not a bench checkpoint (it lacks {', '.join(keys)}); delete the run folder or run with --force")
+        return state
+
     def load_checkpoint(self) -> bool:
         if not self.ckpt_path.exists():
             return False
-        try:
-            state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        except Exception as e:  # a truncated file cannot exist (atomic writes), but be clear
-            raise UserError(f"checkpoint {self.ckpt_path} is unreadable ({e}); delete it or use --force")
+        state = self._read_state(self.ckpt_path, ("step", "modules", "optimizer", "scaler", "method_state", "best", "timing"))
         try:
             for k, m in self.method.modules().items():
                 m.load_state_dict(state["modules"][k])
@@ -236,6 +247,10 @@ class Trainer:
     def fit(self) -> None:
         t, spec = self.t, self.spec
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:  # temp files of a write killed midway (this process holds the run's claim)
+            for tmp in self.dir.glob(".*.tmp"):
+                if not tmp.name.startswith(".claim"):
+                    tmp.unlink(missing_ok=True)
         resumed = self.load_checkpoint()
         if self.step >= t.iterations:
             return
@@ -349,9 +364,12 @@ class Trainer:
         path = self.dir / "best.pt"
         if not path.exists():
             return self.step
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        for k, m in self.method.modules().items():
-            m.load_state_dict(state["modules"][k])
+        state = self._read_state(path, ("modules", "method_state", "step"))
+        try:
+            for k, m in self.method.modules().items():
+                m.load_state_dict(state["modules"][k])
+        except (RuntimeError, KeyError) as e:
+            raise UserError(f"{path} does not fit this model ({' '.join(str(e).split())[:120]}); delete the run folder or run with --force")
         self.method.load_state_dict(state["method_state"])
         return int(state["step"])
 
@@ -380,7 +398,7 @@ class Trainer:
             if self.spec.save_predictions:
                 from datasets.nifti import write_nifti
 
-                write_nifti(self.dir / "predictions" / f"{cid}.nii.gz", native, ds.spacing(cid), ds.affine(cid))
+                write_nifti(self.dir / "predictions" / f"{safe_name(cid, 'case id')}.nii.gz", native, ds.spacing(cid), ds.affine(cid))
             cases[cid] = score_case(native, gt, ds.spacing(cid), proto, organs)
             penalty[cid] = penalty_distance(gt.shape, ds.spacing(cid), proto)
         metrics = MetricsRecord.build(

@@ -28,7 +28,7 @@ from typing import Any
 from bench.config import DEFAULT_LABELED, DEFAULT_PRESET
 from bench.core.errors import UserError
 from bench.core.storage import make_storage, safe_url
-from bench.core.store import atomic_write_text
+from bench.core.store import atomic_write_text, safe_name
 
 
 @dataclass
@@ -80,10 +80,15 @@ def tune(req: TuneRequest, log=print):
         raise UserError(f"--budget-iterations {req.budget_iterations}: give at least 1 training iteration per trial")
     if req.export and Path(req.export).is_dir():
         raise UserError(f"--export {req.export} is a folder; give a file name such as best.toml")
+    study_name = safe_name(req.study_name or f"{req.method}-{req.dataset}-{req.labeled.rstrip('%')}p", "study name",
+                           "give --study-name with letters, digits and _ . + = -")
     out = Path(req.out)
+    # every setting checked before the study (or its database file) exists
+    flags = {"methods": [req.method], "dataset": req.dataset, "data_root": req.data_root, "protocol": req.protocol,
+             "split": req.split, "labeled": req.labeled, "preset": req.preset, "seeds": [req.seed], "iterations": req.budget_iterations}
+    resolve_runs(RunRequest.build(flags, req.sets, out=str(out / "tune" / study_name), progress=req.progress))
     storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     storage = make_storage(storage_url, req.heartbeat_s)
-    study_name = req.study_name or f"{req.method}-{req.dataset}-{req.labeled.rstrip('%')}p"
     sampler = optuna.samplers.TPESampler(seed=req.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     try:
@@ -99,8 +104,7 @@ def tune(req: TuneRequest, log=print):
     elif owner != req.method:
         raise UserError(f"study '{study_name}' belongs to method '{owner}', not '{req.method}'; pick another --study-name")
     budget = req.budget_iterations or study.user_attrs.get("budget_iterations")
-    flags = {"methods": [req.method], "dataset": req.dataset, "data_root": req.data_root, "protocol": req.protocol,
-             "split": req.split, "labeled": req.labeled, "preset": req.preset, "seeds": [req.seed], "iterations": budget}
+    flags["iterations"] = budget
     base = RunRequest.build(flags, req.sets, out=str(out / "tune" / study_name), progress=req.progress)
     settings, _ = resolve_runs(base)  # every setting checked before any trial or data
 

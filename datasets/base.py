@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from bench.core.errors import UserError
-from bench.core.store import read_json
+from bench.core.store import read_json, safe_name
 
 
 @dataclass
@@ -99,22 +99,45 @@ def _load_npy(path: Path) -> np.ndarray:
         raise UserError(f"unreadable array {path} ({e}); delete its dataset cache folder and run again")
 
 
+def _remove_orphans(root: Path) -> None:
+    """Temporary folders of earlier writes of ``root`` whose process is gone (killed mid-write)."""
+    for tmp in root.parent.glob(f".{root.name}.tmp-*"):
+        try:
+            pid = int(tmp.name[len(f".{root.name}.tmp-"):].split("-")[0])
+        except ValueError:
+            pid = -1
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0) if pid > 0 else None
+            alive = pid > 0
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 class DatasetWriter:
     """Writes a dataset into a temporary folder and moves it into place in one rename.
 
-    A crash midway leaves only the temporary folder (ignored, cleaned next time); readers
-    never see a half-written dataset.
+    A crash midway leaves only the temporary folder (named with the writer's pid; removed by
+    the next writer of the same dataset once that process is gone); readers never see a
+    half-written dataset.
     """
 
     def __init__(self, root: Path, name: str, labels: Sequence[str]):
         self.root = Path(root)
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-", dir=self.root.parent))
+        _remove_orphans(self.root)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-{os.getpid()}-", dir=self.root.parent))
         (self.tmp / "images").mkdir()
         (self.tmp / "labels").mkdir()
         self.meta: dict = {"name": name, "labels": list(labels), "cases": {}, "partition": {}}
 
     def add(self, case_id: str, image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float], affine=None) -> None:
+        safe_name(case_id, "case id", "rename the case's files")
         np.save(self.tmp / "images" / f"{case_id}.npy", np.ascontiguousarray(image, dtype=np.float32))
         if label is not None:
             np.save(self.tmp / "labels" / f"{case_id}.npy", np.ascontiguousarray(label, dtype=np.uint8))

@@ -69,8 +69,8 @@ def folder_cases(root: Path) -> tuple[dict, list[SourceCase]]:
     cases: list[SourceCase] = []
     if isinstance(meta.get("training"), list):
         for i, entry in enumerate(meta["training"]):
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                raise UserError(f"{path}: training entry {i} must have 'image' and 'label' paths")
+            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(entry.get("label"), str):
+                raise UserError(f"{path}: training entry {i} must have 'image' and 'label' paths (texts)")
             label = _resolve(root, entry["label"], channel=False)
             cases.append(SourceCase(_case_id(label), _resolve(root, entry["image"], channel=True), label))
     else:
@@ -105,7 +105,11 @@ def folder(preset: str = "quick", data_root: str | None = None, progress: bool =
     elif partition is not None:
         raise UserError(f"--dataset-opt partition={partition}: only 'all-test' is known (or define 'partition' in dataset.json)")
     elif isinstance(meta.get("partition"), dict):
-        part = {k: [str(c) for c in meta["partition"].get(k, [])] for k in ("train", "eval", "test")}
+        raw = meta["partition"]
+        bad = [k for k in ("train", "eval", "test") if not isinstance(raw.get(k, []), list)]
+        if bad:
+            raise UserError(f"{root / 'dataset.json'}: 'partition' '{bad[0]}' must be a list of case ids")
+        part = {k: [str(c) for c in raw.get(k, [])] for k in ("train", "eval", "test")}
     else:
         part = default_partition(ids)
     name = str(meta.get("name") or root.name).lower().replace(" ", "_")

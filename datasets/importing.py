@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.core.errors import UserError
 from bench.core.labels import LABEL_SETS, canonical_organ
-from bench.core.store import cache_root, read_json
+from bench.core.store import cache_root, inside, read_json, safe_name
 from datasets.base import Dataset, DatasetWriter
 from datasets.nifti import as_label, read_nifti, same_grid, source_affine
 
@@ -164,7 +164,8 @@ def import_dataset(
         default=str,
     )
     key = hashlib.sha256(body.encode()).hexdigest()[:12]
-    root = cache_root() / "imported" / f"{name}-{key}"
+    safe_name(name, "dataset name", "fix 'name' in the dataset's dataset.json")
+    root = inside(cache_root() / "imported" / f"{name}-{key}", cache_root(), "dataset cache folder")
     if (root / "dataset.json").exists():
         return Dataset.open(root)
     writer = DatasetWriter(root, name, labels)

@@ -46,6 +46,30 @@ class _Retryable(Exception):
     pass
 
 
+#: the longest answer kept per question (a description is a few sentences; more is a broken server)
+MAX_ANSWER_CHARS = 4000
+
+
+def public_url(url: str) -> str:
+    """A URL without the user name and password it may carry (``http://user:secret@host`` -> ``http://host``)."""
+    import re
+
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
+
+
+def masked(text: str, limit: int = 200) -> str:
+    """Server text fit to print: one line, cut to ``limit``, anything key-like masked."""
+    import re
+
+    line = " ".join(str(text).split())
+    line = re.sub(r"(sk-|key-|Bearer\s+)[A-Za-z0-9_\-]{6,}", r"\1***", line)
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if len(key) >= 6:
+        line = line.replace(key, "***")
+    line = re.sub(r"[A-Za-z0-9_\-]{32,}", "***", line)
+    return line[:limit] + ("..." if len(line) > limit else "")
+
+
 def _ask(client, model: str, organ: str, temperature: float) -> dict[str, str]:
     import openai
 
@@ -64,20 +88,24 @@ def _ask(client, model: str, organ: str, temperature: float) -> dict[str, str]:
     except openai.NotFoundError:
         raise UserError(f"the API does not know model '{model}' or the URL is wrong; check --model and OPENAI_BASE_URL")
     except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError, openai.APITimeoutError) as e:
-        raise _Retryable(f"{type(e).__name__}: {e}")
+        raise _Retryable(f"{type(e).__name__}: {masked(e)}")
     except openai.APIStatusError as e:
         if e.status_code >= 500 or e.status_code == 429:
             raise _Retryable(f"HTTP {e.status_code}")
-        raise UserError(f"the API answered HTTP {e.status_code} for '{organ}': {e.message}")
+        raise UserError(f"the API answered HTTP {e.status_code} for '{organ}': {masked(e.message)}")
     try:
         text = resp.choices[0].message.content or ""
         data = json.loads(text[text.find("{") : text.rfind("}") + 1])
-        out = {k: str(data[k]).strip() for k in keys}
+        if not all(isinstance(data.get(k), str) for k in keys):
+            raise ValueError(f"each of {', '.join(keys)} must be a text")
+        out = {k: data[k].strip() for k in keys}
         if not all(out.values()):
             raise ValueError("empty answer")
+        if any(len(v) > MAX_ANSWER_CHARS for v in out.values()):
+            raise ValueError(f"an answer longer than {MAX_ANSWER_CHARS} characters")
         return out
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-        raise _Retryable(f"malformed answer ({type(e).__name__}: {e})")
+        raise _Retryable(f"malformed answer ({type(e).__name__}: {masked(e)})")
 
 
 def generate_prompt_set(
@@ -94,6 +122,8 @@ def generate_prompt_set(
     progress: bool = True,
 ) -> PromptSet:
     out = Path(out)
+    if max_retries < 0:
+        raise UserError(f"--max-retries {max_retries}: give 0 or more retries")
     if out.exists() and not force:
         raise UserError(f"{out} exists; choose another --out or pass --force to overwrite it")
     if not os.environ.get("OPENAI_API_KEY"):
@@ -129,7 +159,7 @@ def generate_prompt_set(
                     if attempt < max_retries:
                         sleep(backoff * 2**attempt)
             else:
-                base = os.environ.get("OPENAI_BASE_URL", "the OpenAI API")
+                base = public_url(os.environ.get("OPENAI_BASE_URL", "the OpenAI API"))
                 kept = f"; the {len(done)} organs done are kept in {partial}, run again to resume" if done else "; nothing was written"
                 raise UserError(f"{base} failed {max_retries + 1} times for '{organ}' (last: {last}){kept}")
             atomic_write_text(partial, json.dumps({"model": model, "labels": list(classes), "classes": done}, indent=1))
@@ -145,7 +175,7 @@ def generate_prompt_set(
             "label_sets": [labels if not labels.endswith(".json") else Path(labels).name],
             "views": list(QUESTIONS),
             "meta": {"model": model, "date": dt.date.today().isoformat(), "questions": QUESTIONS,
-                     "base_url": os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")},
+                     "base_url": public_url(os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"))},
             "classes": done,
         },
         str(out),

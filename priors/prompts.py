@@ -61,6 +61,16 @@ class PromptSet:
         template = data.get("template")
         if template is not None and (not isinstance(template, str) or "{organ}" not in template):
             raise UserError(f"{where}: field 'template' must be a string containing '{{organ}}'")
+        if template is not None:
+            import string
+
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            except ValueError as e:
+                raise UserError(f"{where}: field 'template' is not a valid text template ({e}); write literal braces as {{{{ }}}}")
+            if fields != ["organ"] * len(fields):
+                raise UserError(f"{where}: field 'template' may hold only the placeholder {{organ}} (found "
+                                f"{', '.join('{' + f + '}' for f in fields if f != 'organ')}); write other braces as {{{{ }}}}")
         raw = data.get("classes", {})
         if not isinstance(raw, dict):
             raise UserError(f"{where}: field 'classes' must map organ names to views")

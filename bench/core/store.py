@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -61,21 +62,36 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_save(path: Path, save: Callable[[Any], None]) -> None:
     """Atomically write a file produced by ``save(file_object)`` (e.g. ``torch.save``)."""
+    from bench.core.errors import UserError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise UserError(f"cannot write in {path.parent} ({e.strerror}); is it a file, read-only, or the disk full?")
     try:
         with os.fdopen(fd, "wb") as f:
             save(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are shared like any file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        full = isinstance(e, OSError) or (isinstance(e, RuntimeError) and ("enforce fail" in str(e) or "write" in str(e).lower()))
+        if full and not isinstance(e, UserError):
+            raise UserError(f"cannot write {path} ({getattr(e, 'strerror', None) or 'write failed'}); is the disk full or the folder read-only?")
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path: Path, what: str, missing_hint: str = "", corrupt_hint: str = "") -> Any:
@@ -89,6 +105,10 @@ def read_json(path: Path, what: str, missing_hint: str = "", corrupt_hint: str =
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{what} does not exist{'; ' + missing_hint if missing_hint else ''}")
+    except IsADirectoryError:
+        raise UserError(f"{what} is a folder; give the JSON file")
+    except PermissionError:
+        raise UserError(f"{what} cannot be read (permission denied)")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
         raise UserError(f"{what} is not valid JSON{where}{'; ' + corrupt_hint if corrupt_hint else ''}")
@@ -100,8 +120,37 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(body.encode()).hexdigest()[:10]
 
 
+#: what a name that becomes a file or folder name may hold: no separator, no "..", no leading dot
+_SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,127}")
+
+
+def safe_name(name: str, what: str, fix: str = "") -> str:
+    """``name`` if it is safe as one path component (letters, digits, ``_ . + = -``, not starting
+    with a dot, at most 128 characters), else a :class:`UserError` naming it."""
+    from bench.core.errors import UserError
+
+    text = str(name)
+    if not _SAFE.fullmatch(text) or ".." in text:
+        raise UserError(f"{what} {text!r} cannot be a file name (use letters, digits and _ . + = -, no / or ..)"
+                        + (f"; {fix}" if fix else ""))
+    return text
+
+
+def inside(path: Path, root: Path, what: str) -> Path:
+    """``path`` if it lies under ``root`` once resolved, else a :class:`UserError` (nothing is
+    ever written outside the output and cache folders)."""
+    from bench.core.errors import UserError
+
+    if not Path(path).resolve().is_relative_to(Path(root).resolve()):
+        raise UserError(f"{what} {path} would lie outside {root}; fix the name that leads there")
+    return Path(path)
+
+
 def run_dir(out: Path, dataset: str, protocol: str, split: str, method: str, chash: str, seed: int) -> Path:
-    return Path(out) / dataset / protocol / split / method / chash / f"seed_{seed}"
+    parts = [safe_name(dataset, "dataset name"), safe_name(protocol, "protocol name"),
+             safe_name(split, "split name", "rename the split ('name' in its file)"), safe_name(method, "method name"),
+             safe_name(chash, "config hash"), f"seed_{int(seed)}"]
+    return inside(Path(out).joinpath(*parts), Path(out), "run folder")
 
 
 def is_finished(path: Path) -> bool:

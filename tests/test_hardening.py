@@ -1,0 +1,220 @@
+"""Hostile but realistic input: no file runs code, nothing escapes its folder, every user
+mistake is one line + exit 2 before any data or folder is made. ``CASES`` is the catalogue:
+add a row for every new case."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.cli import main
+
+TINY = ["--methods", "supervised", "--preset", "tiny", "--no-progress"]
+
+
+def _one_line(capsys, argv, expect: str) -> str:
+    code = main(argv)
+    err = "\n".join(line.rsplit("\r", 1)[-1] for line in capsys.readouterr().err.split("\n")).strip()
+    assert code == 2, (code, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert expect in err, err
+    return err
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+# (id, argv after the command, expected part of the one-line error); {out} / {tmp} are filled in
+CASES = [
+    ("seeds-negative", ["run", *TINY, "--seeds", "-1", "--out", "{out}"], "must be integers in 0..2^31-1"),
+    ("lr-negative", ["run", *TINY, "--set", "lr=-1", "--out", "{out}"], "lr=-1: must be > 0"),
+    ("lr-nan", ["run", *TINY, "--set", "lr=nan", "--out", "{out}"], "lr=nan: expected a number"),
+    ("patch-too-big", ["run", *TINY, "--set", "patch=512,512,512", "--out", "{out}"], "needs at least"),
+    ("out-is-a-file", ["run", *TINY, "--out", "{tmp}/file.txt"], "is a file, not a folder"),
+    ("device-garbage", ["run", *TINY, "--device", "cuda:x", "--out", "{out}"], "--device cuda"),
+    ("device-unknown", ["run", *TINY, "--device", "tpu", "--out", "{out}"], "choose auto, cpu or cuda"),
+    ("shard-bad", ["run", *TINY, "--shard", "3/2", "--out", "{out}"], "i must lie in 1..n"),
+    ("evaluate-out-dir", ["evaluate", "--pred", "{tmp}/pred", "--gt", "{tmp}/gt", "--out", "{tmp}/pred"], "is a folder"),
+    ("evaluate-labels-dir", ["evaluate", "--pred", "{tmp}/pred", "--gt", "{tmp}/gt", "--labels", "{tmp}/pred"], "is a folder"),
+    ("tune-budget", ["tune", "--method", "supervised", "--budget-iterations", "-3", "--out", "{out}"], "at least 1 training iteration"),
+    ("tune-trials", ["tune", "--method", "supervised", "--trials", "0", "--out", "{out}"], "at least 1 trial"),
+    ("tune-export-dir", ["tune", "--method", "supervised", "--export", "{tmp}", "--out", "{out}"], "is a folder"),
+    ("tune-study-traversal", ["tune", "--method", "supervised", "--study-name", "../x", "--out", "{out}"], "cannot be a file name"),
+    ("generate-retries", ["priors", "generate", "--labels", "synapse", "--out", "{tmp}/p.json", "--max-retries", "-1"],
+     "give 0 or more retries"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_catalogue(tmp_path, capsys, monkeypatch, argv, expect):
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "file.txt").write_text("x")
+    for d in ("pred", "gt"):
+        (tmp_path / d).mkdir()
+    argv = [a.replace("{out}", str(tmp_path / "out")).replace("{tmp}", str(tmp_path)) for a in argv]
+    before = _files(tmp_path)
+    _one_line(capsys, argv, expect)
+    assert _files(tmp_path) == before  # nothing created: no data, no folder, no split file
+
+
+class _Evil:
+    """Unpickling this runs a shell command that writes a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("kind", ["pickle", "torch.save"])
+@pytest.mark.parametrize("name", ["checkpoint.pt", "best.pt"])
+def test_a_tampered_checkpoint_never_runs(tiny_dataset, tmp_path, capsys, kind, name):
+    import torch
+
+    from bench.runner import RunRequest, plan
+
+    out = tmp_path / "runs"
+    req = RunRequest.build({"methods": "supervised", "preset": "tiny", "iterations": 2}, out=str(out), progress=False)
+    run = plan(req)[0][0].dir
+    marker = tmp_path / "marker"
+    if name == "best.pt":  # a finished run without metrics.json: the test loads best.pt
+        assert main(["run", *TINY, "--iterations", "2", "--out", str(out)]) == 0
+        (run / "metrics.json").unlink()
+        capsys.readouterr()
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / name).open("wb") as f:
+        if kind == "pickle":
+            pickle.dump({"step": 0, "modules": _Evil(marker)}, f)
+        else:
+            torch.save({"step": 0, "modules": _Evil(marker)}, f)
+    _one_line(capsys, ["run", *TINY, "--iterations", "2", "--out", str(out)], "is not a bench checkpoint or is corrupt")
+    assert not marker.exists()
+
+
+def test_split_and_dataset_names_cannot_escape(tiny_dataset, tmp_path, capsys):
+    from datasets.splits import Split
+
+    p = tiny_dataset.partition
+    for bad in ("../../../../escaped_split", str(tmp_path / "abs_split")):
+        f = tmp_path / "s.json"
+        Split(bad, p["train"][:1], p["train"][1:], p["eval"], p["test"]).save(f)
+        _one_line(capsys, ["run", *TINY, "--split", str(f), "--out", str(tmp_path / "runs")], "cannot be a file name")
+    assert not list(tmp_path.parent.glob("escaped_split*")) and not (tmp_path / "abs_split").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dataset_json_name_cannot_escape(tmp_path, capsys, monkeypatch):
+    import nibabel as nib
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for d in ("imagesTr", "labelsTr"):
+        (root / d).mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), str(root / "imagesTr" / "c1_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)), str(root / "labelsTr" / "c1.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({"name": "x/../../../../ds_escape", "labels": {"background": 0, "liver": 1},
+                                                   "file_ending": ".nii.gz"}))
+    _one_line(capsys, ["run", *TINY, "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "runs")],
+              "cannot be a file name")
+    assert not list(tmp_path.rglob("*ds_escape*"))
+
+
+def test_prompt_template_with_other_placeholders(tmp_path, capsys):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"format": "bench-prompts/1", "name": "p", "views": ["v"], "classes": {},
+                             "template": "{organ} {0} {x.__class__}"}))
+    _one_line(capsys, ["priors", "show", str(f), "--text-encoder", "hash"], "may hold only the placeholder {organ}")
+
+
+def test_urls_lose_credentials_and_server_text_is_masked(monkeypatch):
+    from priors.generate import masked, public_url
+
+    assert public_url("http://user:secret@host:8000/v1") == "http://host:8000/v1"
+    assert public_url("https://api.openai.com/v1") == "https://api.openai.com/v1"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abcdefghijklmnop")
+    text = masked("Incorrect API key provided: sk-abcdefghijklmnop.\n" + "x" * 500)
+    assert "abcdefghijklmnop" not in text and "\n" not in text and len(text) <= 203
+
+
+def test_result_files_are_readable_by_others_and_claims_hold_their_owner(tmp_path):
+    from bench import lock
+    from bench.core.store import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "m.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644
+    assert lock.claim(tmp_path / "run")
+    info = json.loads((tmp_path / "run" / ".claim").read_text())  # never an empty claim
+    assert info["pid"] == os.getpid() and not list((tmp_path / "run").glob(".claim.*.tmp"))
+
+
+def test_orphaned_temp_files_and_folders_are_removed(tmp_path):
+    from datasets.base import DatasetWriter
+
+    orphan = tmp_path / ".ds.tmp-999999999-abc"  # a writer that was SIGKILLed (its pid is gone)
+    orphan.mkdir()
+    w = DatasetWriter(tmp_path / "ds", "ds", ("background", "liver"))
+    assert not orphan.exists()
+    w.abort()
+
+
+# -- property-based: random config documents through the CLI --------------------------------
+
+_KEYS = ["methods", "dataset", "protocol", "split", "labeled", "seeds", "preset", "prompts", "text_encoder", "dataset_opts",
+         "train", "method", "bogus", "lr", "iterations", "patch", "ema_decay", "mean_teacher", "../x"]
+_SCALARS = st.one_of(st.integers(-3, 40), st.floats(-1, 2, allow_nan=False), st.booleans(),
+                     st.sampled_from(["supervised", "mean_teacher", "tiny", "10%", "x", "", "../../e", "phantom", "32,64,64"]))
+_VALUES = st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3))
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+def _doc(top: dict, tables: dict) -> str:
+    lines = [f'"{k}" = {_toml(v)}' for k, v in top.items()]
+    for name, body in tables.items():
+        lines.append(f'["{name}"]' if "." not in name else "[" + ".".join(f'"{p}"' for p in name.split(".")) + "]")
+        lines += [f'"{k}" = {_toml(v)}' for k, v in body.items()]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(top=st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=5),
+       tables=st.dictionaries(st.sampled_from(["train", "method", "method.mean_teacher", "method.dhc", "method.nope"]),
+                              st.dictionaries(st.sampled_from(_KEYS), _VALUES, max_size=3), max_size=2),
+       sets=st.lists(st.from_regex(r"[a-z_.]{1,12}=[a-z0-9.,-]{0,6}", fullmatch=True), max_size=2))
+def test_random_config_documents_give_exit_0_or_2(tmp_path_factory, capsys, top, tables, sets):
+    tmp = tmp_path_factory.mktemp("cfg")
+    cfg = tmp / "c.toml"
+    cfg.write_text(_doc(top, {k: v for k, v in tables.items() if k not in top}))
+    argv = ["run", "--dry-run", "--config", str(cfg), "--out", str(tmp / "out")]
+    for s in sets:
+        argv += ["--set", s]
+    code = main(argv)  # anything but a UserError propagates and fails the test
+    err = capsys.readouterr().err.strip()
+    assert code in (0, 2)
+    assert code == 0 or len(err.splitlines()) == 1
+    assert _files(tmp) == {"c.toml"}  # a dry run writes nothing, whatever the document says
+
+
+def test_tune_checks_settings_before_its_study_exists(tmp_path, capsys):
+    _one_line(capsys, ["tune", "--method", "supervised", "--set", "lr=-1", "--out", str(tmp_path / "out")], "lr=-1: must be > 0")
+    assert not (tmp_path / "out").exists()
