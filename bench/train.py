@@ -320,9 +320,11 @@ class Trainer:
             return
         bad = [k for k, v in losses.parts.items() if torch.is_tensor(v) and not torch.isfinite(v.detach()).all()]
         part = ", ".join(bad) if bad else "total"
+        kept = (f"the last good checkpoint (step {self.last_good}) is kept in {self.dir}" if self.ckpt_path.exists()
+                else "no checkpoint had been written yet")
         raise NonFiniteLoss(
-            f"{self.spec.method_name}: loss is not finite at step {step} (part: {part}); the last good checkpoint "
-            f"(step {self.last_good}) is kept in {self.dir}; lower the learning rate (--set lr=...) or enable --set grad_clip=1"
+            f"{self.spec.method_name}: loss is not finite at step {step} (part: {part}); {kept}; check the inputs "
+            f"(text priors, images), lower the learning rate (--set lr=...) or enable --set grad_clip=1"
         )
 
     # -- evaluation -----------------------------------------------------------------------

@@ -191,6 +191,8 @@ class FileEncoder(TextEncoder):
             t = next(iter(t.values()))
         if not torch.is_tensor(t) or t.ndim != 2:
             raise UserError(f"text encoder 'file:{spec}': expected a 2-D tensor (n_views * classes, dim), got {getattr(t, 'shape', type(t))}")
+        if not torch.isfinite(t.float()).all():
+            raise UserError(f"text encoder 'file:{spec}': {self.path} holds NaN or infinite values; re-export the tensor")
         self.tensor = t.float()
         self.dim = int(t.shape[1])
         self.encoder_id = f"file:{self.path.name}"

@@ -218,3 +218,44 @@ def test_random_config_documents_give_exit_0_or_2(tmp_path_factory, capsys, top,
 def test_tune_checks_settings_before_its_study_exists(tmp_path, capsys):
     _one_line(capsys, ["tune", "--method", "supervised", "--set", "lr=-1", "--out", str(tmp_path / "out")], "lr=-1: must be > 0")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
+    import errno
+
+    from bench.core.errors import UserError
+    from bench.core.store import atomic_save
+
+    def save(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UserError, match=r"cannot write .*m\.pt \(No space left on device\); is the disk full"):
+        atomic_save(tmp_path / "m.pt", save)
+    assert not list(tmp_path.iterdir())  # the temporary file is gone too
+
+
+@pytest.mark.parametrize("meta,expect", [
+    ({"training": [{"image": 5, "label": "labelsTr/c1.nii.gz"}]}, "must have 'image' and 'label' paths"),
+    ({"partition": {"eval": 3}}, "'partition' 'eval' must be a list of case ids"),
+])
+def test_malformed_dataset_json_entries(tmp_path, capsys, monkeypatch, meta, expect):
+    import nibabel as nib
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for d in ("imagesTr", "labelsTr"):
+        (root / d).mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), str(root / "imagesTr" / "c1_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)), str(root / "labelsTr" / "c1.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps({"name": "d", "labels": {"background": 0, "liver": 1}, **meta}))
+    _one_line(capsys, ["run", *TINY, "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "runs")], expect)
+
+
+def test_a_nan_text_prior_is_refused_when_loaded(tmp_path, capsys):
+    import torch
+
+    t = torch.randn(28, 16)
+    t[3, 2] = float("nan")
+    torch.save(t, tmp_path / "prior.pth")
+    _one_line(capsys, ["priors", "show", "anatomy", "--text-encoder", f"file:{tmp_path / 'prior.pth'}", "--labels", "synapse"],
+              "holds NaN or infinite values")
