@@ -61,7 +61,7 @@ def test_writer_crashing_midway_leaves_no_half_file(tmp_path):
         f.write(b'{"new": "half')
         raise OSError("disk gone")
 
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"cannot write .*metrics\.json \(disk gone\)"):  # one line for the user
         atomic_save(target, crash)
     assert json.loads(target.read_text()) == {"old": 1}  # the previous complete file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left

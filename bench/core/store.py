@@ -84,7 +84,8 @@ def atomic_save(path: Path, save: Callable[[Any], None]) -> None:
             pass
         full = isinstance(e, OSError) or (isinstance(e, RuntimeError) and ("enforce fail" in str(e) or "write" in str(e).lower()))
         if full and not isinstance(e, UserError):
-            raise UserError(f"cannot write {path} ({getattr(e, 'strerror', None) or 'write failed'}); is the disk full or the folder read-only?")
+            why = getattr(e, 'strerror', None) or ' '.join(str(e).split())[:80] or 'write failed'
+            raise UserError(f"cannot write {path} ({why}); is the disk full or the folder read-only?")
         raise
 
 
