@@ -113,7 +113,8 @@ def test_split_and_dataset_names_cannot_escape(tiny_dataset, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_dataset_json_name_cannot_escape(tmp_path, capsys, monkeypatch):
+def _folder_dataset(tmp_path: Path, monkeypatch, meta: dict) -> Path:
+    """An nnU-Net folder with one case and ``meta`` in its dataset.json."""
     import nibabel as nib
 
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
@@ -122,8 +123,12 @@ def test_dataset_json_name_cannot_escape(tmp_path, capsys, monkeypatch):
         (root / d).mkdir(parents=True)
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), str(root / "imagesTr" / "c1_0000.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)), str(root / "labelsTr" / "c1.nii.gz"))
-    (root / "dataset.json").write_text(json.dumps({"name": "x/../../../../ds_escape", "labels": {"background": 0, "liver": 1},
-                                                   "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}, "file_ending": ".nii.gz", **meta}))
+    return root
+
+
+def test_dataset_json_name_cannot_escape(tmp_path, capsys, monkeypatch):
+    root = _folder_dataset(tmp_path, monkeypatch, {"name": "x/../../../../ds_escape"})
     _one_line(capsys, ["run", *TINY, "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "runs")],
               "cannot be a file name")
     assert not list(tmp_path.rglob("*ds_escape*"))
@@ -239,15 +244,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
     ({"partition": {"eval": 3}}, "'partition' 'eval' must be a list of case ids"),
 ])
 def test_malformed_dataset_json_entries(tmp_path, capsys, monkeypatch, meta, expect):
-    import nibabel as nib
-
-    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "ds"
-    for d in ("imagesTr", "labelsTr"):
-        (root / d).mkdir(parents=True)
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), str(root / "imagesTr" / "c1_0000.nii.gz"))
-    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.uint8), np.eye(4)), str(root / "labelsTr" / "c1.nii.gz"))
-    (root / "dataset.json").write_text(json.dumps({"name": "d", "labels": {"background": 0, "liver": 1}, **meta}))
+    root = _folder_dataset(tmp_path, monkeypatch, {"name": "d", **meta})
     _one_line(capsys, ["run", *TINY, "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "runs")], expect)
 
 

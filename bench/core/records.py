@@ -43,6 +43,20 @@ def _check_version(data: dict, path: Path | str) -> int:
     return v
 
 
+def _known_fields(cls, data: Any, path: Path | str, what: str, defaults: dict) -> dict:
+    """The fields of ``cls`` found in ``data`` (a parsed record), ``defaults`` for missing ones
+    (records written before a field existed), the schema version checked."""
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object; it is not a bench {what}")
+    _check_version(data, path)
+    known = {f.name for f in fields(cls)}
+    kw = {k: v for k, v in data.items() if k in known}
+    for k, v in defaults.items():
+        kw.setdefault(k, v)
+    kw["schema_version"] = SCHEMA_VERSION
+    return kw
+
+
 def _nan(v: Any) -> Any:
     """JSON ``null`` (how NaN is stored) back to NaN inside metric tables."""
     if v is None:
@@ -97,23 +111,12 @@ class MetricsRecord:
 
     @classmethod
     def from_dict(cls, data: dict, path: Path | str = "metrics.json") -> "MetricsRecord":
-        if not isinstance(data, dict):
-            raise UserError(f"{path} is not a JSON object; it is not a bench result")
-        _check_version(data, path)
-        missing = [f.name for f in fields(cls) if f.name in REQUIRED_METRICS and f.name not in data]
+        kw = _known_fields(cls, data, path, "result", {"protocol": "?", "protocol_version": "?", "dataset": "?", "split": "?", "seed": 0})
+        missing = [k for k in REQUIRED_METRICS if k not in kw]
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)}; it is not a bench result - delete it or pass --skip-broken")
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
-        kw.setdefault("protocol", "?")
-        kw.setdefault("protocol_version", "?")
-        kw.setdefault("dataset", "?")
-        kw.setdefault("split", "?")
-        kw.setdefault("seed", 0)
-        kw["per_organ"] = _nan(kw["per_organ"])
-        kw["mean"] = _nan(kw["mean"])
-        kw["cases"] = _nan(kw["cases"])
-        kw["schema_version"] = SCHEMA_VERSION
+        for k in ("per_organ", "mean", "cases"):
+            kw[k] = _nan(kw[k])
         return cls(**kw)
 
 
@@ -142,20 +145,10 @@ class TimingRecord:
 
     @classmethod
     def from_dict(cls, data: dict, path: Path | str = "timing.json") -> "TimingRecord":
-        if not isinstance(data, dict):
-            raise UserError(f"{path} is not a JSON object; it is not a bench timing record")
-        _check_version(data, path)
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
+        kw = _known_fields(cls, data, path, "timing record", {"device": "?", "data_wait_share": math.nan, "train_wall_s": math.nan,
+                                                              "iterations": 0, "timing_warmup": 0, "amp": False})
         for k in ("train_s_per_iter", "infer_s_per_case"):
             kw[k] = _nan(kw.get(k) or {})
-        kw.setdefault("device", "?")
-        kw.setdefault("data_wait_share", math.nan)
-        kw.setdefault("train_wall_s", math.nan)
-        kw.setdefault("iterations", 0)
-        kw.setdefault("timing_warmup", 0)
-        kw.setdefault("amp", False)
-        kw["schema_version"] = SCHEMA_VERSION
         return cls(**kw)
 
 
@@ -175,6 +168,8 @@ class ConfigRecord:
     config_hash: str | None = None
     prompts: str | None = None
     text_encoder: str | None = None
+    #: (prompt set, text encoder) of a method's fixed priors (tak_no_text)
+    fixed_priors: list | None = None
     execution: dict = field(default_factory=dict)
     device: str | None = None
     git_commit: str | None = None
@@ -189,15 +184,8 @@ class ConfigRecord:
 
     @classmethod
     def from_dict(cls, data: dict, path: Path | str = "config.json") -> "ConfigRecord":
-        if not isinstance(data, dict):
-            raise UserError(f"{path} is not a JSON object; it is not a bench run config")
-        _check_version(data, path)
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in known}
-        for k, default in (("method", "?"), ("dataset", "?"), ("preset", "?"), ("protocol", {}), ("split", {}),
-                           ("hparams", {}), ("train", {}), ("seed", 0)):
-            kw.setdefault(k, default)
-        kw["schema_version"] = SCHEMA_VERSION
+        kw = _known_fields(cls, data, path, "run config", {"method": "?", "dataset": "?", "preset": "?", "protocol": {}, "split": {},
+                                                           "hparams": {}, "train": {}, "seed": 0})
         return cls(**kw)
 
 
