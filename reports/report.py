@@ -187,8 +187,10 @@ def study_figures(name: str, storage: str, out: Path) -> list[Path]:
     import optuna
 
     from bench.core.storage import make_storage, safe_url
+    from bench.core.store import safe_name
     from reports.figures import _plt, _save
 
+    safe_name(name, "study name", "give --study with letters, digits and _ . + = -")  # it names the figure files
     _plt()
     try:
         study = optuna.load_study(study_name=name, storage=make_storage(storage))

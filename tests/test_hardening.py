@@ -256,3 +256,8 @@ def test_a_nan_text_prior_is_refused_when_loaded(tmp_path, capsys):
     torch.save(t, tmp_path / "prior.pth")
     _one_line(capsys, ["priors", "show", "anatomy", "--text-encoder", f"file:{tmp_path / 'prior.pth'}", "--labels", "synapse"],
               "holds NaN or infinite values")
+
+
+def test_report_study_name_cannot_escape(tmp_path, capsys):
+    (tmp_path / "runs").mkdir()
+    _one_line(capsys, ["report", "--runs", str(tmp_path / "runs"), "--study", "../../evil", "--no-figures"], "cannot be a file name")
