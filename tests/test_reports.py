@@ -324,3 +324,17 @@ def test_published_rows_of_real_ct_stay_out_of_a_phantom_table(results, tmp_path
     assert main(["report", "--runs", str(results), "--out", str(out), "--reference", "published", "--no-figures"]) == 0
     assert "reported" not in (out / "table.md").read_text()
     assert "(reported," in (out / "published.md").read_text() and "real CT" in (out / "published.md").read_text()
+
+
+def test_docs_results_rebuild_from_the_committed_records(tmp_path):
+    """docs/results.md cites these records: the report rebuilds its rows and its significance."""
+    import csv
+
+    runs = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
+    out = tmp_path / "rep"
+    assert main(["report", "--runs", str(runs), "--out", str(out), "--baseline", "mean_teacher", "--format", "markdown,csv",
+                 "--no-figures"]) == 0
+    rows = {r["method"]: r for r in csv.DictReader((out / "significance.csv").open())}
+    assert {m: r["direction"] for m, r in rows.items()} == {"dhc": "better", "cps": "better", "supervised": "better"}
+    assert all(r["n_cases"] == "24" and r["n_seeds"] == "3" for r in rows.values())
+    assert "64.0 ± 0.8 ▲" in (out / "table.md").read_text()
