@@ -206,8 +206,6 @@ class Layer:
     shared: dict[str, Any] = field(default_factory=dict)
     #: {method name: {engine setting or hyperparameter: value}}
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: how a key of each part is written at this level, for messages
-    spell: dict[str, str] = field(default_factory=dict)
 
     def where(self, part: str, method: str | None = None) -> str:
         if self.origin.startswith("config"):
@@ -217,11 +215,15 @@ class Layer:
         return f"{self.origin}" + (f" [method.{method}]" if method else "")
 
 
+def _did_you_mean(word: str, choices) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``choices``, or nothing."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def preset_layer(name: str) -> Layer:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        raise UserError(f"unknown preset '{name}'; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"
-                        f"choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset '{name}'; {_did_you_mean(name, PRESETS)}choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
     return Layer(f"preset {name}", train=dict(p.train), per_method={k: dict(v) for k, v in p.method.items()})
 
@@ -252,10 +254,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {p} cannot be read ({e.strerror}); check its permissions")
 
 
-def file_layer(path: str | Path, doc: dict[str, Any] | None = None) -> Layer:
-    """A config file as one layer (``doc``: its parsed content, if already read)."""
+def file_layer(path: str | Path) -> Layer:
+    """A config file as one layer (the file is read here, once)."""
     origin = f"config {path}"
-    doc = load_config_file(path) if doc is None else doc
+    doc = load_config_file(path)
     layer = Layer(origin)
     for key, value in doc.items():
         if key == "train":
@@ -274,13 +276,11 @@ def file_layer(path: str | Path, doc: dict[str, Any] | None = None) -> Layer:
             layer.run[key] = _run_option(origin, key, value)
         else:
             known = sorted([*RUN_OPTIONS, "train", "method"])
-            close = difflib.get_close_matches(key, known, n=1)
-            raise UserError(f"{origin}: unknown key '{key}'; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"
-                            f"known: {', '.join(known)}")
+            raise UserError(f"{origin}: unknown key '{key}'; {_did_you_mean(key, known)}known: {', '.join(known)}")
     return layer
 
 
-def cli_layer(flags: dict[str, Any], sets: list[str] | dict[str, Any], method_names: set[str] | None = None) -> Layer:
+def cli_layer(flags: dict[str, Any], sets: list[str] | dict[str, Any]) -> Layer:
     """Command-line flags (run options, ``iterations``) and ``--set`` as one layer.
 
     ``sets`` is a list of ``key=value`` strings or an already typed ``{key: value}`` (tuning).
@@ -298,14 +298,13 @@ def cli_layer(flags: dict[str, Any], sets: list[str] | dict[str, Any], method_na
             layer.run[key] = _run_option("command line", key, value)
     items = parse_set(sets) if isinstance(sets, list) else dict(sets)
     engine = train_fields()
-    registered = set(METHODS.names()) if method_names is None else method_names
+    registered = set(METHODS.names())
     for key, value in items.items():
         prefix, dot, sub = key.partition(".")
         if dot and prefix in registered:
             layer.per_method.setdefault(prefix, {})[sub] = value
         elif dot:
-            close = difflib.get_close_matches(prefix, sorted(registered), n=1)
-            raise UserError(f"--set {key}: '{prefix}' is not a method; {'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+            raise UserError(f"--set {key}: '{prefix}' is not a method; {_did_you_mean(prefix, sorted(registered))}"
                             f"write --set <method>.<key>=value (see `python -m bench list methods`)")
         elif key in engine:
             layer.train[key] = value
@@ -321,11 +320,10 @@ def resolve_options(layers: list[Layer]) -> RunOptions:
     for layer in layers:
         opts.update(layer.run.get("dataset_opts", {}))  # dataset options merge key by key
         values.update(layer.run)
-    values["dataset_opts"] = opts
+    values.pop("dataset_opts", None)
     methods = values.pop("methods", None)
     if not methods:
         raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
-    opts = values.pop("dataset_opts", {})
     label_map = values.pop("label_map", None)
     if label_map:
         opts = {**opts, "label_map": label_map}
@@ -359,30 +357,24 @@ def check_keys(layers: list[Layer], classes: dict[str, Any]) -> None:
     for layer in layers:
         for k in layer.train:
             if k not in engine:
-                close = difflib.get_close_matches(k, list(engine), n=1)
                 raise UserError(f"{layer.where('train')}: unknown engine setting '{k}'; "
-                                f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}known: {', '.join(sorted(engine))}")
+                                f"{_did_you_mean(k, engine)}known: {', '.join(sorted(engine))}")
         for k in layer.shared:
             if k not in engine and k not in all_hp:
-                known = sorted(set(engine) | all_hp)
-                close = difflib.get_close_matches(k, known, n=1)
                 raise UserError(f"{layer.where('shared')} {k}: unknown setting (no engine setting, and no method of this run - "
-                                f"{', '.join(classes)} - has it); "
-                                f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+                                f"{', '.join(classes)} - has it); {_did_you_mean(k, sorted(set(engine) | all_hp))}"
                                 f"see `python -m bench list methods --details`")
         for name, table in layer.per_method.items():
             if name not in classes:  # a table for a method this run does not train: the name must exist
                 if name not in METHODS:
-                    close = difflib.get_close_matches(name, METHODS.names(), n=1)
                     raise UserError(f"{layer.where('per_method', name)}: unknown method '{name}'; "
-                                    f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}see `python -m bench list methods`")
+                                    f"{_did_you_mean(name, METHODS.names())}see `python -m bench list methods`")
                 continue
             hp = _hparam_fields(classes[name])
             for k in table:
                 if k not in engine and k not in hp:
-                    close = difflib.get_close_matches(k, sorted(set(engine) | set(hp)), n=1)
                     raise UserError(f"{layer.where('per_method', name)}: method '{name}' has no setting '{k}'; "
-                                    f"{'did you mean ' + repr(close[0]) + '? ' if close else ''}"
+                                    f"{_did_you_mean(k, sorted(set(engine) | set(hp)))}"
                                     f"its hyperparameters: {', '.join(sorted(hp)) or 'none'}")
 
 

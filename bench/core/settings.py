@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from typing import Any, Literal
 
@@ -95,7 +96,7 @@ def _convert(raw: Any, annotation: Any) -> Any:
             if raw == c or (isinstance(raw, str) and str(c) == raw.strip()):
                 return c
         return _BAD
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "null")):
             return None
