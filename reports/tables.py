@@ -320,20 +320,21 @@ def _cell(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if np.isfinite(std) else "")
 
 
-def _cells(table: Table, digits: int, bold, under, star, pm: str) -> pd.DataFrame:
+def _cells(table: Table, digits: int, text, pm: str, marker) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per row label and column: the cell text (mean ± std, escaped by ``text``, ± written ``pm``,
+    plus the significance ``marker``) and its rank mark ("best", "second" or "")."""
     ranks = rank_marks(table, digits)
-    out = {}
+    body, marks = {}, {}
     for label in table.mean.index:
-        row = {}
+        body[label], marks[label] = {}, {}
         for col in table.columns:
-            text = _cell(table.mean.at[label, col], table.std.at[label, col], digits).replace(" ± ", pm)
-            if text != "-":
-                text += star(table.marks.get((label, col), ""))
-                mark = ranks.get((label, col))
-                text = bold(text) if mark == "best" else under(text) if mark == "second" else text
-            row[col] = text
-        out[label] = row
-    return pd.DataFrame.from_dict(out, orient="index")[table.columns]
+            cell = _cell(table.mean.at[label, col], table.std.at[label, col], digits)
+            if cell != "-":
+                cell = text(cell).replace(text(" ± "), pm) + marker(table.marks.get((label, col), ""))
+            body[label][col] = cell
+            marks[label][col] = ranks.get((label, col), "") if cell != "-" else ""
+    frame = lambda d: pd.DataFrame.from_dict(d, orient="index")[table.columns]  # noqa: E731
+    return frame(body), frame(marks)
 
 
 def _header(table: Table, col: str, up: str, down: str) -> str:
@@ -342,7 +343,8 @@ def _header(table: Table, col: str, up: str, down: str) -> str:
 
 def to_markdown(table: Table, digits: int = 1) -> str:
     """GitHub Markdown: **best**, <u>second</u>, arrows in the header, reported rows in italics."""
-    cells = _cells(table, digits, lambda t: f"**{t}**", lambda t: f"<u>{t}</u>", lambda s: f" {MARKERS[s]}" if s else "", " ± ")
+    cells, marks = _cells(table, digits, str, " ± ", lambda s: f" {MARKERS[s]}" if s else "")
+    cells = cells.mask(marks == "best", "**" + cells + "**").mask(marks == "second", "<u>" + cells + "</u>")
     cells.insert(0, "Labeled", table.rows["group"])
     cells.insert(1, "Method", [f"*{i}*" if k == "reported" else i for i, k in zip(table.rows["name"], table.rows["kind"])])
     cells.insert(2, "Seeds", [str(int(v)) if v else "-" for v in table.n])
@@ -363,22 +365,10 @@ def _styled(table: Table, digits: int, text, bold: str, under: str, pm: str, mar
     """A pandas ``Styler`` of the table: cell text (mean ± std + significance marker), the best
     value per column and group styled with ``bold``, the second with ``under``; index = (group,
     row name), or two leading columns "Labeled" and "Method" with ``index_as_columns``."""
-    ranks = rank_marks(table, digits)
-    body, style = {}, {}
-    for label in table.mean.index:
-        key = (text(table.rows.at[label, "group"]), row_name(label))
-        body[key], style[key] = {}, {}
-        for col in table.columns:
-            cell = _cell(table.mean.at[label, col], table.std.at[label, col], digits)
-            if cell != "-":
-                cell = text(cell).replace(text(" ± "), pm) + marker(table.marks.get((label, col), ""))
-            body[key][col] = cell
-            mark = ranks.get((label, col)) if cell != "-" else None
-            style[key][col] = bold if mark == "best" else under if mark == "second" else ""
-    df = pd.DataFrame.from_dict(body, orient="index")[table.columns]
-    df.index = pd.MultiIndex.from_tuples(df.index, names=["Labeled", "Method"])
-    css = pd.DataFrame.from_dict(style, orient="index")[table.columns]
-    css.index = df.index
+    df, marks = _cells(table, digits, text, pm, marker)
+    css = marks.replace({"best": bold, "second": under})
+    df.index = css.index = pd.MultiIndex.from_tuples([(text(table.rows.at[label, "group"]), row_name(label)) for label in df.index],
+                                                     names=["Labeled", "Method"])
     df.columns = css.columns = headers
     if index_as_columns:
         df = df.reset_index()
