@@ -107,16 +107,21 @@ class Protocol:
         if tuple(pred.shape) != tuple(gt.shape):
             raise UserError(f"prediction shape {tuple(pred.shape)} differs from label shape {tuple(gt.shape)}; "
                             f"a prediction must be on its label's grid")
-        if self.eval_grid == "native":
-            p, g, sp = pred, gt, tuple(spacing)
-        else:
-            shape = tuple(self.eval_shape or self.grid_shape(gt.shape))
-            p = pred if pred.shape == shape else resize(pred, shape, "nearest")
-            g = gt if gt.shape == shape else resize(gt, shape, "nearest")
-            sp = tuple(float(s) * a / b for s, a, b in zip(spacing, gt.shape, shape))
-        if self.distance_unit == "voxel":
-            sp = (1.0, 1.0, 1.0)
+        shape, sp = self.evaluation_grid(gt.shape, spacing)
+        p = pred if tuple(pred.shape) == shape else resize(pred, shape, "nearest")
+        g = gt if tuple(gt.shape) == shape else resize(gt, shape, "nearest")
         return p, g, sp
+
+    def evaluation_grid(self, shape, spacing) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(shape, spacing in the distance unit) of the grid metrics use, for a label of native
+        ``shape`` (D, H, W) and ``spacing`` (mm)."""
+        shape = tuple(int(n) for n in shape)
+        if self.eval_grid == "native":
+            grid, sp = shape, tuple(float(s) for s in spacing)
+        else:
+            grid = tuple(self.eval_shape or self.grid_shape(shape))
+            sp = tuple(float(s) * a / b for s, a, b in zip(spacing, shape, grid))
+        return grid, ((1.0, 1.0, 1.0) if self.distance_unit == "voxel" else sp)
 
     def window_overlap(self, patch) -> float | tuple[float, ...]:
         """The overlap to give MONAI's sliding window for ``patch``: per axis where the protocol

@@ -35,11 +35,5 @@ def penalty_distance(shape: Sequence[int], spacing: Sequence[float], protocol: P
 
     ``shape``, ``spacing``: the label's native grid (D, H, W) and its spacing in mm.
     """
-    if protocol.eval_grid == "native":
-        grid, sp = tuple(shape), tuple(spacing)
-    else:
-        grid = tuple(protocol.eval_shape or protocol.grid_shape(tuple(shape)))
-        sp = tuple(float(s) * a / b for s, a, b in zip(spacing, shape, grid))
-    if protocol.distance_unit == "voxel":
-        sp = (1.0, 1.0, 1.0)
+    grid, sp = protocol.evaluation_grid(shape, spacing)
     return math.sqrt(sum((n * s) ** 2 for n, s in zip(grid, sp)))
