@@ -16,21 +16,13 @@ import socket
 import time
 from pathlib import Path
 
+from bench.core.store import process_alive
+
 STALE_AFTER_S = 1800.0
 
 
 def _owner() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_stale(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
@@ -42,7 +34,7 @@ def is_stale(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
         info = json.loads(path.read_text())
     except (OSError, ValueError):
         return age > 60.0  # unreadable (written by another tool): stale once it is a minute old
-    if info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1))):
+    if info.get("host") == socket.gethostname() and not process_alive(int(info.get("pid", -1))):
         return True
     return age > stale_after
 

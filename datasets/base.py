@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from bench.core.errors import UserError
-from bench.core.store import read_json, safe_name
+from bench.core.store import process_alive, read_json, safe_name
 
 
 @dataclass
@@ -106,16 +106,7 @@ def _remove_orphans(root: Path) -> None:
             pid = int(tmp.name[len(f".{root.name}.tmp-"):].split("-")[0])
         except ValueError:
             pid = -1
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0) if pid > 0 else None
-            alive = pid > 0
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
+        if pid != os.getpid() and (pid <= 0 or not process_alive(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -89,6 +89,17 @@ def atomic_save(path: Path, save: Callable[[Any], None]) -> None:
         raise
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
