@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", default="default")
     e.add_argument("--dataset", default=None, help="dataset kind for the protocol's grid (synapse | amos; default: guessed from --gt's path)")
     e.add_argument("--out", default=None, help="metrics.json path (default: <pred>/metrics.json)")
+    e.add_argument("--released-empty-dice", action="store_true",
+                   help="dhc protocol: an organ absent from both scores Dice 0.01 as DHC's released evaluation (docs/fidelity.md)")
 
     t = sub.add_parser("tune", help="Optuna study of one method (objective: eval-split Dice)")
     t.add_argument("--method", required=True)
@@ -236,7 +238,8 @@ def cmd_run(args) -> int:
 def cmd_evaluate(args) -> int:
     from bench.evaluate import evaluate_folders
 
-    evaluate_folders(args.pred, args.gt, args.labels, args.protocol, args.out, dataset=args.dataset)
+    evaluate_folders(args.pred, args.gt, args.labels, args.protocol, args.out, dataset=args.dataset,
+                     released_empty_dice=args.released_empty_dice)
     return 0
 
 

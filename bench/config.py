@@ -75,6 +75,9 @@ class TrainConfig:
     #: network with ``torch.compile`` / keep activations in ``channels_last_3d`` memory format
     compile: bool = False
     channels_last: bool = False
+    #: score an organ absent from prediction and label as DHC's released evaluation does (Dice
+    #: 0.01: 1 on its x100 scale) instead of 1.0; ``dhc`` protocol only (docs/fidelity.md)
+    released_empty_dice: bool = False
 
 
 #: engine settings that change how fast a run goes, not what it computes: kept out of the

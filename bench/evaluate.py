@@ -57,7 +57,7 @@ def _check_labels(arr: np.ndarray, path: Path, n: int) -> np.ndarray:
 
 
 def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str = "default", out: str | None = None,
-                     dataset: str | None = None) -> dict:
+                     dataset: str | None = None, released_empty_dice: bool = False) -> dict:
     from bench.core.registry import PROTOCOLS
 
     pdir, gdir = Path(pred), Path(gt)
@@ -69,6 +69,8 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
         raise UserError(f"--out {target} is a folder; give a file name such as {target / 'metrics.json'}")
     # published protocols resample Synapse and AMOS differently: the dataset kind picks the grid
     proto = PROTOCOLS.get(protocol)(dataset or str(gdir.resolve()))
+    if released_empty_dice:
+        proto = proto.released_empty_dice()
     labels = read_labels_json(labels_json)
     gts = _cases(gdir)
     if not gts:

@@ -220,6 +220,7 @@ def resolve_runs(req: RunRequest) -> tuple[list[tuple[str, Any, MethodSettings]]
     settings = [(name, cls, resolve_method(name, cls, layers)) for name, cls in classes.items()]
     for name, _, st in settings:
         check_memory(name, st.train, device)
+        run_protocol(protocol, st.train)  # a switch the protocol does not have fails here
     return settings, protocol
 
 
@@ -231,11 +232,16 @@ def _grid(cls, opts: RunOptions) -> list[tuple[str | None, str | None]]:
     return [(p, e) for p in prompts for e in opts.text_encoder]
 
 
+def run_protocol(protocol, train):
+    """The protocol one run scores under: the requested one, with its engine-level switches applied."""
+    return protocol.released_empty_dice() if train.released_empty_dice else protocol
+
+
 def _resolved(name: str, cls, st: MethodSettings, opts: RunOptions, protocol, prompts, encoder, dataset: str, split: dict) -> dict:
     train = asdict(st.train)
     execution = {k: train.pop(k) for k in EXECUTION_ONLY}
     resolved = {"method": name, "hparams": st.hparams, "train": train, "dataset": dataset, "preset": opts.preset,
-                "protocol": protocol.describe(), "split": split}
+                "protocol": run_protocol(protocol, st.train).describe(), "split": split}
     if cls.uses_priors:
         resolved["prompts"], resolved["text_encoder"] = prompts, encoder
     if cls.fixed_priors:
@@ -360,7 +366,7 @@ def make_spec(r: PlannedRun, dataset, protocol, split, device, progress: bool, *
         hparams=r.settings.hparams,
         train=r.settings.train,
         dataset=dataset,
-        protocol=protocol,
+        protocol=run_protocol(protocol, r.settings.train),
         split=split,
         seed=r.seed,
         device=device,

@@ -133,6 +133,7 @@ class Trainer:
             iterations=self.t.iterations,
             labeled_voxel_counts=counts,
             n_unlabeled=len(self.unlabeled),
+            unlabeled_bs=self.t.unlabeled_bs,
             priors=spec.priors,
             seed=spec.seed,
         )

@@ -132,7 +132,7 @@ class ACISIS(MeanTeacher):
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
-        it = self.hp.update_iter or max(1, ctx.n_unlabeled // 2)
+        it = self.hp.update_iter or ctx.epoch_length
         self.indicators = ClassIndicators(ctx.num_classes, it, self.hp.indicator_momentum, self.hp.top_m, self.hp.lam,
                                           self.hp.released_acisis_broadcast)
 

@@ -45,9 +45,17 @@ class MethodContext:
     labeled_voxel_counts: np.ndarray | None = None
     #: number of unlabeled training cases (0 for label-only methods)
     n_unlabeled: int = 0
+    #: unlabeled images per step: with ``n_unlabeled`` it gives the released scripts' epoch
+    #: (one pass over the unlabeled cases) for schedules counted in epochs
+    unlabeled_bs: int = 2
     #: returns text-prior embeddings (n_views * C, dim) for the run's prompts and encoder
     priors: Callable[[], torch.Tensor] | None = None
     seed: int = 0
+
+    @property
+    def epoch_length(self) -> int:
+        """Steps per epoch of the released loops: one pass over the unlabeled cases (at least 1)."""
+        return max(1, self.n_unlabeled // max(1, self.unlabeled_bs))
 
 
 class RunningState:

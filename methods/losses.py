@@ -11,28 +11,50 @@ def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(label.long(), num_classes).movedim(-1, 1).float()
 
 
-def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-5,
+                   squared: bool = False, background: bool = True) -> torch.Tensor:
     """Mean over classes of 1 - (2 Σ p y + eps) / (Σ p + Σ y + eps), sums over batch and space.
 
     ``probs`` (B, C, D, H, W) probabilities, ``target`` (B, D, H, W) labels; optional
-    per-class ``weight`` (C,) (normalised to sum 1, as in DHC's weighted Dice).
+    per-class ``weight`` (C,) (normalised to sum 1, as in DHC's weighted Dice). ``squared``:
+    denominator Σ p² + Σ y² (SSL4MIS' ``DiceLoss``); ``background=False``: the mean runs over the
+    foreground classes only (DHC's ``SoftDiceLoss``).
     """
     c = probs.shape[1]
     y = one_hot(target, c)
     dims = (0, 2, 3, 4)
     inter = (probs * y).sum(dims)
-    denom = probs.sum(dims) + y.sum(dims)
+    denom = ((probs * probs).sum(dims) if squared else probs.sum(dims)) + y.sum(dims)  # y² = y
     per_class = 1.0 - (2 * inter + eps) / (denom + eps)
+    if not background:
+        per_class = per_class[1:]
+        weight = None if weight is None else weight[1:]
     if weight is None:
         return per_class.mean()
     w = weight.to(per_class) / weight.sum().clamp_min(1e-12)
     return (per_class * w).sum()
 
 
-def ssl4mis_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """(CE + soft Dice) / 2 - the supervised loss of SSL4MIS and DHC (optionally class-weighted)."""
+#: supervised Dice variants of (CE + Dice) / 2: "linear" (Σ p + Σ y over all classes, eps 1e-5),
+#: "squared" (SSL4MIS' DiceLoss: Σ p² + Σ y², all classes, smooth 1e-5), "foreground" (DHC's
+#: SoftDiceLoss(smooth=1e-8) of train_uamt.py / train_urpc.py: foreground classes only)
+DICE_VARIANTS = ("linear", "squared", "foreground")
+
+
+def ssl4mis_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                         dice: str = "linear") -> torch.Tensor:
+    """(CE + soft Dice) / 2 - the supervised loss of SSL4MIS and DHC's baselines (optionally class-weighted).
+
+    ``dice`` picks the Dice variant (``DICE_VARIANTS``).
+    """
+    if dice not in DICE_VARIANTS:
+        raise ValueError(f"unknown Dice variant {dice!r}")
     ce = F.cross_entropy(logits.float(), target.long(), weight=None if weight is None else weight.float())
-    dc = soft_dice_loss(torch.softmax(logits.float(), 1), target, weight)
+    probs = torch.softmax(logits.float(), 1)
+    if dice == "foreground":
+        dc = soft_dice_loss(probs, target, weight, eps=1e-8, background=False)
+    else:
+        dc = soft_dice_loss(probs, target, weight, squared=dice == "squared")
     return 0.5 * (ce + dc)
 
 

@@ -243,7 +243,7 @@ class MagicNet(Method):
     def consistency_weight(self, step: int) -> float:
         if self.hp.consistency_epoch == 0:
             return self.hp.consistency * sigmoid_rampup(step, self.hp.consistency_rampup * self.ctx.iterations)
-        epoch = self.hp.consistency_epoch if self.hp.consistency_epoch > 0 else max(1, self.ctx.n_unlabeled // 2)
+        epoch = self.hp.consistency_epoch if self.hp.consistency_epoch > 0 else self.ctx.epoch_length
         return self.hp.consistency * sigmoid_rampup(step // epoch, self.hp.consistency_rampup_epochs)
 
     def unmix_cubes(self, cubes: torch.Tensor) -> torch.Tensor:

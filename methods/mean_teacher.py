@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -39,6 +40,9 @@ class MeanTeacher(Supervised):
         ema_decay: float = setting(0.99, ge=0.0, le=1.0)
         consistency: float = setting(0.1, ge=0.0)
         consistency_rampup: float = setting(1.0, ge=0.0)
+        #: SSL4MIS' DiceLoss: squared denominators Σ p² + Σ y² over all classes (released);
+        #: "linear" is the suite's pre-2026-12 loss
+        dice: Literal["linear", "squared", "foreground"] = "squared"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
@@ -52,7 +56,7 @@ class MeanTeacher(Supervised):
         n_l = labeled["image"].shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
         logits = student(x)
-        sup = ssl4mis_dice_ce_loss(logits[:n_l], labeled["label"])
+        sup = ssl4mis_dice_ce_loss(logits[:n_l], labeled["label"], dice=self.hp.dice)
         if unlabeled is None:
             return Losses(sup, {"sup": sup})
         with torch.no_grad():

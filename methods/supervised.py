@@ -40,7 +40,9 @@ class Supervised(Method):
 
     @dataclass
     class Hparams(BackboneHparams):
-        pass
+        #: Dice of the (CE + Dice) / 2 loss (``methods.losses.DICE_VARIANTS``); the suite's own
+        #: lower bound (DHC's ``train_fully.py`` uses DC_and_CE_loss instead: docs/fidelity.md)
+        dice: Literal["linear", "squared", "foreground"] = "linear"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
@@ -48,7 +50,7 @@ class Supervised(Method):
 
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
         logits = self.networks["net"](labeled["image"])
-        sup = ssl4mis_dice_ce_loss(logits, labeled["label"])
+        sup = ssl4mis_dice_ce_loss(logits, labeled["label"], dice=self.hp.dice)
         return Losses(sup, {"sup": sup})
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

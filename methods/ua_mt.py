@@ -10,7 +10,9 @@ with ``u < ln 2 (0.75 + 0.25 sigmoid_rampup(t, T_run))`` enter
     L_u = Σ mask (softmax_s - softmax_t)^2 / (2 Σ mask + 1e-16)
 
 (sum over classes in the numerator, voxels in the denominator: the released formula, written
-for two classes and kept as is).
+for two classes and kept as is). As in DHC's script, the supervised Dice is its foreground-only
+``SoftDiceLoss(smooth=1e-8)`` and the EMA warm start counts epochs (``ema_warmup``); the ramps
+below are sampled every step (DHC updates them once an epoch: the same curve, in steps).
 
 The threshold is a fraction (0.75 -> 1) of the maximum entropy, as the paper defines it. The
 released code was written for binary LA segmentation and hard-codes that maximum as ln 2; DHC's
@@ -30,6 +32,7 @@ import torch
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses
+from methods.ema import ema_update
 from methods.losses import ssl4mis_dice_ce_loss
 from methods.mean_teacher import MeanTeacher, teacher_noise
 from methods.ramps import sigmoid_rampup
@@ -54,6 +57,16 @@ class UAMT(MeanTeacher):
     class Hparams(MeanTeacher.Hparams):
         passes: int = setting(8, ge=1)
         entropy_max: Literal["classes", "ln2"] = "classes"  # "classes": ln C; "ln2": as released (binary)
+        #: DHC's train_uamt.py: SoftDiceLoss(smooth=1e-8), foreground classes only
+        dice: Literal["linear", "squared", "foreground"] = "foreground"
+        #: the EMA warm start min(1 - 1/(t + 1), decay) counts epochs in DHC's train_uamt.py
+        #: (``update_ema_variables(..., epoch_num)``): the teacher copies the student for the
+        #: whole first epoch; "step" counts steps (SSL4MIS, the suite before 2026-12)
+        ema_warmup: Literal["epoch", "step"] = "epoch"
+
+    def after_step(self, step: int) -> None:
+        t = step // self.ctx.epoch_length if self.hp.ema_warmup == "epoch" else step
+        ema_update(self.teachers["teacher"], self.networks["net"], self.hp.ema_decay, t)
 
     def uncertainty_threshold(self, step: int) -> float:
         u_max = math.log(self.ctx.num_classes) if self.hp.entropy_max == "classes" else math.log(2)
@@ -76,7 +89,7 @@ class UAMT(MeanTeacher):
             return super().training_step(labeled, unlabeled, step)
         x = torch.cat([labeled["image"], unlabeled["image"]])
         logits = student(x)
-        sup = ssl4mis_dice_ce_loss(logits[:n_l], labeled["label"])
+        sup = ssl4mis_dice_ce_loss(logits[:n_l], labeled["label"], dice=self.hp.dice)
         with torch.no_grad():
             t_probs = torch.softmax(teacher(teacher_noise(unlabeled["image"])).float(), 1)
             mask = (self.uncertainty(unlabeled["image"]) < self.uncertainty_threshold(step)).float()

@@ -20,6 +20,7 @@ the other baselines) rather than DHC's separate 3D U-Net, so that backbone capac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,8 @@ class URPC(Method):
     class Hparams(BackboneHparams):
         consistency: float = setting(0.1, ge=0.0)
         consistency_rampup: float = setting(1.0, ge=0.0)
+        #: DHC's train_urpc.py: SoftDiceLoss(smooth=1e-8), foreground classes only
+        dice: Literal["linear", "squared", "foreground"] = "foreground"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
@@ -88,7 +91,7 @@ class URPC(Method):
         n_l = labeled["image"].shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]]) if unlabeled is not None else labeled["image"]
         outs = self.networks["net"](x)
-        sup = sum(ssl4mis_dice_ce_loss(o[:n_l], labeled["label"]) for o in outs) / len(outs)
+        sup = sum(ssl4mis_dice_ce_loss(o[:n_l], labeled["label"], dice=self.hp.dice) for o in outs) / len(outs)
         if unlabeled is None:
             return Losses(sup, {"sup": sup})
         cons = rectified_consistency([torch.softmax(o[n_l:].float(), 1) for o in outs])

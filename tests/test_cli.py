@@ -164,6 +164,12 @@ def test_evaluate_folder(tmp_path, capsys):
     m = json.loads((pred / "metrics.json").read_text())
     assert m["per_organ"]["liver"]["dice"] == 1.0 and m["per_organ"]["liver"]["hd95"] == 0.0
     assert m["per_organ"]["spleen"]["dice"] is None  # absent on both sides -> NaN -> null
+    # DHC's released scale bug one flag away, on the dhc protocol only
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--protocol", "dhc", "--dataset", "synapse",
+                 "--released-empty-dice", "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["per_organ"]["spleen"]["dice"] == pytest.approx(0.01)
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--released-empty-dice", "--out", str(tmp_path / "x.json")]) == 2
+    assert "applies to the dhc protocol" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
 
 
 def test_evaluate_shape_mismatch_and_bad_labels(tmp_path, capsys):

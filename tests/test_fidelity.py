@@ -118,3 +118,64 @@ def test_pseudo_label_switches_change_the_consistency_target(name, switch, patch
 def test_galoss_mix_pl_takes_the_labeled_cubes():
     ga, fixed = GA(tiny_context(patch=PATCH), released_galoss_mix_pl=True), GA(tiny_context(patch=PATCH))
     assert list(ga.pl_cube_indices(2, 4)) == [0, 1] and list(fixed.pl_cube_indices(2, 4)) == [2, 3]
+
+
+# probabilities of two voxels (class 0, class 1): (0.2, 0.8) labelled 1, (0.6, 0.4) labelled 0
+_P = torch.tensor([[0.2, 0.6], [0.8, 0.4]]).reshape(1, 2, 1, 1, 2)
+_Y = torch.tensor([1, 0]).reshape(1, 1, 1, 2)
+
+
+@pytest.mark.parametrize("kw,expected", [
+    # class 0: inter 0.6, Σp 0.8, Σp² 0.40, Σy 1; class 1: inter 0.8, Σp 1.2, Σp² 0.80, Σy 1
+    ({}, ((1 - 1.2 / 1.8) + (1 - 1.6 / 2.2)) / 2),  # linear: 0.30303
+    ({"squared": True}, ((1 - 1.2 / 1.4) + (1 - 1.6 / 1.8)) / 2),  # SSL4MIS DiceLoss: 0.12698
+    ({"background": False, "eps": 1e-8}, 1 - 1.6 / 2.2),  # DHC SoftDiceLoss: 0.27273
+])
+def test_dice_variants_by_hand(kw, expected):
+    from methods.losses import soft_dice_loss
+
+    assert soft_dice_loss(_P, _Y, **kw).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_supervised_dice_defaults_follow_the_released_scripts():
+    runs = {r["method"]: r for r in dry_run(RunRequest.build({"methods": "mean_teacher,ua_mt,urpc,supervised"}))}
+    assert runs["mean_teacher"]["hparams"]["dice"] == "squared"  # SSL4MIS train_mean_teacher_3D.py
+    assert runs["ua_mt"]["hparams"]["dice"] == "foreground" and runs["urpc"]["hparams"]["dice"] == "foreground"  # DHC
+    assert runs["supervised"]["hparams"]["dice"] == "linear"
+    assert runs["ua_mt"]["hparams"]["ema_warmup"] == "epoch"
+
+
+@pytest.mark.parametrize("dice", ["linear", "foreground"])
+def test_dice_switch_changes_the_supervised_loss(dice):
+    from methods.losses import ssl4mis_dice_ce_loss
+
+    logits = torch.log(_P)
+    assert ssl4mis_dice_ce_loss(logits, _Y, dice=dice).item() != pytest.approx(ssl4mis_dice_ce_loss(logits, _Y, dice="squared").item())
+
+
+@pytest.mark.parametrize("warmup,alpha", [("epoch", 0.0), ("step", 0.75)])
+def test_ua_mt_ema_warm_start_counts_epochs(warmup, alpha):
+    from methods.ua_mt import UAMT
+
+    torch.manual_seed(0)
+    # 8 unlabeled cases, 2 a step: an epoch is 4 steps; at step 3 the epoch count is 0 -> alpha 0
+    m = UAMT(tiny_context(n_unlabeled=8, unlabeled_bs=2), ema_warmup=warmup)
+    teacher, student = m.teachers["teacher"], m.networks["net"]
+    before = [p.clone() for p in teacher.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    m.after_step(3)
+    for b, t, s in zip(before, teacher.parameters(), student.parameters()):
+        torch.testing.assert_close(t, alpha * b + (1 - alpha) * s)
+
+
+def test_released_empty_dice_switch_reaches_the_protocol_record_and_is_refused_elsewhere(tmp_path):
+    from bench.core.errors import UserError
+
+    (run,) = dry_run(RunRequest.build({"methods": "dhc", "protocol": "dhc"}, ["released_empty_dice=true"]))
+    assert run["protocol"]["empty_rule"] == "dhc_released" and run["train"]["released_empty_dice"] is True
+    (plain,) = dry_run(RunRequest.build({"methods": "dhc", "protocol": "dhc"}))
+    assert plain["protocol"]["empty_rule"] == "dhc"
+    with pytest.raises(UserError, match="applies to the dhc protocol"):
+        dry_run(RunRequest.build({"methods": "dhc", "protocol": "ga"}, ["released_empty_dice=true"]))

@@ -51,6 +51,16 @@ def test_empty_policy():
     assert one["dice"] == 0.0 and math.isnan(one["hd95"]) and math.isnan(one["asd"])
 
 
+@pytest.mark.parametrize("rule,both_dice", [("dhc", 1.0), ("dhc_released", 0.01)])
+def test_dhc_empty_rules(rule, both_dice):
+    z = np.zeros((4, 4, 4), bool)
+    o = z.copy()
+    o[1, 1, 1] = True
+    assert organ_metrics(z, z, (1, 1, 1), rule) == {"dice": both_dice, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
+    one = organ_metrics(z, o, (1, 1, 1), rule)  # missed: Dice 0, the published 128
+    assert one["dice"] == 0.0 and one["hd95"] == 128 and one["missed"]
+
+
 def _blob(rng, shape):
     m = ndimage.gaussian_filter(rng.random(shape), 2.0) > 0.52
     return m

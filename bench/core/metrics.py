@@ -68,23 +68,29 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
     return dt_to_g[sp], dt_to_p[sg]
 
 
+#: empty-organ policies (see :func:`organ_metrics`)
+EMPTY_RULES = ("nan", "dhc", "dhc_released")
+
+
 def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], empty_rule: str = "nan") -> dict[str, float]:
     """Dice, HD95, ASD, ASSD of one organ (boolean masks), following the empty-organ policy.
 
     ``empty_rule="nan"`` (ours): both empty -> all NaN; one side empty -> Dice 0, distances NaN.
     ``empty_rule="dhc"`` (DHC / TAK as published): both empty -> Dice 1, distances 0; one side
-    empty -> Dice 0, distances 128.
+    empty -> Dice 0, distances 128. ``empty_rule="dhc_released"``: as ``"dhc"``, but both empty
+    -> Dice 0.01, the 1 that DHC's ``evaluate_Ntimes.py`` writes on its x100 scale (a released
+    scale bug, kept for exact reproduction).
     """
     p, g = np.asarray(pred, bool), np.asarray(gt, bool)
     pn, gn = bool(p.any()), bool(g.any())
-    if empty_rule not in ("nan", "dhc"):
+    if empty_rule not in EMPTY_RULES:
         raise ValueError(f"unknown empty_rule {empty_rule!r}")
     if not pn and not gn:
-        if empty_rule == "dhc":
-            return {"dice": 1.0, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
+        if empty_rule != "nan":
+            return {"dice": 1.0 if empty_rule == "dhc" else 0.01, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
         return {m: math.nan for m in METRICS}
     if not (pn and gn):
-        d = DHC_EMPTY_DISTANCE if empty_rule == "dhc" else math.nan
+        d = math.nan if empty_rule == "nan" else DHC_EMPTY_DISTANCE
         # missed: in the label, absent from the prediction (counted in reports beside distances)
         return {"dice": 0.0, "hd95": d, "asd": d, "assd": d, "missed": gn}
     d_pg, d_gp = surface_distances(p, g, spacing)

@@ -5,6 +5,7 @@ protocol, and the nearest / trilinear resizing it uses. The named protocols them
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,8 @@ class Protocol:
     ``resample``: ``None`` (native grid), ``("scale", (sD, sH, sW))`` or ``("shape", (D, H, W))``.
     ``eval_grid``: ``"native"`` (the prediction is brought back to the label's own grid) or
     ``"protocol"`` (the ground truth is resized to the protocol grid, or to ``eval_shape``).
-    ``empty_rule``: ``"nan"`` (ours) or ``"dhc"`` (0 / 128 and both-empty = 1).
+    ``empty_rule``: ``"nan"`` (ours), ``"dhc"`` (0 / 128 and both-empty = 1) or ``"dhc_released"``
+    (both-empty = 0.01, DHC's scale bug; :meth:`released_empty_dice`).
     ``stride`` / ``fusion``: test-time sliding window (per-axis stride in voxels; fusion of
     overlapping windows: averaged logits or averaged softmax probabilities).
     """
@@ -43,6 +45,14 @@ class Protocol:
     distance_unit: str = "mm"
     empty_rule: str = "nan"
     patch: tuple[int, int, int] | None = None  # the published patch (informative; configs set it)
+
+    def released_empty_dice(self) -> Protocol:
+        """This protocol scoring an organ absent from prediction and label as DHC's released
+        evaluation does: 1 on its x100 scale, i.e. Dice 0.01 (``--set released_empty_dice=true``)."""
+        if self.empty_rule != "dhc" or self.name != "dhc":
+            raise UserError(f"released_empty_dice applies to the dhc protocol (DHC's evaluation), not to {self.name!r}; "
+                            "use --protocol dhc or drop the switch")
+        return dataclasses.replace(self, empty_rule="dhc_released")
 
     # -- intensities ----------------------------------------------------------------------
     def normalize(self, image: np.ndarray, name: str = "image") -> np.ndarray:
