@@ -84,17 +84,12 @@ class TrainConfig:
 #: config hash (a run resumed with them switched keeps its folder), recorded in config.json
 EXECUTION_ONLY = ("compile", "channels_last")
 
-#: the MagicNet family; the demo and quick presets give it lr 0.03 (docs/fidelity.md)
-_MAGICNET_FAMILY = ("magicnet", "ga", "tak", "tak_no_contrast", "tak_names", "tak_no_text")
-
-
 @dataclass(frozen=True)
 class Preset:
-    """A named preset: the phantom size, engine settings, and per-method corrections."""
+    """A named preset: the phantom size and engine settings, the same for every method."""
 
     dataset_preset: str
     train: dict[str, Any] = field(default_factory=dict)
-    method: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 #: Presets (docs/performance.md has the measured times). ``demo``: the no-flag default, sized
@@ -105,10 +100,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset("tiny", {"iterations": 4, "patch": (16, 32, 32), "width": 4, "val_every": 2, "ckpt_every": 2,
                             "log_every": 1, "timing_warmup": 1}),
-    "demo": Preset("quick", {"iterations": 220, "lr": 0.1, "patch": (32, 32, 64), "width": 8, "val_every": 100, "ckpt_every": 50},
-                   {m: {"lr": 0.03} for m in _MAGICNET_FAMILY}),
-    "quick": Preset("quick", {"iterations": 600, "lr": 0.1, "patch": (32, 64, 64), "width": 8, "val_every": 100, "ckpt_every": 50},
-                    {m: {"lr": 0.03} for m in _MAGICNET_FAMILY}),
+    "demo": Preset("quick", {"iterations": 220, "lr": 0.1, "patch": (32, 32, 64), "width": 8, "val_every": 100, "ckpt_every": 50}),
+    "quick": Preset("quick", {"iterations": 600, "lr": 0.1, "patch": (32, 64, 64), "width": 8, "val_every": 100, "ckpt_every": 50}),
     "paper": Preset("paper", {"iterations": 30000, "patch": (96, 96, 96), "width": 16, "val_every": 1000, "ckpt_every": 500,
                               "log_every": 50}),
 }
@@ -228,7 +221,7 @@ def preset_layer(name: str) -> Layer:
     if name not in PRESETS:
         raise UserError(f"unknown preset '{name}'; {_did_you_mean(name, PRESETS)}choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
-    return Layer(f"preset {name}", train=dict(p.train), per_method={k: dict(v) for k, v in p.method.items()})
+    return Layer(f"preset {name}", train=dict(p.train))
 
 
 def parse_set(items: list[str], flag: str = "--set") -> dict[str, str]:

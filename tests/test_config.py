@@ -88,7 +88,7 @@ def test_a_key_means_the_same_from_a_file_and_from_set(tmp_path, capsys):
     by_set = {d["method"]: d for d in _dry(capsys, ["--methods", "tak,dhc", "--set", "contrast_weight=0.3", "--set", "dhc.lr=0.05"])}
     for d in (by_file, by_set):
         assert d["tak"]["hparams"]["contrast_weight"] == 0.3 and "contrast_weight" not in d["dhc"]["hparams"]
-        assert d["dhc"]["train"]["lr"] == 0.05 and d["tak"]["train"]["lr"] == 0.03  # tak: the demo preset's family lr
+        assert d["dhc"]["train"]["lr"] == 0.05 and d["tak"]["train"]["lr"] == 0.1  # tak: the demo preset's lr, one for all
     assert by_file == by_set
 
 
@@ -171,3 +171,14 @@ def test_settings_dataclasses_have_no_flag_that_is_also_a_field():
     for name in METHODS.names():
         fields = {f.name for f in dataclasses.fields(METHODS.get(name).Hparams)}
         assert not (flags & fields), (name, flags & fields)
+
+
+@pytest.mark.parametrize("preset", ["demo", "quick"])
+def test_presets_give_every_method_one_learning_rate(preset):
+    """demo and quick train every method at one lr (issue #19: the MagicNet family at 0.1 too)."""
+    from bench.core.registry import METHODS
+    from bench.runner import RunRequest, dry_run
+
+    runs = dry_run(RunRequest.build({"methods": ",".join(METHODS.names()), "preset": preset}))
+    assert {r["train"]["lr"] for r in runs} == {0.1}
+    assert len({(r["train"]["iterations"], tuple(r["train"]["patch"]), r["train"]["labeled_bs"], r["train"]["unlabeled_bs"]) for r in runs}) == 1
