@@ -26,9 +26,10 @@ Slow start, as released: the controller keeps PyTorch's default initialisation (
 script defines ``kaiming_normal_init_weight`` but never calls it), so each of the three
 generated layers shrinks the spatial signal 6-9x and the logits vary by ~0.001 across voxels
 at step 0 (``ga``'s static output conv: 0.31). Training first has to grow that product of
-small weights: on the phantom TAK's validation Dice stays near 0 for ~300-400 steps at lr 0.03,
-0.1 or 0.3 (measured, docs/performance.md), while ``ga`` learns from the first 50 steps. Over
-the paper's 30k+ iterations this costs little; in CPU-sized runs it dominates.
+small weights: on the phantom TAK's validation Dice stays below 5 % for ~300 steps (quick
+preset, lr 0.1, released init; lr 0.03 and 0.3 did not shorten it: docs/performance.md,
+docs/fidelity.md), while ``ga`` reaches 50 % by step 100. Over the paper's 30k+ iterations this
+costs little; in CPU-sized runs it dominates.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class TAK(GA):
     uses_priors = True
     has_text_head = True
     has_contrastive = True
-    slow_start = ("its text-driven head starts almost flat (logits vary ~0.001 across voxels) and needs "
-                  "~300-400 steps to leave that plateau (docs/performance.md)")
+    slow_start = ("its text-driven head starts almost flat (logits vary ~0.001 across voxels): on the quick "
+                  "preset its validation Dice passed 5 % only after ~300 steps (docs/fidelity.md)")
 
     @dataclass
     class Hparams(GA.Hparams):

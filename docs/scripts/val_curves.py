@@ -1,0 +1,47 @@
+"""Validation curves and test Dice of committed run records, as a Markdown table.
+
+Rows are runs (method, seed, and the settings in which runs of one method differ); columns the
+validation Dice at every validation step, the test mean Dice and the mean Dice of the small
+organs (adrenal glands, gallbladder, esophagus). docs/fidelity.md's measured effects are this
+table of docs/results/fidelity:
+
+    python docs/scripts/val_curves.py docs/results/fidelity
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SMALL = ("gallbladder", "esophagus", "right adrenal gland", "left adrenal gland")
+
+
+def _flat(config: dict) -> dict:
+    return {**{f"{k}": v for k, v in config["hparams"].items()}, **{k: v for k, v in config["train"].items()}}
+
+
+def main(root: str) -> None:
+    runs = []
+    for m in sorted(Path(root).rglob("metrics.json")):
+        d = m.parent
+        metrics = json.loads(m.read_text())
+        config = json.loads((d / "config.json").read_text())
+        log = [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines() if line.strip()]
+        val = {e["step"] + 1: e["val_dice"] for e in log if "val_dice" in e}
+        runs.append((metrics, _flat(config), val))
+    steps = sorted({s for _, _, v in runs for s in v})
+    print("| method | seed | differs in | " + " | ".join(f"val @{s}" for s in steps) + " | test Dice | test small |")
+    print("|---" * (5 + len(steps)) + "|")
+    for metrics, flat, val in runs:
+        same = [f for mm, f, _ in runs if mm["method"] == metrics["method"]]
+        diff = sorted(k for k in flat if any(f.get(k) != flat[k] for f in same))
+        tag = ", ".join(f"{k}={flat[k]}" for k in diff) or "-"
+        small = sum(metrics["per_organ"][o]["dice"] for o in SMALL) / len(SMALL)
+        cells = [f"{100 * val[s]:.1f}" if s in val else "" for s in steps]
+        print(f"| {metrics['method']} | {metrics['seed']} | {tag} | " + " | ".join(cells)
+              + f" | {100 * metrics['mean']['dice']:.1f} | {100 * small:.1f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs/results/fidelity")
