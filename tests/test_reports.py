@@ -335,6 +335,10 @@ def test_docs_results_rebuild_from_the_committed_records(tmp_path):
     assert main(["report", "--runs", str(runs), "--out", str(out), "--baseline", "mean_teacher", "--format", "markdown,csv",
                  "--no-figures"]) == 0
     rows = {r["method"]: r for r in csv.DictReader((out / "significance.csv").open())}
-    assert {m: r["direction"] for m, r in rows.items()} == {"dhc": "better", "cps": "better", "supervised": "better"}
-    assert all(r["n_cases"] == "24" and r["n_seeds"] == "3" for r in rows.values())
-    assert "64.0 ± 0.8 ▲" in (out / "table.md").read_text()
+    tak = "tak [anatomy x minilm]"
+    assert {m: r["direction"] for m, r in rows.items()} == {"dhc": "better", "cps": "better", "supervised": "better",
+                                                           "ga": "better", "magicnet": "better", tak: "worse"}
+    assert all(r["n_cases"] == "24" for r in rows.values())
+    assert {m: r["n_seeds"] for m, r in rows.items()} == {"dhc": "3", "cps": "3", "supervised": "3", "ga": "1", "magicnet": "1", tak: "1"}
+    text = (out / "table.md").read_text()
+    assert "64.0 ± 0.8 ▲" in text and "64.7 ▲" in text and "26.9 ▼" in text

@@ -49,8 +49,7 @@ def main() -> None:
     method = MagicNet(ctx)
     if args.ckpt:
         state = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-        method.networks["net"].load_state_dict(state["modules"]["networks.net"] if "networks.net" in state["modules"]
-                                               else state["modules"]["net"])
+        method.networks["net"].load_state_dict(state["modules"]["net"])
     net = method.networks["net"]
     with torch.no_grad():
         feats = net.encode(x)

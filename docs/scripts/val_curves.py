@@ -5,7 +5,7 @@ validation Dice at every validation step, the test mean Dice and the mean Dice o
 organs (adrenal glands, gallbladder, esophagus). docs/fidelity.md's measured effects are this
 table of docs/results/fidelity:
 
-    python docs/scripts/val_curves.py docs/results/fidelity
+    python docs/scripts/val_curves.py docs/results/runs/phantom/default/labeled_10p/{ga,tak,magicnet} docs/results/fidelity
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ def _flat(config: dict) -> dict:
     return {**{f"{k}": v for k, v in config["hparams"].items()}, **{k: v for k, v in config["train"].items()}}
 
 
-def main(root: str) -> None:
+def main(roots: list[str]) -> None:
     runs = []
-    for m in sorted(Path(root).rglob("metrics.json")):
+    for m in sorted(p for root in roots for p in Path(root).rglob("metrics.json")):
         d = m.parent
         metrics = json.loads(m.read_text())
         config = json.loads((d / "config.json").read_text())
@@ -31,17 +31,18 @@ def main(root: str) -> None:
         val = {e["step"] + 1: e["val_dice"] for e in log if "val_dice" in e}
         runs.append((metrics, _flat(config), val))
     steps = sorted({s for _, _, v in runs for s in v})
-    print("| method | seed | differs in | " + " | ".join(f"val @{s}" for s in steps) + " | test Dice | test small |")
-    print("|---" * (5 + len(steps)) + "|")
+    rows = []
     for metrics, flat, val in runs:
         same = [f for mm, f, _ in runs if mm["method"] == metrics["method"]]
         diff = sorted(k for k in flat if any(f.get(k) != flat[k] for f in same))
         tag = ", ".join(f"{k}={flat[k]}" for k in diff) or "-"
         small = sum(metrics["per_organ"][o]["dice"] for o in SMALL) / len(SMALL)
         cells = [f"{100 * val[s]:.1f}" if s in val else "" for s in steps]
-        print(f"| {metrics['method']} | {metrics['seed']} | {tag} | " + " | ".join(cells)
-              + f" | {100 * metrics['mean']['dice']:.1f} | {100 * small:.1f} |")
-
+        rows.append((metrics["method"], tag, metrics["seed"], cells, 100 * metrics["mean"]["dice"], 100 * small))
+    print("| method | seed | differs in | " + " | ".join(f"val @{s}" for s in steps) + " | test Dice | test small |")
+    print("|---" * (5 + len(steps)) + "|")
+    for method, tag, seed, cells, dice, small in sorted(rows, key=lambda r: r[:3]):
+        print(f"| {method} | {seed} | {tag} | " + " | ".join(cells) + f" | {dice:.1f} | {small:.1f} |")
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/results/fidelity")
+    main(sys.argv[1:] or ["docs/results/fidelity"])
