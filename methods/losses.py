@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
@@ -38,11 +40,12 @@ def soft_dice_loss(probs: torch.Tensor, target: torch.Tensor, weight: torch.Tens
 #: supervised Dice variants of (CE + Dice) / 2: "linear" (Σ p + Σ y over all classes, eps 1e-5),
 #: "squared" (SSL4MIS' DiceLoss: Σ p² + Σ y², all classes, smooth 1e-5), "foreground" (DHC's
 #: SoftDiceLoss(smooth=1e-8) of train_uamt.py / train_urpc.py: foreground classes only)
-DICE_VARIANTS = ("linear", "squared", "foreground")
+DiceVariant = Literal["linear", "squared", "foreground"]
+DICE_VARIANTS = get_args(DiceVariant)
 
 
 def ssl4mis_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                         dice: str = "linear") -> torch.Tensor:
+                         dice: DiceVariant = "linear") -> torch.Tensor:
     """(CE + soft Dice) / 2 - the supervised loss of SSL4MIS and DHC's baselines (optionally class-weighted).
 
     ``dice`` picks the Dice variant (``DICE_VARIANTS``).

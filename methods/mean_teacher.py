@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -20,7 +19,7 @@ from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses, MethodContext
 from methods.ema import ema_update, make_teacher
-from methods.losses import softmax_mse, ssl4mis_dice_ce_loss
+from methods.losses import DiceVariant, softmax_mse, ssl4mis_dice_ce_loss
 from methods.ramps import sigmoid_rampup
 from methods.supervised import BackboneHparams, Supervised
 
@@ -42,7 +41,7 @@ class MeanTeacher(Supervised):
         consistency_rampup: float = setting(1.0, ge=0.0)
         #: SSL4MIS' DiceLoss: squared denominators Σ p² + Σ y² over all classes (released);
         #: "linear" is the suite's pre-2026-12 loss
-        dice: Literal["linear", "squared", "foreground"] = "squared"
+        dice: DiceVariant = "squared"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

@@ -9,7 +9,7 @@ import torch
 
 from bench.core.registry import register_method
 from methods.base import Losses, Method, MethodContext
-from methods.losses import ssl4mis_dice_ce_loss
+from methods.losses import DiceVariant, ssl4mis_dice_ce_loss
 from methods.networks import VNet
 
 
@@ -42,7 +42,7 @@ class Supervised(Method):
     class Hparams(BackboneHparams):
         #: Dice of the (CE + Dice) / 2 loss (``methods.losses.DICE_VARIANTS``); the suite's own
         #: lower bound (DHC's ``train_fully.py`` uses DC_and_CE_loss instead: docs/fidelity.md)
-        dice: Literal["linear", "squared", "foreground"] = "linear"
+        dice: DiceVariant = "linear"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

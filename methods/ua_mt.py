@@ -32,8 +32,7 @@ import torch
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses
-from methods.ema import ema_update
-from methods.losses import ssl4mis_dice_ce_loss
+from methods.losses import DiceVariant, ssl4mis_dice_ce_loss
 from methods.mean_teacher import MeanTeacher, teacher_noise
 from methods.ramps import sigmoid_rampup
 
@@ -58,15 +57,15 @@ class UAMT(MeanTeacher):
         passes: int = setting(8, ge=1)
         entropy_max: Literal["classes", "ln2"] = "classes"  # "classes": ln C; "ln2": as released (binary)
         #: DHC's train_uamt.py: SoftDiceLoss(smooth=1e-8), foreground classes only
-        dice: Literal["linear", "squared", "foreground"] = "foreground"
+        dice: DiceVariant = "foreground"
         #: the EMA warm start min(1 - 1/(t + 1), decay) counts epochs in DHC's train_uamt.py
         #: (``update_ema_variables(..., epoch_num)``): the teacher copies the student for the
         #: whole first epoch; "step" counts steps (SSL4MIS, the suite before 2026-12)
         ema_warmup: Literal["epoch", "step"] = "epoch"
 
     def after_step(self, step: int) -> None:
-        t = step // self.ctx.epoch_length if self.hp.ema_warmup == "epoch" else step
-        ema_update(self.teachers["teacher"], self.networks["net"], self.hp.ema_decay, t)
+        # MeanTeacher's EMA update, its warm start counted in epochs or steps
+        super().after_step(step // self.ctx.epoch_length if self.hp.ema_warmup == "epoch" else step)
 
     def uncertainty_threshold(self, step: int) -> float:
         u_max = math.log(self.ctx.num_classes) if self.hp.entropy_max == "classes" else math.log(2)

@@ -20,7 +20,6 @@ the other baselines) rather than DHC's separate 3D U-Net, so that backbone capac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ from torch import nn
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
-from methods.losses import ssl4mis_dice_ce_loss
+from methods.losses import DiceVariant, ssl4mis_dice_ce_loss
 from methods.networks import VNet
 from methods.ramps import sigmoid_rampup
 from methods.supervised import BackboneHparams
@@ -81,7 +80,7 @@ class URPC(Method):
         consistency: float = setting(0.1, ge=0.0)
         consistency_rampup: float = setting(1.0, ge=0.0)
         #: DHC's train_urpc.py: SoftDiceLoss(smooth=1e-8), foreground classes only
-        dice: Literal["linear", "squared", "foreground"] = "foreground"
+        dice: DiceVariant = "foreground"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

@@ -45,7 +45,7 @@ def main() -> None:
                for c, p, s in zip((zc, yc, xc), (32, 64, 64), label.shape))
     x = torch.from_numpy(image[sl]).float()[None, None]
     y = torch.from_numpy(label[sl]).long()[None]
-    ctx = MethodContext(num_classes=len(names), class_names=tuple(ds.labels), patch_size=(32, 64, 64), width=8)
+    ctx = MethodContext(num_classes=len(names), class_names=names, patch_size=(32, 64, 64), width=8)
     method = MagicNet(ctx)
     if args.ckpt:
         state = torch.load(args.ckpt, map_location="cpu", weights_only=True)

@@ -18,7 +18,7 @@ SMALL = ("gallbladder", "esophagus", "right adrenal gland", "left adrenal gland"
 
 
 def _flat(config: dict) -> dict:
-    return {**{f"{k}": v for k, v in config["hparams"].items()}, **{k: v for k, v in config["train"].items()}}
+    return {**config["hparams"], **config["train"]}
 
 
 def main(roots: list[str]) -> None:
