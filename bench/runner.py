@@ -264,10 +264,25 @@ def dry_run(req: RunRequest) -> list[dict]:
     return out
 
 
-def plan(req: RunRequest) -> tuple[list[PlannedRun], Any, Any, Any]:
-    """Validate every setting (before any data), then load the dataset and split and lay out
-    the run folders."""
+def slow_start_notes(settings) -> list[str]:
+    """One line per method whose run is shorter than its known slow start (``slow_start_steps``):
+    said before training, so that nobody reads its row as the method's result unwarned."""
+    notes = []
+    for name, cls, st in settings:
+        need, steps = cls.slow_start_steps, st.train.iterations
+        if need and steps < need:
+            notes.append(f"note: {name} in {steps} steps: {cls.slow_start}. Its row may measure that start, not the "
+                         f"method; for a row that measures {name}, run {need} steps or more (--preset quick)")
+    return notes
+
+
+def plan(req: RunRequest, log=None) -> tuple[list[PlannedRun], Any, Any, Any]:
+    """Validate every setting (before any data), say which runs are too short for their method
+    (to ``log``), then load the dataset and split and lay out the run folders."""
     settings, protocol = resolve_runs(req)
+    if log is not None:
+        for line in slow_start_notes(settings):
+            log(line)
     opts = req.options
     out = Path(req.out)
     dataset = load_dataset(opts.dataset, opts.preset, opts.data_root, progress=req.progress, options=opts.dataset_opts)
@@ -383,17 +398,15 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
     """Run every planned run that is not finished (of this shard); return the metrics of the
     finished ones. A run claimed by a live worker (another process sharing the results
     directory) is skipped, not run twice."""
-    from bench import lock
+    from bench import distributed, lock
     from bench.train import run_one
 
-    runs, dataset, protocol, split = plan(req)
+    runs, dataset, protocol, split = plan(req, log if distributed.is_main() else None)
     shard = parse_shard(req.shard)
     if shard:
         i, n = shard
         runs = [r for k, r in enumerate(runs) if k % n == i - 1]
         log(f"shard {i}/{n}: {len(runs)} run(s)")
-    from bench import distributed
-
     device = distributed.init_from_env(req.device) or pick_device(req.device)
     main = distributed.is_main()
     if not main:

@@ -108,6 +108,9 @@ class Method:
     #: why the method may not have started to learn in a short run (shown with such a run's
     #: results); empty when there is no known reason
     slow_start: ClassVar[str] = ""
+    #: runs shorter than this many steps are told before training that they may measure the
+    #: slow start, not the method (0: no known slow start)
+    slow_start_steps: ClassVar[int] = 0
 
     @dataclass
     class Hparams:

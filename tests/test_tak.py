@@ -10,7 +10,7 @@ import torch
 from bench.cli import main
 from bench.core.labels import BTCV_13
 from methods.magicnet import GA
-from methods.tak import TAK, TAKNames, TAKNoContrast, TAKNoText
+from methods.tak import RELEASED_PRIOR_NORM, TAK, TAKNames, TAKNoContrast, TAKNoText, scale_prior
 from priors.cache import prior_embeddings
 from tests.helpers import random_batch, tiny_context
 from tests.test_methods import PATCH, _hash_priors
@@ -80,12 +80,27 @@ def test_prompt_encoder_grid_expands_runs(tmp_path, capsys):
             "--prompts", "anatomy,location_only", "--text-encoder", "hash,hash:16", "--set", "patch=32,32,64",
             "--set", "iterations=1", "--set", "val_every=0"]
     assert main(argv) == 0
+    # before any training, one line per TAK-family method says the run is shorter than its slow start
+    lines = capsys.readouterr().out.splitlines()
+    first_run = next(i for i, line in enumerate(lines) if line.startswith("[1/"))
+    notes = [line for line in lines[:first_run] if line.startswith("note: ")]
+    assert [n.split()[1] for n in notes] == ["tak", "tak_names"] and all(" in 1 steps: " in n and "600 steps or more" in n for n in notes)
     metrics = [json.loads(p.read_text()) for p in out.rglob("metrics.json")]
     pairs = sorted((m["method"], m["prompts"], m["text_encoder"]) for m in metrics)
     assert pairs == sorted(
         [("tak", p, e) for p in ("anatomy", "location_only") for e in ("hash", "hash:16")]
         + [("tak_names", "names", e) for e in ("hash", "hash:16")]
     )
+
+
+@pytest.mark.parametrize("methods, iterations, noted", [("tak,dhc", 220, ["tak"]), ("tak,dhc", 600, []), ("mean_teacher", 4, [])])
+def test_slow_start_notice_only_for_runs_shorter_than_the_known_start(methods, iterations, noted):
+    from bench.runner import RunRequest, resolve_runs, slow_start_notes
+
+    req = RunRequest.build({"methods": methods, "preset": "demo", "iterations": iterations}, out="/tmp/unused")
+    notes = slow_start_notes(resolve_runs(req)[0])
+    assert [n.split()[1] for n in notes] == noted
+    assert all(n.startswith(f"note: tak in {iterations} steps: {TAK.slow_start}.") for n in notes)
 
 
 def test_unknown_prompts_or_encoder_refused_before_any_run(tmp_path, capsys):
@@ -127,3 +142,21 @@ def test_released_amos_tensor_drives_the_head():
     head = tak.networks["net"].head
     assert head.prior.shape == (32, 512) and head.n_views == 2
     assert head.text_to_hidden[0].in_features == 512
+    # the released tensor is its own scale: the prior_norm factor is 1 for it
+    released = torch.load(TAK_FILE, map_location="cpu", weights_only=True).float()
+    assert released.norm(dim=1).mean().item() == pytest.approx(RELEASED_PRIOR_NORM, abs=5e-4)
+    torch.testing.assert_close(head.prior, released, rtol=2e-4, atol=0)
+
+
+@pytest.mark.parametrize("norm, expected", [(6.0, [[6.0, 8.0], [0.0, 2.0]]), (0.0, [[3.0, 4.0], [0.0, 1.0]])])
+def test_scale_prior_hand_case(norm, expected):
+    # row norms 5 and 1: mean 3; to 6 -> factor 2; 0 leaves the encoder's scale
+    prior = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    torch.testing.assert_close(scale_prior(prior, norm), torch.tensor(expected))
+
+
+@pytest.mark.parametrize("setting, norm", [({}, RELEASED_PRIOR_NORM), ({"prior_norm": 0.0}, 1.0)])
+def test_tak_prior_enters_the_head_at_the_released_scale(setting, norm):
+    # hash priors have unit rows, like minilm's; by default TAK scales them to the released norm
+    head = TAK(_ctx(), **setting).networks["net"].head
+    assert head.prior.norm(dim=1).mean().item() == pytest.approx(norm, rel=1e-5)
