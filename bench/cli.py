@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--labeled", default=None, help=f"labeled fraction of the training cases, e.g. 10%% (default {DEFAULT_LABELED.replace('%', '%%')})")
     r.add_argument("--seeds", default=None, help="e.g. 0,1,2 (default 0)")
     r.add_argument("--iterations", type=int, default=None)
-    r.add_argument("--preset", default=None, help=f"demo | quick | paper | tiny (default {DEFAULT_PRESET}: about 10 min for 3 methods on 2 CPU cores)")
+    r.add_argument("--preset", default=None, help=f"demo | quick | paper | tiny (default {DEFAULT_PRESET}: about 9 min for 3 methods on 2 CPU cores)")
     r.add_argument("--device", default="auto")
     r.add_argument("--prompts", default=None, help="prompt set(s), comma-separated (default anatomy)")
     r.add_argument("--text-encoder", default=None, help="text encoder(s), comma-separated (default minilm)")

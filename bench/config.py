@@ -93,7 +93,8 @@ class Preset:
 
 
 #: Presets (docs/performance.md has the measured times). ``demo``: the no-flag default, sized
-#: for about 10 minutes of ``tak,dhc,mean_teacher`` on 2 CPU cores; ``quick``: the figure
+#: for about 9 minutes of ``tak,dhc,mean_teacher`` on 2 CPU cores (too short for TAK's flat start on
+#: some seeds: docs/performance.md); ``quick``: the figure
 #: protocol of docs/results.md (a 0.1 learning rate lets a width-8 V-Net learn the phantom in a
 #: few hundred steps; 32x64x64 is the smallest patch MagicNet-style methods can cut into
 #: cubes); ``paper``: the published scale; ``tiny``: for tests.

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+UNSET = "unset"
 SMALL = ("gallbladder", "esophagus", "right adrenal gland", "left adrenal gland")
 
 
@@ -34,8 +35,11 @@ def main(roots: list[str]) -> None:
     rows = []
     for metrics, flat, val in runs:
         same = [f for mm, f, _ in runs if mm["method"] == metrics["method"]]
-        diff = sorted(k for k in flat if any(f.get(k) != flat[k] for f in same))
-        tag = ", ".join(f"{k}={flat[k]}" for k in diff) or "-"
+        # a setting added after a record was made is "unset" there, except an off switch (the
+        # released_* switches are off by default: the records made before them ran without them)
+        keys = {k for f in same for k in f if not (f[k] is False and all(g.get(k, False) is False for g in same))}
+        diff = sorted(k for k in keys if any(f.get(k, UNSET) != flat.get(k, UNSET) for f in same))
+        tag = ", ".join(f"{k}={flat.get(k, UNSET)}" for k in diff) or "-"
         small = sum(metrics["per_organ"][o]["dice"] for o in SMALL) / len(SMALL)
         cells = [f"{100 * val[s]:.1f}" if s in val else "" for s in steps]
         rows.append((metrics["method"], tag, metrics["seed"], cells, 100 * metrics["mean"]["dice"], 100 * small))
