@@ -94,10 +94,10 @@ def test_prompt_encoder_grid_expands_runs(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("methods, iterations, noted", [("tak,dhc", 220, ["tak"]), ("tak,dhc", 600, []), ("mean_teacher", 4, [])])
-def test_slow_start_notice_only_for_runs_shorter_than_the_known_start(methods, iterations, noted):
+def test_slow_start_notice_only_for_runs_shorter_than_the_known_start(methods, iterations, noted, tmp_path):
     from bench.runner import RunRequest, resolve_runs, slow_start_notes
 
-    req = RunRequest.build({"methods": methods, "preset": "demo", "iterations": iterations}, out="/tmp/unused")
+    req = RunRequest.build({"methods": methods, "preset": "demo", "iterations": iterations}, out=str(tmp_path))
     notes = slow_start_notes(resolve_runs(req)[0])
     assert [n.split()[1] for n in notes] == noted
     assert all(n.startswith(f"note: tak in {iterations} steps: {TAK.slow_start}.") for n in notes)
@@ -142,7 +142,7 @@ def test_released_amos_tensor_drives_the_head():
     head = tak.networks["net"].head
     assert head.prior.shape == (32, 512) and head.n_views == 2
     assert head.text_to_hidden[0].in_features == 512
-    # the released tensor is its own scale: the prior_norm factor is 1 for it
+    # the released tensor is its own scale: the prior_norm factor is 1 for it (to 2e-5)
     released = torch.load(TAK_FILE, map_location="cpu", weights_only=True).float()
     assert released.norm(dim=1).mean().item() == pytest.approx(RELEASED_PRIOR_NORM, abs=5e-4)
     torch.testing.assert_close(head.prior, released, rtol=2e-4, atol=0)
