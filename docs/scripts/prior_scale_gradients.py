@@ -20,7 +20,7 @@ from priors.cache import prior_embeddings
 
 
 def main() -> None:
-    names = BTCV_13 if BTCV_13[0] == "background" else ("background", *BTCV_13)
+    names = BTCV_13  # background included (index 0)
     prior = prior_embeddings("anatomy", "minilm", names)
     torch.manual_seed(0)
     x = torch.randn(2, 1, 32, 32, 64)
