@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.core.threads import current_threads
 from bench.timing import StepTimer, device_description
 
 
@@ -58,12 +59,13 @@ def _interleaved_medians(fns: dict, device, rounds: int, warmup: int = 1, seed: 
 def _median_time(fn, device, repeat: int, warmup: int = 1) -> float:
     """Median seconds of ``fn`` over ``repeat`` timed runs after ``warmup`` untimed ones
     (``torch.utils.benchmark``, which synchronises CUDA; ratios between callables use
-    :func:`_interleaved_medians` instead, which that module does not offer)."""
+    :func:`_interleaved_medians` instead, which that module does not offer). Timed at the
+    process' own thread count, the one a run uses (``Timer`` would otherwise set 1 thread)."""
     from torch.utils import benchmark
 
     for _ in range(warmup):
         fn()
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return statistics.median(timer.timeit(1).mean for _ in range(repeat))
 
 
@@ -92,6 +94,15 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
         spec = RunSpec(method, METHODS.get(method), {}, train, dataset, PROTOCOLS.get("default")(dataset.name), split, 0, device,
                        Path(tmp) / "run", progress=False, priors=_priors(METHODS.get(method), dataset.labels))
         trainer = Trainer(spec)
+        threads = {"engine": set(), "bare": set()}
+        phase = ["engine"]
+        step_fn = trainer.train_step
+
+        def observed(*args):  # the thread count each step really runs at, engine and bare alike
+            threads[phase[0]].add(torch.get_num_threads())
+            return step_fn(*args)
+
+        trainer.train_step = observed
         trainer.fit()
         engine = statistics.median(trainer.step_times)
         wait = sum(trainer.data_times) / max(sum(trainer.data_times) + sum(trainer.step_times), 1e-12)
@@ -108,8 +119,10 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
             i = next(it) % iterations
             trainer.train_step(*batches[i], iterations + i)
 
+        phase[0] = "bare"
         bare_s = _median_time(bare, device, repeat=iterations - 1)
-    return {"method": method, "engine_s": engine, "bare_s": bare_s, "overhead_ratio": engine / bare_s, "data_wait_share": wait}
+    return {"method": method, "engine_s": engine, "bare_s": bare_s, "overhead_ratio": engine / bare_s, "data_wait_share": wait,
+            "engine_threads": sorted(threads["engine"]), "bare_threads": sorted(threads["bare"])}
 
 
 def metrics_speed(repeat: int = 3) -> dict:
@@ -398,13 +411,13 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
     torch.backends.cudnn.benchmark = True
     ds = load_dataset("phantom", preset, None)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device_description(device), "preset": preset,
-              "torch_threads": torch.get_num_threads(), "harness": [], "metrics": {}, "inference": {}, "gflops": []}
+              "torch_threads": torch.get_num_threads(), "threads": current_threads(), "harness": [], "metrics": {}, "inference": {}, "gflops": []}
     train = dict(PRESETS[preset].train)
     for name in methods:
         h = harness_overhead(name, ds, device, preset_train={k: v for k, v in train.items() if k in ("patch", "width", "lr")})
         result["harness"].append(h)
         log(f"harness  {name:14s} engine {h['engine_s']:.3f} s  bare {h['bare_s']:.3f} s  ratio {h['overhead_ratio']:.3f}  "
-            f"data wait {100 * h['data_wait_share']:.2f}%")
+            f"data wait {100 * h['data_wait_share']:.2f}%  threads {'/'.join(map(str, h['engine_threads']))}")
         f = achieved_gflops(name, device, tuple(train.get("patch", (32, 64, 64))), train.get("width", 8), peak)
         result["gflops"].append(f)
         log(f"gflops   {name:14s} {f['gflop_per_step']:.1f} GFLOP/step  {f['gflops']:.1f} GFLOP/s  "

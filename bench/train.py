@@ -30,6 +30,7 @@ from bench.core.protocol import Protocol
 from bench.core.records import ConfigRecord, MetricsRecord, TimingRecord, write_record
 from bench.core.scoring import penalty_distance, score_case
 from bench.core.store import atomic_save, atomic_write_text, safe_name
+from bench.core.threads import current_threads
 from bench.data import Prefetcher, TwoStreamSampler
 from bench.inference import predict_volume
 from bench.step import TrainStep, make_optimizer
@@ -429,6 +430,7 @@ class Trainer:
             iterations=self.t.iterations,
             timing_warmup=self.t.timing_warmup,
             amp=self.use_amp,
+            threads=current_threads(),
             **peak_memory(self.device),
         )
         write_record(self.dir / "timing.json", timing)

@@ -4,8 +4,9 @@
   returning hyperparameter and engine settings, e.g. ``lr``, ``consistency``, ``ema_decay``).
 * Objective: the best mean Dice on the **eval** split during ``--budget-iterations`` of
   training (the test split is never touched); each validation is reported to Optuna and
-  ``MedianPruner`` stops hopeless trials; ``TPESampler(seed)``; the published defaults are
-  enqueued as trial 0.
+  ``MedianPruner`` stops hopeless trials; TPE seeded per trial from the study seed and the trial
+  number (:class:`TrialSeededSampler`: parallel workers draw distinct trials); the published
+  defaults run as trial 0.
 * Storage: an SQLite file by default (``<out>/optuna.db``), any SQLAlchemy URL
   (``postgresql://user:pw@host/db`` for many workers on many machines), or
   ``journal:PATH`` (Optuna's journal file for shared filesystems). ``load_if_exists``: any
@@ -24,6 +25,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import optuna
 
 from bench.config import DEFAULT_LABELED, DEFAULT_PRESET
 from bench.core.errors import UserError
@@ -58,8 +61,6 @@ def _params_key(params: dict) -> str:
 
 
 def tune(req: TuneRequest, log=print):
-    import optuna
-
     from bench.config import Layer, train_fields
     from bench.core.registry import METHODS
     from bench.runner import RunRequest, make_spec, pick_device, plan, resolve_runs
@@ -89,8 +90,8 @@ def tune(req: TuneRequest, log=print):
     resolve_runs(RunRequest.build(flags, req.sets, out=str(out / "tune" / study_name), progress=req.progress))
     storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     storage = make_storage(storage_url, req.heartbeat_s)
-    sampler = optuna.samplers.TPESampler(seed=req.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    sampler = TrialSeededSampler(req.seed)
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction="maximize", load_if_exists=True)
@@ -108,11 +109,11 @@ def tune(req: TuneRequest, log=print):
     base = RunRequest.build(flags, req.sets, out=str(out / "tune" / study_name), progress=req.progress)
     settings, _ = resolve_runs(base)  # every setting checked before any trial or data
 
-    # trial 0: the defaults (method defaults, engine settings of the preset) of every searched parameter
-    if len(study.trials) == 0:
-        st = settings[0][2]
-        enqueue = {k: (getattr(st.train, k) if k in train_fields() else st.hparams.get(k)) for k in space_keys}
-        study.enqueue_trial({k: v for k, v in enqueue.items() if v is not None}, skip_if_exists=True)
+    # trial 0 runs the defaults (method defaults, engine settings of the preset) of every searched
+    # parameter; every later trial is drawn by a TPE sampler seeded from (study seed, trial number)
+    st = settings[0][2]
+    defaults = {k: (getattr(st.train, k) if k in train_fields() else st.hparams.get(k)) for k in space_keys}
+    sampler.first = {k: v for k, v in defaults.items() if v is not None}
 
     device = pick_device(req.device)
 
@@ -150,6 +151,50 @@ def tune(req: TuneRequest, log=print):
         export_config(req.export, req.method, best.params, req, study_name, best.value)
         log(f"best parameters written to {req.export} (use: python -m bench run --config {req.export})")
     return study
+
+
+def _derived_seed(seed: int, number: int) -> int:
+    """A sampler seed for trial ``number`` of a study seeded ``seed`` (independent streams)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE, seeded per trial from (study seed, trial number); trial 0 takes ``first`` (the defaults).
+
+    Parallel workers of one study (processes on a shared storage) never get the same trial
+    number, so they draw from different random streams and, on continuous search spaces, never
+    evaluate the same parameters (one ``TPESampler(seed)`` per worker made every worker draw the
+    same points). One worker reproduces its study: trial n's parameters depend on the seed, n
+    and the trials finished before it. With several workers that history depends on timing, so
+    which parameters are drawn is not reproducible (trial 0 always is). On a small categorical
+    space two trials can still draw the same combination.
+    """
+
+    def __init__(self, seed: int, first: dict[str, Any] | None = None):
+        self.seed, self.first = seed, dict(first or {})
+        self._number, self._tpe = -1, None
+
+    def _for(self, trial) -> optuna.samplers.TPESampler:
+        if trial.number != self._number:  # one TPE per trial: its random stream belongs to that trial number
+            self._number, self._tpe = trial.number, optuna.samplers.TPESampler(seed=_derived_seed(self.seed, trial.number))
+        return self._tpe
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if trial.number == 0 and param_name in self.first:
+            return self.first[param_name]
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._for(trial).after_trial(study, trial, state, values)
 
 
 def _space_keys(cls) -> list[str]:

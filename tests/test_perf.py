@@ -15,3 +15,22 @@ def test_interleaved_medians_runs_each_callable_every_round_in_shuffled_orders()
     assert calls[:4] == list("abcd") and len(calls) == 4 + 6 * 4
     rounds = [tuple(calls[4 + 4 * r : 8 + 4 * r]) for r in range(6)]
     assert all(sorted(r) == list("abcd") for r in rounds) and len(set(rounds)) > 1
+
+
+def test_harness_ratio_is_timed_at_the_runs_thread_count(tiny_dataset):
+    """The engine step and the bare step run at the same thread count (torch.utils.benchmark's
+    Timer alone would time the bare step at 1 thread while the engine ran at the process'
+    count, and the ratio would compare thread counts, not harnesses)."""
+    import torch
+
+    from bench.perf import harness_overhead
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two threads even on a one-core machine, so that 1 would differ
+    try:
+        h = harness_overhead("supervised", tiny_dataset, torch.device("cpu"), iterations=3,
+                             preset_train={"patch": (16, 32, 32), "width": 4})
+    finally:
+        torch.set_num_threads(before)
+    assert h["engine_threads"] == h["bare_threads"] == [2]
+    assert h["overhead_ratio"] > 0

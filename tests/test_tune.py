@@ -26,14 +26,21 @@ def _worker(storage: str, out: Path, study: str, trials: int = 1, method: str = 
 
 
 def _two_workers(storage: str, out: Path, study: str):
+    """Two worker processes, two trials each, started together on one study: four finished
+    trials (a pruned trial counts as finished), no two with the same parameters."""
     import optuna
 
-    procs = [_worker(storage, out, study) for _ in range(2)]
+    procs = [_worker(storage, out, study, trials=2) for _ in range(2)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
     loaded = optuna.load_study(study_name=study, storage=storage)
-    done = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 2 and len({t.number for t in done}) == 2
+    finished = [t for t in loaded.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 4 and len({t.number for t in finished}) == 4
+    params = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(params)) == 4, params
+    # each trial trained in its own folder (the folder is named by the parameters)
+    assert len({t.user_attrs["run_dir"] for t in finished if "run_dir" in t.user_attrs}) == len(
+        [t for t in finished if "run_dir" in t.user_attrs])
     assert loaded.user_attrs["method"] == "supervised"
     # trial 0 ran the defaults (the quick/tiny preset's learning rate)
     assert loaded.trials[0].params == {"lr": pytest.approx(0.01)}
@@ -102,3 +109,38 @@ def test_report_study_figures(tmp_path, capsys):
     assert "data:image/png;base64," in (tmp_path / "rep" / "report.html").read_text()
     capsys.readouterr()
     _bad(capsys, ["report", "--runs", str(out), "--study", "nope"], "--study nope: no such study")
+
+
+def test_trial_seeded_sampler_is_reproducible_and_workers_draw_distinct_points():
+    """One worker: the same study seed gives the same parameters. Two workers on one storage with
+    the same seed (each its own sampler object, as two processes have): all trials distinct.
+    The sampler it replaces - one TPESampler(seed) per worker - draws the same points."""
+    import optuna
+
+    from bench.tune import TrialSeededSampler
+
+    def objective(trial):
+        return trial.suggest_float("x", 0.0, 1.0) + trial.suggest_float("y", 1e-3, 1.0, log=True)
+
+    def one_worker():
+        study = optuna.create_study(sampler=TrialSeededSampler(7, first={"x": 0.5, "y": 0.1}))
+        study.optimize(objective, n_trials=4)
+        return [t.params for t in study.trials]
+
+    first = one_worker()
+    assert first == one_worker() and first[0] == {"x": 0.5, "y": 0.1}
+
+    def interleaved(make_sampler):
+        storage = optuna.storages.InMemoryStorage()
+        name = optuna.create_study(storage=storage).study_name
+        workers = [optuna.load_study(study_name=name, storage=storage, sampler=make_sampler()) for _ in range(2)]
+        for _ in range(3):
+            trials = [w.ask() for w in workers]  # both ask before either tells, as parallel processes do
+            for w, t in zip(workers, trials):
+                w.tell(t, objective(t))
+        return [tuple(sorted(t.params.items())) for t in workers[0].trials]
+
+    ours = interleaved(lambda: TrialSeededSampler(7))
+    assert len(set(ours)) == len(ours) == 6
+    old = interleaved(lambda: optuna.samplers.TPESampler(seed=7))
+    assert len(set(old)) < len(old)  # the defect this sampler fixes

@@ -138,6 +138,9 @@ class TimingRecord:
     amp: bool
     peak_memory_mb: float | None = None
     peak_memory_kind: str | None = None
+    #: CPU threads the run used and where they came from (``bench.core.threads.ThreadPlan``:
+    #: threads, threads_source, wait_policy, wait_source, usable_cores); empty in older records
+    threads: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
