@@ -23,15 +23,15 @@ def cores(monkeypatch):
 
 
 @pytest.mark.parametrize("env, share, expected", [
-    ({}, 1, (4, "affinity", "PASSIVE", "bench")),
-    ({}, 2, (2, "share", "PASSIVE", "bench")),
-    ({}, 3, (1, "share", "PASSIVE", "bench")),           # 4 // 3
-    ({}, 8, (1, "share", "PASSIVE", "bench")),           # never below one thread
-    ({"OMP_NUM_THREADS": "1"}, 1, (1, "OMP_NUM_THREADS", "PASSIVE", "bench")),
-    ({"OMP_NUM_THREADS": "3"}, 2, (3, "OMP_NUM_THREADS", "PASSIVE", "bench")),  # the user's count wins over the share
-    ({"OMP_NUM_THREADS": "x"}, 1, (4, "affinity", "PASSIVE", "bench")),         # not a count: ignored
+    ({}, 1, (4, "affinity", "spin 10000", "bench")),
+    ({}, 2, (2, "share", "spin 10000", "bench")),
+    ({}, 3, (1, "share", "spin 10000", "bench")),           # 4 // 3
+    ({}, 8, (1, "share", "spin 10000", "bench")),           # never below one thread
+    ({"OMP_NUM_THREADS": "1"}, 1, (1, "OMP_NUM_THREADS", "spin 10000", "bench")),
+    ({"OMP_NUM_THREADS": "3"}, 2, (3, "OMP_NUM_THREADS", "spin 10000", "bench")),  # the user's count wins over the share
+    ({"OMP_NUM_THREADS": "x"}, 1, (4, "affinity", "spin 10000", "bench")),         # not a count: ignored
     ({"OMP_WAIT_POLICY": "active"}, 1, (4, "affinity", "ACTIVE", "OMP_WAIT_POLICY")),
-    ({"GOMP_SPINCOUNT": "10000"}, 1, (4, "affinity", "default", "GOMP_SPINCOUNT")),
+    ({"GOMP_SPINCOUNT": "300000"}, 1, (4, "affinity", "spin 300000", "GOMP_SPINCOUNT")),
     ({"BENCH_THREADS": "off", "OMP_NUM_THREADS": "1"}, 1, (4, "torch default", "default", "off")),
 ])
 def test_plan(cores, env, share, expected):
@@ -80,7 +80,7 @@ def test_quota_caps_affinity(monkeypatch):
 def _probe(env: dict) -> dict:
     """What a fresh process that imports bench, then torch, runs with."""
     code = ("import json, os, bench, torch; from bench.core.threads import current_threads; "
-            "print(json.dumps({'env': {k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY')}, "
+            "print(json.dumps({'env': {k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}, "
             "'torch': torch.get_num_threads(), 'plan': current_threads()}))")
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "BENCH_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -91,20 +91,22 @@ def _probe(env: dict) -> dict:
 def test_applied_before_torch_in_a_fresh_process():
     cores, _ = th.usable_cores()
     got = _probe({})
-    assert got["env"] == {"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "PASSIVE"}
-    assert got["torch"] == cores and got["plan"]["wait_policy"] == "PASSIVE" and got["plan"]["wait_source"] == "bench"
-    got = _probe({"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "active"})
+    assert got["env"] == {"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"}
+    assert got["torch"] == cores and got["plan"]["wait_policy"] == "spin 10000" and got["plan"]["wait_source"] == "bench"
+    got = _probe({"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"})
     assert got["torch"] == 1 and got["plan"]["threads_source"] == "OMP_NUM_THREADS"
-    assert got["env"]["OMP_WAIT_POLICY"] == "active" and got["plan"]["wait_policy"] == "ACTIVE"
+    assert got["env"]["OMP_WAIT_POLICY"] == "passive" and got["env"]["GOMP_SPINCOUNT"] is None
+    assert got["plan"]["wait_policy"] == "PASSIVE"
     got = _probe({"BENCH_THREADS": "off"})
-    assert got["env"] == {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None} and got["plan"]["wait_source"] == "off"
+    assert got["env"] == {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
+    assert got["plan"]["wait_source"] == "off"
 
 
 def test_child_env_splits_the_cores(monkeypatch):
     monkeypatch.setattr(th, "usable_cores", lambda: (4, "affinity"))
     monkeypatch.setattr(th, "_USER_ENV", {})
     env = th.child_env(share=4)
-    assert env["OMP_NUM_THREADS"] == "1" and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env["OMP_NUM_THREADS"] == "1" and env["GOMP_SPINCOUNT"] == "10000"
     monkeypatch.setattr(th, "_USER_ENV", {"OMP_NUM_THREADS": "2"})
     assert th.child_env(share=4)["OMP_NUM_THREADS"] == "2"
 

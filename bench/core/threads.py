@@ -9,8 +9,11 @@ training step became 4-35x slower, almost all of it in that spin (docs/performan
   (cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``, as in a container or a Slurm job), divided
   by ``share`` (the number of jobs that split the machine, e.g. local executor workers), at
   least 1;
-* **wait policy** ``PASSIVE``: an idle OpenMP thread sleeps at once instead of spinning, so a
-  neighbour takes only its share of the cores;
+* **wait policy**: a bounded spin (``GOMP_SPINCOUNT=10000``, libgomp's default is 300,000): an
+  idle OpenMP thread spins briefly, then sleeps, so a descheduled thread no longer makes the
+  others burn the neighbour's time slices. ``OMP_WAIT_POLICY=PASSIVE`` (no spin) isolates more
+  but costs a quiet machine 38-83 % per step here (a futex wake per parallel region); the
+  measured trade-off is in docs/performance.md, "Threads";
 * what the user set wins: ``OMP_NUM_THREADS`` (the thread count), ``OMP_WAIT_POLICY`` or
   ``GOMP_SPINCOUNT`` (the wait); ``BENCH_THREADS=off`` leaves everything to torch and OpenMP
   (the suite's behaviour before it chose its threads; for measurements).
@@ -31,6 +34,9 @@ from pathlib import Path
 
 #: the environment variable that switches the rule off (``off``) or on (unset, ``auto``)
 SWITCH = "BENCH_THREADS"
+#: spins of an idle OpenMP thread before it sleeps (libgomp's default: 300,000): 10,000 kept a
+#: quiet step within 2-4 % and cut the cost of a busy neighbour from 8-20x to 3-4x (docs/performance.md)
+SPIN_COUNT = 10000
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,9 @@ class ThreadPlan:
         threads: intra-op threads of torch (and OpenMP).
         threads_source: ``"affinity"``, ``"cgroup quota"``, ``"OMP_NUM_THREADS"``, ``"share"``
             (cores divided between jobs) or ``"torch default"`` (rule off).
-        wait_policy: OpenMP's wait policy as set (``"PASSIVE"``, ``"ACTIVE"``), ``"default"``
-            (libgomp's throttled spin) or ``"unknown"`` (torch was loaded before the rule ran).
+        wait_policy: how idle OpenMP threads wait: ``"spin N"`` (``GOMP_SPINCOUNT``), ``"PASSIVE"``
+            or ``"ACTIVE"`` (``OMP_WAIT_POLICY``), ``"default"`` (libgomp's own spin) or
+            ``"unknown"`` (torch was loaded before the rule ran).
         wait_source: ``"bench"``, ``"OMP_WAIT_POLICY"``, ``"GOMP_SPINCOUNT"`` or ``"off"``.
         usable_cores: cores this process may use (affinity and cgroup quota).
     """
@@ -135,9 +142,9 @@ def plan_threads(env: dict | None = None, share: int = 1) -> ThreadPlan:
     if env.get("OMP_WAIT_POLICY", "").strip():
         wait, wait_source = env["OMP_WAIT_POLICY"].strip().upper(), "OMP_WAIT_POLICY"
     elif env.get("GOMP_SPINCOUNT", "").strip():
-        wait, wait_source = "default", "GOMP_SPINCOUNT"
+        wait, wait_source = f"spin {env['GOMP_SPINCOUNT'].strip()}", "GOMP_SPINCOUNT"
     else:
-        wait, wait_source = "PASSIVE", "bench"
+        wait, wait_source = f"spin {SPIN_COUNT}", "bench"
     return ThreadPlan(threads, source, wait, wait_source, cores)
 
 
@@ -147,7 +154,7 @@ def _set_env(env, plan: ThreadPlan) -> None:
         return
     env["OMP_NUM_THREADS"] = str(plan.threads)
     if plan.wait_source == "bench":
-        env["OMP_WAIT_POLICY"] = plan.wait_policy
+        env["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
 
 
 def child_env(share: int = 1) -> dict:
