@@ -171,6 +171,10 @@ def cmd_list(args) -> int:
                     print(" " * 25 + describe_hparams(obj))
             if args.kind == "datasets":
                 _print_fingerprint(n, args)
+        elif args.kind == "methods":
+            info = reg.static_info(n, ("family", "paper", "code"))
+            code = info.get("code") or "no released code"
+            print(f"{n:16s} {info.get('family', ''):20s} {info.get('paper', '')}  [{code}]")
         else:
             print(f"{n:24s} {reg.target(n)}")
     return 0

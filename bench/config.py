@@ -97,9 +97,10 @@ class Preset:
 #: some seeds: docs/performance.md); ``quick``: the figure
 #: protocol of docs/results.md (a 0.1 learning rate lets a width-8 V-Net learn the phantom in a
 #: few hundred steps; 32x64x64 is the smallest patch MagicNet-style methods can cut into
-#: cubes); ``paper``: the published scale; ``tiny``: for tests.
+#: cubes); ``paper``: the published scale; ``tiny``: smoke runs and tests, every method (32x32x64 is
+#: the smallest patch the MagicNet family cuts into cubes).
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", {"iterations": 4, "patch": (16, 32, 32), "width": 4, "val_every": 2, "ckpt_every": 2,
+    "tiny": Preset("tiny", {"iterations": 4, "patch": (32, 32, 64), "width": 4, "val_every": 2, "ckpt_every": 2,
                             "log_every": 1, "timing_warmup": 1}),
     "demo": Preset("quick", {"iterations": 220, "lr": 0.1, "patch": (32, 32, 64), "width": 8, "val_every": 100, "ckpt_every": 50}),
     "quick": Preset("quick", {"iterations": 600, "lr": 0.1, "patch": (32, 64, 64), "width": 8, "val_every": 100, "ckpt_every": 50}),

@@ -120,6 +120,10 @@ def sampling_weights(logits: torch.Tensor, rate: torch.Tensor, beta: float = 1.5
 class ACISIS(MeanTeacher):
     """ACISIS: mean teacher with class-wise voxel sampling from fuzzy-rank-fused indicators."""
 
+    family = "mean teacher"
+    paper = "Basak et al., ACISIS, MICCAI 2022"
+    code = "xmed-lab/DHC"
+
     @dataclass
     class Hparams(MeanTeacher.Hparams):
         top_m: int = setting(12, ge=1)

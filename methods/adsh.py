@@ -85,6 +85,8 @@ class ThresholdBank:
 class Adsh(CoTraining):
     """Adsh: per-class adaptive thresholds calibrated to the majority class, on the CPS pair."""
 
+    paper = "Guo & Li, Adsh, ICML 2022"
+
     @dataclass
     class Hparams(CoTraining.Hparams):
         init_b: Literal["kaiming", "xavier", "default"] = "xavier"  # DHC initialises its network B with Xavier-normal

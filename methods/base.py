@@ -89,6 +89,12 @@ class Method:
     # -- class flags: what a method declares about itself (none of them is an Hparams field) --
     #: the name it is registered under (set by ``@register_method``)
     registry_name: ClassVar[str] = ""
+    #: what ``bench list methods`` shows, read from the source without importing the module
+    #: (string literals only): the method's family in this suite, its paper (authors, name,
+    #: venue and year) and the released repository it follows ("" where none was released)
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    code: ClassVar[str] = ""
     #: "split": labeled cases of the split are labeled; "all": every training case is labeled
     label_policy: ClassVar[str] = "split"
     #: whether the method consumes unlabeled batches

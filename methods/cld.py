@@ -76,6 +76,8 @@ def sampling_mask(logits: torch.Tensor, rate: torch.Tensor, generator: torch.Gen
 class CLD(CoTraining):
     """CLD: confidence-bank class-wise sampling of the cross-pseudo CE, on the CPS pair."""
 
+    paper = "Lin et al., CLD, MICCAI 2022"
+
     @dataclass
     class Hparams(CoTraining.Hparams):
         init_b: Literal["kaiming", "xavier", "default"] = "xavier"  # DHC initialises its network B with Xavier-normal

@@ -33,6 +33,9 @@ from methods.supervised import BackboneHparams, build_vnet
 class CoTraining(Method):
     """Base of the two-network methods; subclasses choose the weighting strategies."""
 
+    family = "co-training (CPS)"
+    code = "xmed-lab/DHC"
+
     train_defaults = {"weight_decay": 3e-5}
 
     @dataclass
@@ -97,10 +100,14 @@ class CoTraining(Method):
 class CPS(CoTraining):
     """Cross Pseudo Supervision (Chen et al., 2021): two V-Nets trained on each other's argmax."""
 
+    paper = "Chen et al., CPS, CVPR 2021"
+
 
 @register_method("dhc")
 class DHC(CoTraining):
     """DHC (Wang & Li, MICCAI 2023): co-training with DiffDW (network A) and DistDW (network B)."""
+
+    paper = "Wang & Li, DHC, MICCAI 2023"
 
     def make_weighting(self, ctx):
         a, b = DiffDW(ctx.num_classes, accumulate_iters=50), DistDW(ctx.num_classes, momentum=0.99)
@@ -144,12 +151,16 @@ class _UnlabeledUpdatedPair(CoTraining):
 class CReSTCPS(_UnlabeledUpdatedPair):
     """CReST class-rebalancing weights (Wei et al., 2021) on the CPS pair, as in DHC's code."""
 
+    paper = "Wei et al., CReST, CVPR 2021"
+
     strategy = CReST
 
 
 @register_method("simis")
 class SimiSCPS(CoTraining):
     """SimiS frequency-gap weights (Chen et al., 2022) on the CPS pair, as in DHC's code."""
+
+    paper = "Chen et al., SimiS, arXiv 2022"
 
     def make_weighting(self, ctx):
         return _initialised_pair(ctx, SimiS)
@@ -163,12 +174,16 @@ class SimiSCPS(CoTraining):
 class DistDWOnly(_UnlabeledUpdatedPair):
     """DHC ablation: DistDW on both networks (each updated from its own unlabeled predictions)."""
 
+    paper = "DHC ablation: DistDW on both networks (Wang & Li, MICCAI 2023)"
+
     strategy = DistDW
 
 
 @register_method("diff_dw")
 class DiffDWOnly(CoTraining):
     """DHC ablation: DiffDW on both networks (each from its own labeled Dice)."""
+
+    paper = "DHC ablation: DiffDW on both networks (Wang & Li, MICCAI 2023)"
 
     def make_weighting(self, ctx):
         return DiffDW(ctx.num_classes), DiffDW(ctx.num_classes)
@@ -190,6 +205,8 @@ class DePL(CoTraining):
     (``output_A_u + τ log q̂_B``) never reaches a loss there, so it is not reproduced. Supervised
     terms are unweighted CE + Dice.
     """
+
+    paper = "Wang et al., DePL, CVPR 2022"
 
     @dataclass
     class Hparams(CoTraining.Hparams):

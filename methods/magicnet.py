@@ -177,6 +177,10 @@ class StepState:
 class MagicNet(Method):
     """MagicNet: mean teacher with magic-cube partition/recovery, cube location loss and blending."""
 
+    family = "MagicNet"
+    paper = "Chen et al., MagicNet, CVPR 2023"
+    code = "DeepMed-Lab-ECNU/MagicNet"
+
     #: the released optimiser: SGD with plain momentum (MagicNet, GALoss and TAK: no Nesterov)
     train_defaults = {"nesterov": False}
 
@@ -365,6 +369,9 @@ class MagicNet(Method):
 @register_method("ga")
 class GA(MagicNet):
     """GA: MagicNet trained with GA loss (GADice + GACE), as in GALoss' AMOS/Synapse scripts."""
+
+    paper = "Qi et al., GA loss, ECCV 2024"
+    code = "cicailalala/GALoss"
 
     @dataclass
     class Hparams(MagicNet.Hparams):

@@ -32,6 +32,10 @@ def teacher_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch
 class MeanTeacher(Supervised):
     """Mean Teacher: EMA teacher, noisy teacher input, sigmoid-ramped softmax-MSE consistency."""
 
+    family = "mean teacher"
+    paper = "Tarvainen & Valpola, Mean Teacher, NeurIPS 2017"
+    code = "HiLab-git/SSL4MIS"
+
     uses_unlabeled = True
 
     @dataclass

@@ -36,6 +36,10 @@ def build_vnet(ctx: MethodContext, hp: BackboneHparams, init: str | None = None)
 class Supervised(Method):
     """V-Net trained on the labeled cases only, (CE + Dice) / 2 - the lower bound."""
 
+    family = "baseline"
+    paper = "V-Net on the labeled cases only (lower bound; Milletari et al., V-Net, 3DV 2016)"
+    code = ""
+
     uses_unlabeled = False
 
     @dataclass
@@ -60,5 +64,9 @@ class Supervised(Method):
 @register_method("fully")
 class Fully(Supervised):
     """V-Net trained with the labels of every training case - the upper bound."""
+
+    family = "baseline"
+    paper = "V-Net with every training case labeled (upper bound)"
+    code = ""
 
     label_policy = "all"

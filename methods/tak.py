@@ -66,6 +66,9 @@ def scale_prior(prior: torch.Tensor, norm: float) -> torch.Tensor:
 class TAK(GA):
     """TAK: GA + text-prior-driven segmentation head + voxel-text contrastive loss."""
 
+    paper = "Gu et al., TAK (text priors), 2025"
+    code = "Lunn88/TAK-Semi"
+
     uses_priors = True
     has_text_head = True
     has_contrastive = True
@@ -156,6 +159,8 @@ class TAK(GA):
 class TAKNoContrast(TAK):
     """Ablation: TAK without the voxel-text contrastive loss (text-driven head only)."""
 
+    paper = "TAK ablation: no voxel-text contrastive loss"
+
     has_contrastive = False
 
 
@@ -163,12 +168,16 @@ class TAKNoContrast(TAK):
 class TAKNames(TAK):
     """Ablation: TAK with single-template prompts ('A computerized tomography of a {organ}')."""
 
+    paper = "TAK ablation: organ names in one template as prompts"
+
     prompts_override = "names"
 
 
 @register_method("tak_no_text")
 class TAKNoText(TAK):
     """Ablation: TAK whose head and text anchors use uninformative vectors (hash encoder, no semantics)."""
+
+    paper = "TAK ablation: hash vectors instead of text (no semantics)"
 
     uses_priors = False
     fixed_priors = ("anatomy", "hash:512")

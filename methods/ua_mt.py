@@ -52,6 +52,10 @@ def masked_consistency(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
 class UAMT(MeanTeacher):
     """UA-MT: mean teacher with an entropy-masked consistency from T noisy teacher passes."""
 
+    family = "mean teacher"
+    paper = "Yu et al., UA-MT, MICCAI 2019"
+    code = "xmed-lab/DHC"
+
     @dataclass
     class Hparams(MeanTeacher.Hparams):
         passes: int = setting(8, ge=1)

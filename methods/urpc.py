@@ -75,6 +75,10 @@ def rectified_consistency(probs: list[torch.Tensor]) -> torch.Tensor:
 class URPC(Method):
     """URPC: deep-supervision pyramid with uncertainty-rectified consistency across scales."""
 
+    family = "pyramid consistency"
+    paper = "Luo et al., URPC, MICCAI 2021"
+    code = "xmed-lab/DHC"
+
     @dataclass
     class Hparams(BackboneHparams):
         consistency: float = setting(0.1, ge=0.0)

@@ -55,3 +55,19 @@ def test_unsupervised_loss_reaches_the_student_not_the_teacher(name):
     losses.total.backward()
     for teacher in method.teachers.values():
         assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+
+
+def test_the_tiny_preset_runs_every_registered_method(tmp_path, capsys):
+    """`--preset tiny` (one patch, 32x32x64, for every method) trains and tests every method of
+    the registry end to end through the command line, text-prior methods with hash vectors."""
+    import json
+
+    from bench.cli import main
+
+    names = METHODS.names()
+    assert main(["run", "--methods", ",".join(names), "--preset", "tiny", "--text-encoder", "hash:32", "--out", str(tmp_path),
+                 "--no-progress", "--set", "iterations=2", "--set", "val_every=2"]) == 0
+    done = {json.loads(p.read_text())["method"] for p in tmp_path.rglob("metrics.json")}
+    assert done == set(names)
+    configs = [json.loads(p.read_text()) for p in tmp_path.rglob("config.json")]
+    assert {tuple(c["train"]["patch"]) for c in configs} == {(32, 32, 64)}

@@ -81,4 +81,30 @@ def test_list_methods_does_not_import_torch():
     code = "import sys; from bench.cli import main; main(['list', 'methods']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False"
-    assert "mean_teacher" in out
+    line = next(x for x in out.splitlines() if x.startswith("mean_teacher "))
+    assert "Tarvainen & Valpola, Mean Teacher, NeurIPS 2017" in line and "[HiLab-git/SSL4MIS]" in line
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_says_its_family_and_paper_and_the_source_reading_agrees(name):
+    """What `bench list methods` reads from the source (no import) is what the class holds,
+    inherited values included; every method names a family and a paper."""
+    from bench.core.registry import static_attributes
+
+    keys = ("family", "paper", "code")
+    static = static_attributes(METHODS.target(name), keys)
+    cls = METHODS.get(name)
+    assert static == {k: getattr(cls, k) for k in keys}
+    assert cls.family and cls.paper
+
+
+def test_static_attributes_follow_imported_bases(tmp_path, monkeypatch):
+    (tmp_path / "pkg_a").mkdir()
+    (tmp_path / "pkg_a" / "__init__.py").write_text("")
+    (tmp_path / "pkg_a" / "base.py").write_text('class Base:\n    family = "f"\n    paper = "p"\n    n = 3\n')
+    (tmp_path / "pkg_a" / "child.py").write_text(
+        'from pkg_a.base import Base\n\nclass Mid(Base):\n    paper = "mid"\n\nclass Child(Mid):\n    """doc"""\n    code: str = "c"\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from bench.core.registry import static_attributes
+
+    assert static_attributes("pkg_a.child:Child", ("family", "paper", "code", "n")) == {"family": "f", "paper": "mid", "code": "c"}

@@ -87,6 +87,68 @@ def scan_package(package: str, decorator: str, root: Path | None = None) -> list
     return found
 
 
+def _module_source(module: str) -> str | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin).read_text(encoding="utf-8")
+
+
+_CLASS_TABLES: dict[str, tuple[dict, dict]] = {}
+
+
+def _class_table(module: str) -> tuple[dict[str, tuple[list[str], dict[str, str]]], dict[str, str]]:
+    """({class: (base names, {attribute: string literal})}, {imported name: module}) of a module,
+    read with :mod:`ast` (cached; nothing is imported but the module's parent packages)."""
+    if module not in _CLASS_TABLES:
+        classes: dict[str, tuple[list[str], dict[str, str]]] = {}
+        imports: dict[str, str] = {}
+        source = _module_source(module)
+        for node in ast.parse(source).body if source else []:
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    imports[alias.asname or alias.name] = node.module
+            elif isinstance(node, ast.ClassDef):
+                attrs = {}
+                for item in node.body:
+                    target = item.targets[0] if isinstance(item, ast.Assign) and len(item.targets) == 1 else getattr(item, "target", None)
+                    value = getattr(item, "value", None)
+                    if isinstance(target, ast.Name) and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                        attrs[target.id] = value.value
+                bases = [b.id if isinstance(b, ast.Name) else b.attr for b in node.bases if isinstance(b, (ast.Name, ast.Attribute))]
+                classes[node.name] = (bases, attrs)
+        _CLASS_TABLES[module] = (classes, imports)
+    return _CLASS_TABLES[module]
+
+
+def static_attributes(target: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """String class attributes ``keys`` of ``"module:Class"``, inherited ones included (depth
+    first through the bases, as far as they are classes of readable modules), read from the
+    source without importing it. Missing keys are absent from the result."""
+    module, _, name = target.partition(":")
+    out: dict[str, str] = {}
+    seen: set[tuple[str, str]] = set()
+
+    def visit(mod: str, cls: str) -> None:
+        if (mod, cls) in seen or len(out) == len(keys):
+            return
+        seen.add((mod, cls))
+        classes, imports = _class_table(mod)
+        if cls not in classes:
+            if cls in imports:
+                visit(imports[cls], cls)
+            return
+        bases, attrs = classes[cls]
+        for k in keys:
+            if k in attrs:
+                out.setdefault(k, attrs[k])
+        for b in bases:
+            visit(mod, b)
+
+    visit(module, name)
+    return out
+
+
 class Registry:
     """Maps names to plugins of one kind.
 
@@ -156,6 +218,16 @@ class Registry:
         self._ensure_loaded()
         self._check(name)
         return self._describe(self._entries[name])
+
+    def static_info(self, name: str, keys: tuple[str, ...]) -> dict[str, str]:
+        """String class attributes ``keys`` of an entry without importing it (imported entries:
+        read from the object); see :func:`static_attributes`."""
+        self._ensure_loaded()
+        self._check(name)
+        target = self._entries[name]
+        if isinstance(target, str):
+            return static_attributes(target, keys)
+        return {k: getattr(target, k) for k in keys if isinstance(getattr(target, k, None), str)}
 
     def suggest(self, name: str) -> list[str]:
         self._ensure_loaded()
