@@ -184,7 +184,7 @@ class Trainer:
             "modules": {k: m.state_dict() for k, m in self.method.modules().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "method_state": self.method.state_dict(),
+            "method_state": self.method.running_state(),
             "best": self.best,
             "timing": {"step": self.step_times, "data": self.data_times, "wall": self.train_wall},
         }
@@ -217,7 +217,7 @@ class Trainer:
                             f"another --text-encoder or width? use --force to start over")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.method.load_state_dict(state["method_state"])
+        self.method.load_running_state(state["method_state"])
         self.best = state["best"]
         self.step = int(state["step"])
         self.step_times = list(state["timing"]["step"])
@@ -357,7 +357,7 @@ class Trainer:
         if improved:
             self.best = {"score": score, "step": self.step}
             state = {"modules": {k: m.state_dict() for k, m in self.method.modules().items()},
-                     "method_state": self.method.state_dict(), "step": self.step}
+                     "method_state": self.method.running_state(), "step": self.step}
             atomic_save(self.dir / "best.pt", lambda f: torch.save(state, f))
         self._log({"step": self.step - 1, "val_dice": score, "best": improved})
         if self.spec.on_validate is not None:
@@ -374,7 +374,7 @@ class Trainer:
                 m.load_state_dict(state["modules"][k])
         except (RuntimeError, KeyError) as e:
             raise UserError(f"{path} does not fit this model ({' '.join(str(e).split())[:120]}); delete the run folder or run with --force")
-        self.method.load_state_dict(state["method_state"])
+        self.method.load_running_state(state["method_state"])
         return int(state["step"])
 
     def test(self) -> MetricsRecord:

@@ -157,8 +157,8 @@ class ACISIS(MeanTeacher):
         w = self.consistency_weight(step)
         return Losses(sup + w * cons, {"sup": sup, "unsup": cons, "w_unsup": torch.tensor(w)})
 
-    def state_dict(self) -> dict:
+    def running_state(self) -> dict:
         return {"indicators": self.indicators.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_running_state(self, state: dict) -> None:
         self.indicators.load_state_dict(state["indicators"])

@@ -108,9 +108,9 @@ class Adsh(CoTraining):
         max_A, max_B = out_A.detach().argmax(1), out_B.detach().argmax(1)
         return F.cross_entropy(out_A.float() * mask_B, max_B) + F.cross_entropy(out_B.float() * mask_A, max_A)
 
-    def state_dict(self) -> dict:
+    def running_state(self) -> dict:
         return {"banks": {k: b.state_dict() for k, b in self.banks.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_running_state(self, state: dict) -> None:
         for k, b in self.banks.items():
             b.load_state_dict(state["banks"][k])

@@ -166,11 +166,11 @@ class Method:
         """Logits (B, C, D, H, W) for images (B, 1, D, H, W); the engine sets eval mode."""
         raise NotImplementedError
 
-    def state_dict(self) -> dict:
+    def running_state(self) -> dict:
         """Running state beyond module weights (class weights, EMAs of statistics)."""
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_running_state(self, state: dict) -> None:
         pass
 
     @staticmethod

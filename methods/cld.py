@@ -106,10 +106,10 @@ class CLD(CoTraining):
         ce_b = F.cross_entropy(out_B.float(), max_A, weight=wB, reduction="none") * mask_B
         return ce_a.mean() + ce_b.mean()
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "banks": {k: b.state_dict() for k, b in self.banks.items()}}
+    def running_state(self) -> dict:
+        return {**super().running_state(), "banks": {k: b.state_dict() for k, b in self.banks.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+    def load_running_state(self, state: dict) -> None:
+        super().load_running_state(state)
         for k, b in self.banks.items():
             b.load_state_dict(state["banks"][k])

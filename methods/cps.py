@@ -84,10 +84,10 @@ class CoTraining(Method):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return (self.networks["A"](x) + self.networks["B"](x)) / 2
 
-    def state_dict(self) -> dict:
+    def running_state(self) -> dict:
         return {"A": self.weight_A.state_dict(), "B": self.weight_B.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_running_state(self, state: dict) -> None:
         self.weight_A.load_state_dict(state["A"])
         self.weight_B.load_state_dict(state["B"])
 
@@ -241,8 +241,8 @@ class DePL(CoTraining):
         w = self.cps_weight(step)
         return Losses(sup + w * cps, {"sup": sup, "unsup": cps, "w_unsup": torch.tensor(w)})
 
-    def state_dict(self) -> dict:
+    def running_state(self) -> dict:
         return {"qhat": {k: v.clone() for k, v in self.qhat.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_running_state(self, state: dict) -> None:
         self.qhat = {k: v.clone() for k, v in state["qhat"].items()}

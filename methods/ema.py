@@ -28,3 +28,9 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int) 
         t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
     for t, s in zip(teacher.buffers(), student.buffers()):
         t.copy_(s)
+
+
+def teacher_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:
+    """The teacher's input perturbation of SSL4MIS / DHC / MagicNet: ``x + clamp(std N(0, 1), +-clip)``
+    (same shape as ``x``)."""
+    return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)

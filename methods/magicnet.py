@@ -63,9 +63,8 @@ from methods.cube_mixing import (
     unmix,
     unmix_cubes,
 )
-from methods.ema import ema_update, make_teacher
+from methods.ema import ema_update, make_teacher, teacher_noise
 from methods.ga_loss import ga_ce, ga_dice
-from methods.mean_teacher import teacher_noise
 from methods.networks import VNet
 from methods.ramps import sigmoid_rampup
 from methods.text_head import StaticHead, TextDrivenHead
@@ -350,10 +349,10 @@ class MagicNet(Method):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.networks["net"](x)
 
-    def state_dict(self) -> dict:
+    def running_state(self) -> dict:
         return {"class_dist": self.class_dist.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_running_state(self, state: dict) -> None:
         self.class_dist.load_state_dict(state["class_dist"] if "class_dist" in state else state["logger"])  # "logger": before 2026-11-30
 
     @staticmethod

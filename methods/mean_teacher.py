@@ -18,14 +18,10 @@ import torch
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses, MethodContext
-from methods.ema import ema_update, make_teacher
+from methods.ema import ema_update, make_teacher, teacher_noise
 from methods.losses import DiceVariant, softmax_mse, ssl4mis_dice_ce_loss
 from methods.ramps import sigmoid_rampup
 from methods.supervised import BackboneHparams, Supervised
-
-
-def teacher_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:
-    return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)
 
 
 @register_method("mean_teacher")

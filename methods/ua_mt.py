@@ -32,8 +32,9 @@ import torch
 from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses
+from methods.ema import teacher_noise
 from methods.losses import DiceVariant, ssl4mis_dice_ce_loss
-from methods.mean_teacher import MeanTeacher, teacher_noise
+from methods.mean_teacher import MeanTeacher
 from methods.ramps import sigmoid_rampup
 
 

@@ -89,7 +89,7 @@ def test_cld_state_roundtrip_and_step():
     lab, unl = random_batch(ctx)
     losses = m.training_step(lab, unl, 5)
     assert torch.isfinite(losses.total)
-    state = m.state_dict()
+    state = m.running_state()
     m2 = CLD(ctx)
-    m2.load_state_dict(state)
+    m2.load_running_state(state)
     assert torch.equal(m2.banks["A"].total, m.banks["A"].total) and m2.banks["A"].records == 1
