@@ -382,7 +382,7 @@ def resolve_method(name: str, cls: Any, layers: list[Layer]) -> MethodSettings:
     engine = train_fields()
     hp_fields = _hparam_fields(cls)
     train: dict[str, Any] = {f.name: f.default for f in engine.values()}
-    for k, v in (getattr(cls, "train_defaults", {}) or {}).items():
+    for k, v in cls.train_defaults.items():
         train[k] = convert_field(f"method {name} default", TrainConfig, k, v)
     hparams: dict[str, Any] = dict(cls.hparam_defaults())
 
@@ -401,9 +401,7 @@ def resolve_method(name: str, cls: Any, layers: list[Layer]) -> MethodSettings:
             put(layer.where("per_method", name), k, v)
     t = TrainConfig(**train)
     _check_train(t)
-    check = getattr(cls, "check_settings", None)
-    if check is not None:
-        check(cls.Hparams(**hparams), t)
+    cls.check_settings(cls.Hparams(**hparams), t)
     return MethodSettings(name=name, train=t, hparams=hparams)
 
 

@@ -70,10 +70,12 @@ def _median_time(fn, device, repeat: int, warmup: int = 1) -> float:
 
 
 def _priors(method_cls, labels):
-    """Text priors for a synthetic run of ``method_cls``: its fixed ones, else hash vectors."""
+    """Text priors for a synthetic run of ``method_cls``: its fixed prompt set and encoder where
+    it declares them, else anatomy prompts and hash vectors."""
     from priors.cache import prior_embeddings
 
-    prompts, encoder = method_cls.fixed_priors or ("anatomy", "hash:512")
+    spec = method_cls.text_priors
+    prompts, encoder = (spec.prompts if spec else None) or "anatomy", (spec.encoder if spec else None) or "hash:512"
     return lambda: prior_embeddings(prompts, encoder, labels, use_cache=False)
 
 

@@ -210,7 +210,7 @@ def resolve_runs(req: RunRequest) -> tuple[list[tuple[str, Any, MethodSettings]]
     opts = req.options
     classes = {m: METHODS.get(m) for m in opts.methods}  # unknown names fail here, before any work
     protocol = PROTOCOLS.get(opts.protocol)(opts.dataset)
-    if any(cls.uses_priors for cls in classes.values()):
+    if any(cls.text_priors and not cls.text_priors.fixed for cls in classes.values()):
         _check_priors(opts.prompts, opts.text_encoder)
     parse_shard(req.shard)
     device = pick_device(req.device)
@@ -226,10 +226,10 @@ def resolve_runs(req: RunRequest) -> tuple[list[tuple[str, Any, MethodSettings]]
 
 def _grid(cls, opts: RunOptions) -> list[tuple[str | None, str | None]]:
     """(prompt set, text encoder) pairs a method runs with; one (None, None) without priors."""
-    if not cls.uses_priors:
+    spec = cls.text_priors
+    if spec is None or spec.fixed:
         return [(None, None)]
-    prompts = [cls.prompts_override] if cls.prompts_override else opts.prompts
-    return [(p, e) for p in prompts for e in opts.text_encoder]
+    return spec.grid(opts.prompts, opts.text_encoder)
 
 
 def run_protocol(protocol, train):
@@ -242,10 +242,11 @@ def _resolved(name: str, cls, st: MethodSettings, opts: RunOptions, protocol, pr
     execution = {k: train.pop(k) for k in EXECUTION_ONLY}
     resolved = {"method": name, "hparams": st.hparams, "train": train, "dataset": dataset, "preset": opts.preset,
                 "protocol": run_protocol(protocol, st.train).describe(), "split": split}
-    if cls.uses_priors:
+    spec = cls.text_priors
+    if spec is not None and not spec.fixed:
         resolved["prompts"], resolved["text_encoder"] = prompts, encoder
-    if cls.fixed_priors:
-        resolved["fixed_priors"] = list(cls.fixed_priors)
+    if spec is not None and spec.fixed:
+        resolved["fixed_priors"] = [spec.prompts, spec.encoder]
     return resolved, execution
 
 
@@ -371,8 +372,8 @@ def make_spec(r: PlannedRun, dataset, protocol, split, device, progress: bool, *
     }
     if r.prompts:
         priors = _priors_fn(r.prompts, r.encoder, dataset.labels, "cpu")
-    elif r.cls.fixed_priors:
-        priors = _priors_fn(*r.cls.fixed_priors, dataset.labels, "cpu")
+    elif r.cls.text_priors is not None and r.cls.text_priors.fixed:
+        priors = _priors_fn(r.cls.text_priors.prompts, r.cls.text_priors.encoder, dataset.labels, "cpu")
     else:
         priors = None
     return RunSpec(

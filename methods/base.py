@@ -83,6 +83,26 @@ class Losses:
         return out
 
 
+@dataclass(frozen=True)
+class PriorSpec:
+    """The text priors a method takes (``ctx.priors``): each of the prompt set and the text
+    encoder is either the run's (None: ``--prompts`` / ``--text-encoder``, and the run expands
+    over them) or fixed here. With both fixed the run does not expand and records them as
+    ``fixed_priors`` (e.g. ``tak_no_text``: hash vectors)."""
+
+    prompts: str | None = None
+    encoder: str | None = None
+
+    @property
+    def fixed(self) -> bool:
+        """Both parts fixed: the method takes no priors from the run."""
+        return self.prompts is not None and self.encoder is not None
+
+    def grid(self, prompts: list[str], encoders: list[str]) -> list[tuple[str, str]]:
+        """(prompt set, encoder) pairs of a run asked for ``prompts`` x ``encoders``."""
+        return [(p, e) for p in ([self.prompts] if self.prompts else prompts) for e in ([self.encoder] if self.encoder else encoders)]
+
+
 class Method:
     """Base class of all methods. Subclasses set ``networks`` (trained) and ``teachers`` (EMA)."""
 
@@ -99,24 +119,17 @@ class Method:
     label_policy: ClassVar[str] = "split"
     #: whether the method consumes unlabeled batches
     uses_unlabeled: ClassVar[bool] = True
-    #: whether the method consumes the run's text priors (``ctx.priors``); runs then expand
-    #: over ``--prompts`` x ``--text-encoder`` and record both names
-    uses_priors: ClassVar[bool] = False
-    #: the prompt set this method always uses, whatever ``--prompts`` says (e.g. ``tak_names``)
-    prompts_override: ClassVar[str | None] = None
-    #: (prompt set, text encoder) of fixed priors the engine passes as ``ctx.priors`` to a
-    #: method that does not take the run's priors (e.g. ``tak_no_text``: hash vectors)
-    fixed_priors: ClassVar[tuple[str, str] | None] = None
-    #: whether the segmentation head's parameters are generated from text priors (TAK family)
-    has_text_head: ClassVar[bool] = False
-    #: whether the method adds TAK's voxel-text contrastive loss
-    has_contrastive: ClassVar[bool] = False
+    #: the text priors the method takes (:class:`PriorSpec`); None: none
+    text_priors: ClassVar[PriorSpec | None] = None
     #: why the method may not have started to learn in a short run (shown with such a run's
     #: results); empty when there is no known reason
     slow_start: ClassVar[str] = ""
     #: runs shorter than this many steps are told before training that they may measure the
     #: slow start, not the method (0: no known slow start)
     slow_start_steps: ClassVar[int] = 0
+    #: engine settings of the method's released code (e.g. ``{"nesterov": False}``): they replace
+    #: the engine's defaults for this method, below presets, config files and the command line
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     @dataclass
     class Hparams:
@@ -127,6 +140,15 @@ class Method:
         self.hp = self.Hparams(**hparams)
         self.networks: dict[str, nn.Module] = {}
         self.teachers: dict[str, nn.Module] = {}
+
+    @classmethod
+    def check_settings(cls, hp: Any, train: Any) -> None:
+        """Refuse a combination of hyperparameters ``hp`` (``cls.Hparams``) and engine settings
+        ``train`` (``TrainConfig``) that cannot work, before any data is read.
+
+        Raises:
+            UserError: one line naming the setting and the fix.
+        """
 
     # -- what the engine needs ------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:

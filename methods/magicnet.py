@@ -1,8 +1,9 @@
-"""The MagicNet family: MagicNet (Chen et al., CVPR 2023), GA (Qi et al., ECCV 2024) and, on top
-of them, TAK (``methods/tak.py``). One implementation, switched by hyperparameters:
-
-``tak`` = ``ga`` + text-driven head + voxel-text contrastive loss;
-``ga`` = ``magicnet`` with GA loss (GADice + GACE) instead of Dice + CE.
+"""The MagicNet family: MagicNet (Chen et al., CVPR 2023) and GA (Qi et al., ECCV 2024), one
+implementation switched by hyperparameters (``ga`` = ``magicnet`` with GA loss, GADice + GACE,
+instead of Dice + CE). Variants override hooks, as nnU-Net's trainer variants do:
+:meth:`MagicNet.build_network` (the network and its head), :meth:`MagicNet.pl_condition` (the
+head condition of the cube-wise pseudo-labels) and :meth:`MagicNet.extra_losses` (more terms on
+the step's :class:`Views` and :class:`Targets`); ``methods/tak.py`` is such a variant of ``ga``.
 
 One training step follows TAK-Semi's ``train_AMOS_MagicNet_GA_TAK.py`` (2 labeled + 2 unlabeled
 images of ``patch`` size, cut into a grid of ``cube``^3 cubes: 3x3x3 of 32 at 96^3):
@@ -25,7 +26,7 @@ images of ``patch`` size, cut into a grid of ``cube``^3 cubes: 3x3x3 of 32 at 96
    steps, sharpened by ``T_dist``); argmax -> the consistency target;
 7. consistency = Dice(outputs_unmix[unlabeled], target), weight
    ``consistency * sigmoid_rampup(t, consistency_rampup * T)``;
-8. total = supervised + loc_weight * loc + weight * consistency (+ TAK's contrastive term).
+8. total = supervised + loc_weight * loc + weight * consistency (+ a variant's extra terms).
 
 Choices where the released code is unclear or cannot be followed as is (all documented):
 
@@ -43,7 +44,7 @@ Choices where the released code is unclear or cannot be followed as is (all docu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,6 @@ from methods.ema import ema_update, make_teacher, teacher_noise
 from methods.ga_loss import ga_ce, ga_dice
 from methods.networks import VNet
 from methods.ramps import sigmoid_rampup
-from methods.text_head import StaticHead, TextDrivenHead
 
 
 def pick_cube(patch: tuple[int, int, int], cube: int = 0) -> int:
@@ -86,90 +86,97 @@ def pick_cube(patch: tuple[int, int, int], cube: int = 0) -> int:
                     f"use --set patch=32,64,64 (the quick preset) or 96,96,96")
 
 
-class MagicNetwork(nn.Module):
-    """V-Net (InstanceNorm, no output conv) + segmentation head + cube-location FC head.
+class StaticHead(nn.Module):
+    """The plain 1x1x1 output convolution (MagicNet / GA): logits (B, C, D, H, W) from the decoder
+    output (B, n, D, H, W); it takes no condition."""
 
-    ``forward(x)`` (B, 1, D, H, W) -> logits (B, C, D, H, W). With ``contrast_dims`` it also
-    holds TAK's projection heads (voxels: 1x1 conv, IN, ReLU, 1x1 conv on x3/x4/x5; text:
-    Linear + ReLU per scale, the head's shared projection reused where widths match).
+    def __init__(self, num_classes: int, dec_channels: int):
+        super().__init__()
+        self.out_conv = nn.Conv3d(dec_channels, num_classes, 1)
+
+    def condition(self) -> None:
+        """A static head has no per-class condition."""
+        return None
+
+    def forward(self, feats: Sequence[torch.Tensor], dec: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out_conv(dec)
+
+
+class MagicNetwork(nn.Module):
+    """V-Net backbone (InstanceNorm, no output conv) + segmentation head + cube-location FC head.
+
+    Args:
+        num_classes: C, background included.
+        width: base filters n of the V-Net (encoder maps x1..x5 have n, 2n, 4n, 8n, 16n channels).
+        cube: cube edge of the magic-cube partition; n_cubes: cubes per patch.
+        head: builds the segmentation head, called after the backbone is built (so the default
+            initialisation draws in the same order for every head): the head maps
+            ``head(feats[2:], dec, cond)`` -> logits (B, C, D, H, W) and gives ``head.condition()``
+            (a per-class condition computed once per step, or None); default :class:`StaticHead`.
+        init: backbone initialisation (``default``: PyTorch's, as released).
+
+    ``forward(x)``: (B, 1, D, H, W) -> logits (B, C, D, H, W).
     """
 
-    def __init__(self, num_classes: int, width: int, cube: int, n_cubes: int, prior: torch.Tensor | None, contrast: bool,
+    def __init__(self, num_classes: int, width: int, cube: int, n_cubes: int, head: Callable[[], nn.Module] | None = None,
                  init: str = "default"):
         super().__init__()
         self.backbone = VNet(1, None, width, "instancenorm", dropout=False, init=init)
-        feat_ch = (4 * width, 8 * width, 16 * width)
-        if prior is not None:
-            self.head: nn.Module = TextDrivenHead(prior, num_classes, feat_ch, width)
-        else:
-            self.head = StaticHead(num_classes, width)
+        self.head: nn.Module = head() if head is not None else StaticHead(num_classes, width)
         bottleneck = 16 * width * max(cube // 16, 1) ** 3
         hidden = 256 * width
         self.fc = nn.Sequential(
             nn.Linear(bottleneck, hidden, bias=False), nn.BatchNorm1d(hidden), nn.LeakyReLU(0.2, inplace=True), nn.Linear(hidden, n_cubes)
         )
-        self.contrast = contrast
-        if contrast:
-            if prior is None:
-                raise ValueError("the contrastive branch needs text priors")
-            self.voxel_proj = nn.ModuleList(
-                [nn.Sequential(nn.Conv3d(c, c, 1), nn.InstanceNorm3d(c), nn.ReLU(inplace=True), nn.Conv3d(c, c, 1)) for c in feat_ch]
-            )
-            d = prior.shape[1]
-            hid = self.head.text_to_hidden[0].out_features  # type: ignore[union-attr,index]
-            self.text_proj = nn.ModuleList(
-                [nn.Identity() if c == hid else nn.Sequential(nn.Linear(d, c), nn.ReLU(inplace=True)) for c in feat_ch]
-            )
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five encoder maps of ``x`` (B, 1, D, H, W)."""
         return self.backbone.encode(x)
 
     def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder output (B, n, D, H, W) of the encoder maps."""
         return self.backbone.decode(feats)
 
-    def class_embedding(self) -> torch.Tensor | None:
-        return self.head.class_embedding() if isinstance(self.head, TextDrivenHead) else None
+    def head_condition(self) -> torch.Tensor | None:
+        """The head's per-class condition for this step (None for a static head)."""
+        return self.head.condition()
 
-    def segment(self, feats: list[torch.Tensor], dec: torch.Tensor, class_emb: torch.Tensor | None) -> torch.Tensor:
-        return self.head(feats[2:], dec, class_emb)
+    def segment(self, feats: list[torch.Tensor], dec: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, C, D, H, W) from encoder maps, decoder output and the head condition."""
+        return self.head(feats[2:], dec, cond)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encode(x)
-        return self.segment(feats, self.decode(feats), self.class_embedding())
-
-    def text_embeddings(self) -> list[torch.Tensor]:
-        """Per scale (x3, x4, x5): projections of every view embedding, (V * C, ch)."""
-        head: TextDrivenHead = self.head  # type: ignore[assignment]
-        shared = head.text_hidden()
-        return [shared if isinstance(p, nn.Identity) else p(head.prior) for p in self.text_proj]
+        return self.segment(feats, self.decode(feats), self.head_condition())
 
 
 @dataclass
-class StepState:
-    """What one MagicNet-family training step computed, for :meth:`MagicNet.extra_losses`.
+class Views:
+    """The student's encoder maps of one step's batch (B images, the labeled ones first), each a
+    list of the five scales (B, ch_s, D_s, H_s, W_s), in the step's three views."""
 
-    B = labeled + unlabeled images, ``n_l`` of them labeled; feature lists hold the V-Net's
-    five encoder scales (B, ch_s, D_s, H_s, W_s).
-    """
-
-    step: int
-    net: "MagicNetwork"
-    #: encoder features of the images, and of the cross-image mixed images
-    feats: list
-    mfeats: list
-    #: per image, encoder features of its cubes (N, ch_s, ...), N = cubes per patch
-    cube_feats: list
-    #: the cross-image mixing permutation (for ``unmix``)
+    #: the images as they are
+    whole: list
+    #: the cross-image mixed images (mixed: ``unmix(f, ind)`` recovers each image's own layout)
+    mixed: list
+    #: the cross-image mixing permutation
     ind: torch.Tensor
-    #: labels of the labeled images (n_l, D, H, W)
-    y: torch.Tensor
-    #: the teacher's argmax on the unlabeled images and the blended cube-wise target (B - n_l, D, H, W)
+    #: per image, the maps of its cubes (N, ch_s, ...), N = cubes per patch
+    cubes: list
+
+
+@dataclass
+class Targets:
+    """What one step's voxels are compared with (n_l labeled, B - n_l unlabeled images)."""
+
+    #: ground truth of the labeled images (n_l, D, H, W)
+    labels: torch.Tensor
+    #: the teacher's argmax and the blended cube-wise target on the unlabeled images (B - n_l, D, H, W)
     pseudo: torch.Tensor
-    target: torch.Tensor
+    blended: torch.Tensor
     #: entropies of the teacher's and of the blended prediction (B - n_l, 1, D, H, W)
     entropy: torch.Tensor
-    mix_entropy: torch.Tensor
-    n_l: int
+    blended_entropy: torch.Tensor
 
 
 @register_method("magicnet")
@@ -213,26 +220,21 @@ class MagicNet(Method):
         super().__init__(ctx, **hparams)
         self.cube = pick_cube(tuple(ctx.patch_size), self.hp.cube)
         self.n = grid(tuple(ctx.patch_size), self.cube)
-        prior = self.build_prior() if self.use_text_head else None
-        n_cubes = self.n[0] * self.n[1] * self.n[2]
-        net = MagicNetwork(ctx.num_classes, ctx.width, self.cube, n_cubes, prior, self.use_contrast, self.hp.init)
+        net = self.build_network()
         self.networks["net"] = net
         self.teachers["teacher"] = make_teacher(net)
         #: running class distribution of the pseudo-labels (blending weights)
         self.class_dist = OrganClassLogger(ctx.num_classes)
 
-    #: whether this instance builds the text-driven head / the contrastive branch (TAK sets
-    #: them from its class flags and hyperparameters)
-    use_text_head: bool = False
-    use_contrast: bool = False
+    def build_network(self) -> MagicNetwork:
+        """The student network (the teacher is its copy); variants replace the head or add parts."""
+        n_cubes = self.n[0] * self.n[1] * self.n[2]
+        return MagicNetwork(self.ctx.num_classes, self.ctx.width, self.cube, n_cubes, init=self.hp.init)
 
     @classmethod
     def check_settings(cls, hp: "MagicNet.Hparams", train) -> None:
         """Before any data: the patch must cut into cubes (one line naming the fix)."""
         pick_cube(tuple(train.patch), hp.cube)
-
-    def build_prior(self) -> torch.Tensor:
-        raise NotImplementedError
 
     # -- losses -----------------------------------------------------------------------------
     def dice(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -257,9 +259,10 @@ class MagicNet(Method):
         """Batch indices whose cubes give the unlabeled images' cube-wise pseudo-labels."""
         return range(n_l, b)
 
-    def pl_class_embedding(self, net, teacher, class_emb):
-        """The class embedding the pseudo-label head uses (None without a text head)."""
-        return (teacher if self.hp.pl_source == "teacher" else net).class_embedding()
+    def pl_condition(self, net: MagicNetwork, teacher: MagicNetwork, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """The head condition the cube-wise pseudo-labels are decoded with (``cond``: the
+        student's of this step): that of the network ``pl_source`` names."""
+        return (teacher if self.hp.pl_source == "teacher" else net).head_condition()
 
     # -- the step ---------------------------------------------------------------------------
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
@@ -271,17 +274,17 @@ class MagicNet(Method):
         n_l = y.shape[0]
         x = torch.cat([labeled["image"], unlabeled["image"]])
         b = x.shape[0]
-        class_emb = net.class_embedding()
+        cond = net.head_condition()
 
         feats = net.encode(x)
-        outputs = net.segment(feats, net.decode(feats), class_emb)
+        outputs = net.segment(feats, net.decode(feats), cond)
 
         # cross-image partition and recovery
         ind = cross_image_indices(b, self.n, device=x.device)
         mfeats = net.encode(mix(x, ind))
         mdec = net.decode(mfeats)
         mfeats_rec = [unmix(f, ind) for f in mfeats]
-        outputs_unmix = net.segment(mfeats_rec, unmix(mdec, ind), class_emb)
+        outputs_unmix = net.segment(mfeats_rec, unmix(mdec, ind), cond)
 
         # teacher pseudo-labels on the unlabeled images
         with torch.no_grad():
@@ -306,7 +309,7 @@ class MagicNet(Method):
         loc_loss = loc_loss / b
         dec_local = torch.stack([net.decode(cube_feats[i]) for i in range(n_l)])
         feat_local = [self.unmix_cubes(torch.stack([cube_feats[i][s] for i in range(n_l)])) for s in range(5)]
-        pred_local = net.segment(feat_local, self.unmix_cubes(dec_local), class_emb)
+        pred_local = net.segment(feat_local, self.unmix_cubes(dec_local), cond)
         sup_local = self.dice(torch.softmax(pred_local.float(), 1), y)
         sup = (sup_ce + sup_dice + sup_unmix + sup_local) / 4
 
@@ -316,11 +319,11 @@ class MagicNet(Method):
             if step > self.hp.dist_warmup:
                 w = self.class_dist.weights(self.hp.T_dist).to(x.device)[pseudo][:, None]  # (B_u, 1, D, H, W)
                 pl_net = teacher if self.hp.pl_source == "teacher" else net
-                emb = self.pl_class_embedding(net, teacher, class_emb)
+                pl_cond = self.pl_condition(net, teacher, cond)
                 pl = []
                 for i in self.pl_cube_indices(n_l, b):
                     f = [t.detach() for t in cube_feats[i]]
-                    pl.append(pl_net.segment(f, pl_net.decode(f), emb).float())
+                    pl.append(pl_net.segment(f, pl_net.decode(f), pl_cond).float())
                 unmix_pl = self.unmix_cubes(torch.stack(pl))
                 blended = torch.softmax((1 - w) * t_logits + w * unmix_pl, 1)
                 mix_entropy = -(blended * torch.log(blended + 1e-6)).sum(1, keepdim=True)
@@ -333,14 +336,15 @@ class MagicNet(Method):
         w_cons = self.consistency_weight(step)
         total = sup + self.hp.loc_weight * loc_loss + w_cons * cons
         parts = {"sup": sup, "loc": loc_loss, "unsup": cons, "w_unsup": torch.tensor(w_cons)}
-        extra = self.extra_losses(StepState(step, net, feats, mfeats, cube_feats, ind, y, pseudo, target, entropy, mix_entropy, n_l))
+        extra = self.extra_losses(step, net, Views(feats, mfeats, ind, cube_feats), Targets(y, pseudo, target, entropy, mix_entropy))
         for name, (weight, value) in extra.items():
             total = total + weight * value
             parts[name] = value
         return Losses(total, parts)
 
-    def extra_losses(self, state: "StepState") -> dict:
-        """Hook for TAK's contrastive term: ``{name: (weight, loss)}``."""
+    def extra_losses(self, step: int, net: MagicNetwork, views: Views, targets: Targets) -> dict:
+        """More loss terms of a variant on this step's maps and targets: ``{name: (weight, loss)}``
+        (each is added to the total as weight x loss and logged under its name)."""
         return {}
 
     def after_step(self, step: int) -> None:

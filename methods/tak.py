@@ -45,10 +45,14 @@ import torch
 
 from bench.core.registry import register_method
 from bench.core.settings import setting
+from torch import nn
+
+from methods.base import PriorSpec
 from methods.contrastive import voxel_text_contrastive
 from methods.cube_mixing import unmix
-from methods.magicnet import GA, MagicNet, StepState
+from methods.magicnet import GA, MagicNet, MagicNetwork, Targets, Views
 from methods.ramps import sigmoid_rampup
+from methods.text_head import TextDrivenHead
 
 #: mean L2 norm of the rows of TAK's released text prior (CLIP/amos_embedding_shape_location.pth,
 #: 32 x 512; tests/test_tak.py recomputes it from ../shared/reference)
@@ -62,6 +66,38 @@ def scale_prior(prior: torch.Tensor, norm: float) -> torch.Tensor:
     return prior * (norm / prior.norm(dim=1).mean())
 
 
+class TAKNetwork(MagicNetwork):
+    """MagicNetwork whose head is generated from text priors (:class:`TextDrivenHead`), plus
+    TAK's contrastive projections when ``contrast``: voxels, per scale x3 / x4 / x5, a 1x1 conv,
+    InstanceNorm, ReLU, 1x1 conv; text, per scale, Linear + ReLU from the prior's dimension,
+    or the head's shared text projection where the scale's width equals it (as released:
+    ``text_to_256``).
+
+    Args:
+        prior: (V * C, d) text-prior embeddings; the rest as :class:`MagicNetwork`.
+    """
+
+    def __init__(self, num_classes: int, width: int, cube: int, n_cubes: int, prior: torch.Tensor, contrast: bool,
+                 init: str = "default"):
+        feat_ch = (4 * width, 8 * width, 16 * width)
+        super().__init__(num_classes, width, cube, n_cubes, lambda: TextDrivenHead(prior, num_classes, feat_ch, width), init)
+        self.contrast = contrast
+        if contrast:
+            self.voxel_proj = nn.ModuleList(
+                [nn.Sequential(nn.Conv3d(c, c, 1), nn.InstanceNorm3d(c), nn.ReLU(inplace=True), nn.Conv3d(c, c, 1)) for c in feat_ch]
+            )
+            hid = self.head.text_to_hidden[0].out_features  # type: ignore[union-attr,index]
+            self.text_proj = nn.ModuleList(
+                [nn.Identity() if c == hid else nn.Sequential(nn.Linear(prior.shape[1], c), nn.ReLU(inplace=True)) for c in feat_ch]
+            )
+
+    def text_embeddings(self) -> list[torch.Tensor]:
+        """Per scale (x3, x4, x5): projections of every view embedding, (V * C, ch)."""
+        head: TextDrivenHead = self.head  # type: ignore[assignment]
+        shared = head.text_hidden()
+        return [shared if isinstance(p, nn.Identity) else p(head.prior) for p in self.text_proj]
+
+
 @register_method("tak")
 class TAK(GA):
     """TAK: GA + text-prior-driven segmentation head + voxel-text contrastive loss."""
@@ -69,9 +105,9 @@ class TAK(GA):
     paper = "Gu et al., TAK (text priors), 2025"
     code = "Lunn88/TAK-Semi"
 
-    uses_priors = True
-    has_text_head = True
-    has_contrastive = True
+    text_priors = PriorSpec()
+    #: whether the voxel-text contrastive loss exists in this variant (with ``contrast_weight`` > 0)
+    contrastive: bool = True
     slow_start_steps = 600
     slow_start = ("as released, its text-driven head starts almost flat (logits vary ~0.001 across voxels) and "
                   "leaves that start after a seed-dependent number of steps: in the demo preset (220 steps) "
@@ -98,50 +134,52 @@ class TAK(GA):
         #: encoders such as minilm give unit rows. 0 = the encoder's own scale.
         prior_norm: float = setting(RELEASED_PRIOR_NORM, ge=0.0)
 
-    def __init__(self, ctx, **hparams):
-        # with text_head=False and contrast_weight=0, TAK builds exactly GA's networks and losses
-        self.use_text_head = type(self).has_text_head and bool(hparams.get("text_head", True))
-        self.use_contrast = type(self).has_contrastive and self.use_text_head and hparams.get("contrast_weight", 0.1) > 0
-        super().__init__(ctx, **hparams)
+    @property
+    def use_contrast(self) -> bool:
+        """Whether this run adds the contrastive term (it needs the text head)."""
+        return self.contrastive and self.hp.text_head and self.hp.contrast_weight > 0
 
-    def build_prior(self) -> torch.Tensor:
+    def build_network(self) -> MagicNetwork:
+        """GA's network with the text-driven head and, if used, the contrastive projections;
+        with ``text_head=False`` exactly GA's network."""
+        if not self.hp.text_head:
+            return super().build_network()
         if self.ctx.priors is None:
             raise ValueError("tak needs text priors: the runner passes them (--prompts, --text-encoder)")
-        prior = self.ctx.priors()
-        if prior.shape[0] % self.ctx.num_classes:
-            raise ValueError(f"prior has {prior.shape[0]} rows for {self.ctx.num_classes} classes")
-        return scale_prior(prior, self.hp.prior_norm)
+        prior = scale_prior(self.ctx.priors(), self.hp.prior_norm)
+        n_cubes = self.n[0] * self.n[1] * self.n[2]
+        return TAKNetwork(self.ctx.num_classes, self.ctx.width, self.cube, n_cubes, prior, self.use_contrast, self.hp.init)
 
-    def pl_class_embedding(self, net, teacher, class_emb):
-        if not self.use_text_head:
+    def pl_condition(self, net, teacher, cond):
+        """TAK decodes the pseudo-label cubes with the student's class embedding (detached),
+        or the teacher's own with ``pl_class_embedding=teacher``."""
+        if cond is None:
             return None
-        return class_emb.detach() if self.hp.pl_class_embedding == "student" else teacher.class_embedding()
+        return cond.detach() if self.hp.pl_class_embedding == "student" else teacher.head_condition()
 
     def entropy_threshold(self, step: int) -> float:
         return math.log(2) * (0.75 + 0.25 * sigmoid_rampup(step, self.hp.entropy_rampup * self.ctx.iterations))
 
-    def extra_losses(self, state: StepState) -> dict:
-        step, net, feats, mfeats, cube_feats = state.step, state.net, state.feats, state.mfeats, state.cube_feats
-        ind, y, pseudo, target, entropy, mix_entropy, n_l = (state.ind, state.y, state.pseudo, state.target, state.entropy,
-                                                             state.mix_entropy, state.n_l)
+    def extra_losses(self, step: int, net: TAKNetwork, views: Views, targets: Targets) -> dict:  # type: ignore[override]
+        """The voxel-text contrastive term (after ``contrast_start`` of the run)."""
         if not self.use_contrast or step < self.hp.contrast_start * self.ctx.iterations:
             return {}
-        b = len(cube_feats)
+        n_l = targets.labels.shape[0]
         vox = []
         for s, proj in enumerate(net.voxel_proj):
-            full = proj(feats[2 + s])
-            rec = unmix(proj(mfeats[2 + s]), ind)
-            cube = self.unmix_cubes(torch.stack([proj(cube_feats[i][2 + s]) for i in range(b)]))
+            full = proj(views.whole[2 + s])
+            rec = unmix(proj(views.mixed[2 + s]), views.ind)
+            cube = self.unmix_cubes(torch.stack([proj(f[2 + s]) for f in views.cubes]))
             # labeled-derived maps first, then unlabeled-derived (TAK's organized_idx)
             vox.append(torch.cat([full[:n_l], rec[:n_l], cube[:n_l], full[n_l:], rec[n_l:], cube[n_l:]]))
         thr = self.entropy_threshold(step)
-        unl_labels = torch.cat([pseudo, pseudo, target])[:, None].clone()
-        unl_entropy = torch.cat([entropy, entropy, mix_entropy])
+        unl_labels = torch.cat([targets.pseudo, targets.pseudo, targets.blended])[:, None].clone()
+        unl_entropy = torch.cat([targets.entropy, targets.entropy, targets.blended_entropy])
         unl_labels[unl_entropy > thr] = -1
-        labels = torch.cat([y[:, None].repeat(3, 1, 1, 1, 1), unl_labels]).long()
+        labels = torch.cat([targets.labels[:, None].repeat(3, 1, 1, 1, 1), unl_labels]).long()
         text = net.text_embeddings()
         c = self.ctx.num_classes
-        text_labels = torch.arange(c, device=y.device).repeat(text[0].shape[0] // c)
+        text_labels = torch.arange(c, device=targets.labels.device).repeat(text[0].shape[0] // c)
         n_views = [4 * self.hp.sample_num, 2 * self.hp.sample_num, self.hp.sample_num]
         loss = voxel_text_contrastive(vox, labels, text, text_labels, n_views, self.hp.temperature)
         return {"contrast": (self.hp.contrast_weight, loss)}
@@ -161,7 +199,7 @@ class TAKNoContrast(TAK):
 
     paper = "TAK ablation: no voxel-text contrastive loss"
 
-    has_contrastive = False
+    contrastive = False
 
 
 @register_method("tak_names")
@@ -170,7 +208,7 @@ class TAKNames(TAK):
 
     paper = "TAK ablation: organ names in one template as prompts"
 
-    prompts_override = "names"
+    text_priors = PriorSpec(prompts="names")
 
 
 @register_method("tak_no_text")
@@ -179,5 +217,4 @@ class TAKNoText(TAK):
 
     paper = "TAK ablation: hash vectors instead of text (no semantics)"
 
-    uses_priors = False
-    fixed_priors = ("anatomy", "hash:512")
+    text_priors = PriorSpec(prompts="anatomy", encoder="hash:512")

@@ -74,6 +74,10 @@ class TextDrivenHead(nn.Module):
         t = self.text_hidden().reshape(self.n_views, self.num_classes, -1)
         return self.text_to_vision(torch.cat(list(t), dim=1))
 
+    def condition(self) -> torch.Tensor:
+        """The head's per-class condition for a step: :meth:`class_embedding` (C, hidden)."""
+        return self.class_embedding()
+
     def image_condition(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, hidden): mean of the GAP branches on x3, x4, x5."""
         g = sum(branch(f) for branch, f in zip(self.gap, feats)) / len(self.gap)
@@ -164,14 +168,3 @@ def reference_dynamic_head(x, b1, w1, b2, w2, b3, w3, b: int, c: int) -> torch.T
     h = torch.baddbmm(b1, w1, x).relu().reshape(b * c, HEAD_CH, -1)
     h = torch.baddbmm(b2, w2, h).relu()
     return torch.baddbmm(b3, w3, h).reshape(b, c, -1)
-
-
-class StaticHead(nn.Module):
-    """The plain 1x1x1 output convolution (MagicNet/GA): logits (B, C, D, H, W) from dec (B, n, ...)."""
-
-    def __init__(self, num_classes: int, dec_channels: int):
-        super().__init__()
-        self.out_conv = nn.Conv3d(dec_channels, num_classes, 1)
-
-    def forward(self, feats: Sequence[torch.Tensor], dec: torch.Tensor, class_emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.out_conv(dec)

@@ -38,7 +38,7 @@ def _spec(dataset, method: str, run_dir: Path):
     from tests.helpers import tiny_spec
 
     spec = tiny_spec(dataset, method, run_dir, **TRAIN)
-    if spec.method_cls.uses_priors:
+    if spec.method_cls.text_priors is not None:
         spec.priors = lambda: prior_embeddings("anatomy", "hash:64", dataset.labels, use_cache=False)
         spec.priors_names = {"prompts": "anatomy", "text_encoder": "hash:64"}
     return spec

@@ -66,12 +66,14 @@ def test_contrastive_term_appears_after_warmup_and_reaches_encoder_and_projectio
 def test_variants():
     ctx = _ctx()
     assert TAKNoContrast(ctx).use_contrast is False
-    assert TAKNames.prompts_override == "names"
+    # tak_names fixes the prompt set and takes the run's encoders; tak takes both from the run
+    assert TAKNames.text_priors.grid(["anatomy", "shape_only"], ["minilm", "hash"]) == [("names", "minilm"), ("names", "hash")]
+    assert TAK.text_priors.grid(["a", "b"], ["e"]) == [("a", "e"), ("b", "e")] and not TAK.text_priors.fixed
     # the engine passes tak_no_text its fixed priors (hash vectors without meaning), whatever --prompts says
-    assert TAKNoText.fixed_priors == ("anatomy", "hash:512")
-    no_text = TAKNoText(tiny_context(patch=PATCH, width=4, priors=lambda: prior_embeddings(*TAKNoText.fixed_priors, BTCV_13)))
+    spec = TAKNoText.text_priors
+    assert spec.fixed and (spec.prompts, spec.encoder) == ("anatomy", "hash:512")
+    no_text = TAKNoText(tiny_context(patch=PATCH, width=4, priors=lambda: prior_embeddings(spec.prompts, spec.encoder, BTCV_13)))
     assert no_text.networks["net"].head.prior.shape == (2 * 14, 512)  # hash vectors, 2 views
-    assert TAKNoText.uses_priors is False and TAK.uses_priors is True
 
 
 def test_prompt_encoder_grid_expands_runs(tmp_path, capsys):

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.labels import BTCV_13
-from methods.magicnet import MagicNetwork
-from methods.tak import RELEASED_PRIOR_NORM, scale_prior
+from methods.tak import RELEASED_PRIOR_NORM, TAKNetwork, scale_prior
 from priors.cache import prior_embeddings
 
 
@@ -31,7 +30,7 @@ def main() -> None:
         p = scale_prior(prior, norm)
         for seed in range(3):
             torch.manual_seed(seed)
-            net = MagicNetwork(len(names), 8, 16, 16, p, False, "default")
+            net = TAKNetwork(len(names), 8, 16, 16, p, False, "default")
             feats = net.encode(x)
             logits = net.head(feats[2:5], net.decode(feats))
             F.cross_entropy(logits, y).backward()

@@ -53,7 +53,7 @@ def main() -> None:
     net = method.networks["net"]
     with torch.no_grad():
         feats = net.encode(x)
-        logits0 = net.segment(feats, net.decode(feats), net.class_embedding())
+        logits0 = net.segment(feats, net.decode(feats), net.head_condition())
     small = torch.zeros_like(y, dtype=torch.bool)
     for n in SMALL:
         small |= y == names.index(n)
