@@ -42,11 +42,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 from bench.core.registry import register_method
 from bench.core.settings import setting
-from torch import nn
-
 from methods.base import PriorSpec
 from methods.contrastive import voxel_text_contrastive
 from methods.cube_mixing import unmix
