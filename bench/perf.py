@@ -98,13 +98,13 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
         trainer = Trainer(spec)
         threads = {"engine": set(), "bare": set()}
         phase = ["engine"]
-        step_fn = trainer.train_step
+        step_fn = trainer.method.training_step
 
         def observed(*args):  # the thread count each step really runs at, engine and bare alike
             threads[phase[0]].add(torch.get_num_threads())
             return step_fn(*args)
 
-        trainer.train_step = observed
+        trainer.method.training_step = observed
         trainer.fit()
         engine = statistics.median(trainer.step_times)
         wait = sum(trainer.data_times) / max(sum(trainer.data_times) + sum(trainer.step_times), 1e-12)

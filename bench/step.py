@@ -2,8 +2,15 @@
 
 A step: the method's ``training_step`` under autocast, a finiteness check, backward (through a
 GradScaler for fp16), gradient averaging across processes, optional clipping, the optimiser
-step and the method's ``after_step`` (EMA teachers, running statistics). The AMP dtype and the
-optimiser are chosen here and nowhere else.
+steps and the method's ``after_step`` (EMA teachers, running statistics). The AMP dtype and the
+default optimiser are chosen here and nowhere else.
+
+Optimisers: by default one SGD over ``method.parameters()`` with the run's poly schedule. A
+method may build its own (``Method.optimizers(train)``: named optimisers, each with its own
+schedule), and may run backward and the optimiser steps itself (``manual_optimization``:
+several backward passes per step, e.g. segmenters and critics), through the
+:class:`StepControl` it gets as ``training_step``'s ``opt``; the engine keeps AMP, gradient
+averaging, clipping, the finiteness check and the scaler update.
 """
 
 from __future__ import annotations
@@ -31,35 +38,129 @@ def make_optimizer(params, train: TrainConfig) -> torch.optim.Optimizer:
                            nesterov=train.nesterov and train.momentum > 0)
 
 
+def poly_lr(base: float, step: int, horizon: int, power: float) -> float:
+    """``base * (1 - step / horizon) ** power``, 0 from the horizon on."""
+    return base * max(0.0, 1.0 - step / horizon) ** power
+
+
+#: named optimisers, each with its schedule (step -> learning rate of all its parameter groups)
+Optimizers = dict[str, tuple[torch.optim.Optimizer, Callable[[int], float]]]
+
+
+def make_optimizers(method, train: TrainConfig) -> Optimizers:
+    """The method's own optimisers (``method.optimizers(train)``), else ``{"main": (SGD over its
+    parameters, poly schedule of the run)}``."""
+    custom = method.optimizers(train)
+    if custom is not None:
+        if not custom:
+            raise ValueError(f"{type(method).__name__}.optimizers() returned no optimiser")
+        return dict(custom)
+    horizon = train.lr_horizon or train.iterations
+    return {"main": (make_optimizer(method.parameters(), train), lambda step: poly_lr(train.lr, step, horizon, train.poly_power))}
+
+
 class TrainStep:
     """One optimisation step of ``method``.
 
-    ``check(losses, step)`` runs after the forward pass (the loop stops on a non-finite loss
-    there); ``average(params)`` after backward (distributed gradient averaging).
+    Args:
+        method: the method (``methods.base.Method``).
+        optimizers: a ``torch.optim.Optimizer`` (the default SGD: schedules are the caller's) or
+            named ``(optimizer, schedule)`` pairs (:func:`make_optimizers`).
+        check: ``check(losses, step)`` after the forward pass (the loop stops on a non-finite loss).
+        average: ``average(params)`` after backward (distributed gradient averaging).
     """
 
-    def __init__(self, method, optimizer: torch.optim.Optimizer, device: torch.device, amp: bool = True,
+    def __init__(self, method, optimizers: torch.optim.Optimizer | Optimizers, device: torch.device, amp: bool = True,
                  grad_clip: float = 0.0, check: Callable | None = None, average: Callable | None = None):
-        self.method, self.optimizer, self.device = method, optimizer, device
+        self.method, self.device = method, device
+        if isinstance(optimizers, torch.optim.Optimizer):
+            optimizers = {"main": (optimizers, lambda step, lr=optimizers.param_groups[0]["lr"]: lr)}
+        self.optimizers = {k: o for k, (o, _) in optimizers.items()}
+        self.schedules = {k: f for k, (_, f) in optimizers.items()}
         self.amp = amp_enabled(device, amp)
         self.dtype = amp_dtype(device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
         self.grad_clip, self.check, self.average = grad_clip, check, average
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The first (for the default: the only) optimiser."""
+        return next(iter(self.optimizers.values()))
+
+    def set_lr(self, step: int) -> dict[str, float]:
+        """Set every optimiser's learning rate for ``step`` by its schedule; returns them by name."""
+        lrs = {}
+        for name, opt in self.optimizers.items():
+            lrs[name] = lr = self.schedules[name](step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+        return lrs
+
+    def _params(self, opt: torch.optim.Optimizer) -> list:
+        return [p for g in opt.param_groups for p in g["params"]]
+
+    def _step(self, names) -> None:
+        """Average, clip and apply the gradients of the optimisers ``names``."""
+        for name in names:
+            opt = self.optimizers[name]
+            if self.average is not None:
+                self.average(self._params(opt))
+            if self.grad_clip > 0:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self._params(opt), self.grad_clip)
+            self.scaler.step(opt)
+
     def __call__(self, labeled: dict, unlabeled: dict | None, step: int):
         """Run step ``step`` on one batch; returns the method's ``Losses``."""
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
-            losses = self.method.training_step(labeled, unlabeled, step)
-        if self.check is not None:
-            self.check(losses, step)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses.total).backward()
-        if self.average is not None:
-            self.average(self.method.parameters())
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
+        if getattr(self.method, "manual_optimization", False):
+            control = StepControl(self, step)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
+                losses = self.method.training_step(labeled, unlabeled, step, control)
+            if self.check is not None:
+                self.check(losses, step)
+        else:
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
+                losses = self.method.training_step(labeled, unlabeled, step)
+            if self.check is not None:
+                self.check(losses, step)
+            for opt in self.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            self.scaler.scale(losses.total).backward()
+            if len(self.optimizers) == 1:  # one optimiser: clip the norm over all the method's parameters
+                if self.average is not None:
+                    self.average(self.method.parameters())
+                if self.grad_clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.grad_clip)
+                self.scaler.step(self.optimizer)
+            else:
+                self._step(list(self.optimizers))
         self.scaler.update()
         self.method.after_step(step)
         return losses
+
+
+class StepControl:
+    """What a ``manual_optimization`` method gets as ``opt`` in ``training_step``: backward passes
+    and optimiser steps that go through the engine's AMP scaler, gradient averaging, clipping
+    and finiteness check. Each optimiser steps at most once per training step."""
+
+    def __init__(self, train_step: TrainStep, step: int):
+        self._ts, self._step_no = train_step, step
+
+    def zero_grad(self, *names: str) -> None:
+        """Clear the gradients of the named optimisers' parameters (all optimisers without names)."""
+        for name in names or tuple(self._ts.optimizers):
+            self._ts.optimizers[name].zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor, name: str = "loss", retain_graph: bool = False) -> None:
+        """Check that ``loss`` is finite (named ``name`` in the error), then back-propagate it."""
+        if self._ts.check is not None:
+            from methods.base import Losses
+
+            self._ts.check(Losses(loss, {name: loss}), self._step_no)
+        self._ts.scaler.scale(loss).backward(retain_graph=retain_graph)
+
+    def step(self, *names: str) -> None:
+        """Apply the gradients of the named optimisers (average across processes, clip, step)."""
+        self._ts._step(names)

@@ -33,7 +33,7 @@ from bench.core.store import atomic_save, atomic_write_text, safe_name
 from bench.core.threads import current_threads
 from bench.data import Prefetcher, TwoStreamSampler
 from bench.inference import predict_volume
-from bench.step import TrainStep, make_optimizer
+from bench.step import TrainStep, make_optimizers
 from bench.timing import StepTimer, device_description, peak_memory, reset_peak_memory, summarize_times
 from datasets.base import Dataset
 from datasets.splits import Split
@@ -69,11 +69,6 @@ class RunSpec:
     on_validate: Callable[[int, float], None] | None = None
     #: write each test case's prediction as predictions/<case>.nii.gz (source image geometry)
     save_predictions: bool = False
-
-
-def poly_lr(base: float, step: int, horizon: int, power: float) -> float:
-    """``base * (1 - step / horizon) ** power``, 0 from the horizon on."""
-    return base * max(0.0, 1.0 - step / horizon) ** power
 
 
 def seed_everything(seed: int) -> None:
@@ -151,8 +146,7 @@ class Trainer:
                 raise UserError(f"labeled_bs {self.t.labeled_bs} and unlabeled_bs {self.t.unlabeled_bs} must be multiples of "
                                 f"the {self.world} processes (each takes an equal slice of every batch); use --set labeled_bs=...")
             distributed.broadcast_modules(self.method.modules().values())
-        self.optimizer = make_optimizer(self.method.parameters(), self.t)
-        self.train_step = TrainStep(self.method, self.optimizer, self.device, self.t.amp, self.t.grad_clip,
+        self.train_step = TrainStep(self.method, make_optimizers(self.method, self.t), self.device, self.t.amp, self.t.grad_clip,
                                     check=self._check_finite, average=distributed.average_gradients if self.world > 1 else None)
         self.use_amp = self.train_step.amp
         self.scaler = self.train_step.scaler
@@ -182,7 +176,7 @@ class Trainer:
         state = {
             "step": self.step,
             "modules": {k: m.state_dict() for k, m in self.method.modules().items()},
-            "optimizer": self.optimizer.state_dict(),
+            **self._optimizer_state(),
             "scaler": self.scaler.state_dict(),
             "method_state": self.method.running_state(),
             "best": self.best,
@@ -190,6 +184,23 @@ class Trainer:
         }
         atomic_save(self.ckpt_path, lambda f: torch.save(state, f))
         lock.touch(self.dir)  # a live claim stays fresh
+
+    def _optimizer_state(self) -> dict:
+        """``{"optimizer": state}`` for the default single optimiser (the layout of every earlier
+        checkpoint), ``{"optimizers": {name: state}}`` for a method's own named optimisers."""
+        opts = self.train_step.optimizers
+        if list(opts) == ["main"]:
+            return {"optimizer": opts["main"].state_dict()}
+        return {"optimizers": {k: o.state_dict() for k, o in opts.items()}}
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        opts = self.train_step.optimizers
+        saved = state["optimizers"] if "optimizers" in state else {"main": state.get("optimizer")}
+        if set(saved) != set(opts) or any(v is None for v in saved.values()):
+            raise UserError(f"checkpoint {self.ckpt_path} holds optimisers {', '.join(sorted(saved))}, this method has "
+                            f"{', '.join(sorted(opts))}; use --force to start over")
+        for k, o in opts.items():
+            o.load_state_dict(saved[k])
 
     def _read_state(self, path: Path, keys: tuple[str, ...]) -> dict:
         """A checkpoint of ours: tensors and plain data only (``weights_only=True``: a file whose
@@ -207,7 +218,7 @@ class Trainer:
     def load_checkpoint(self) -> bool:
         if not self.ckpt_path.exists():
             return False
-        state = self._read_state(self.ckpt_path, ("step", "modules", "optimizer", "scaler", "method_state", "best", "timing"))
+        state = self._read_state(self.ckpt_path, ("step", "modules", "scaler", "method_state", "best", "timing"))
         try:
             for k, m in self.method.modules().items():
                 m.load_state_dict(state["modules"][k])
@@ -215,7 +226,7 @@ class Trainer:
             first = str(e).strip().splitlines()[1 if str(e).count("\n") else 0].strip()
             raise UserError(f"checkpoint {self.ckpt_path} does not fit this model ({first}); was it trained with "
                             f"another --text-encoder or width? use --force to start over")
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_optimizer_state(state)
         self.scaler.load_state_dict(state["scaler"])
         self.method.load_running_state(state["method_state"])
         self.best = state["best"]
@@ -282,9 +293,7 @@ class Trainer:
         try:
             while self.step < stop:
                 step = self.step
-                lr = poly_lr(t.lr, step, t.lr_horizon or t.iterations, t.poly_power)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
+                lrs = self.train_step.set_lr(step)
                 torch.manual_seed(_step_seed(spec.seed, step))
                 labeled, unlabeled, wait = loader.get()
                 if t.channels_last:
@@ -297,7 +306,8 @@ class Trainer:
                 self.train_wall += timer.seconds + wait
                 self.step = step + 1
                 if step % t.log_every == 0 or self.step == t.iterations:
-                    self._log({"step": step, "lr": lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
+                    lr = {"lr": lrs["main"]} if list(lrs) == ["main"] else {f"lr_{k}": v for k, v in lrs.items()}
+                    self._log({"step": step, **lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(losses.total.detach()):.3f}", refresh=False)
                     bar.update(1)

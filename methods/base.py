@@ -127,6 +127,11 @@ class Method:
     #: runs shorter than this many steps are told before training that they may measure the
     #: slow start, not the method (0: no known slow start)
     slow_start_steps: ClassVar[int] = 0
+    #: False: the engine back-propagates ``Losses.total`` and steps every optimiser. True: the
+    #: method does it inside ``training_step`` through its ``opt`` argument (``opt.zero_grad(name)``,
+    #: ``opt.backward(loss)``, ``opt.step(name)``: the engine's AMP scaler, gradient averaging,
+    #: clipping and finiteness check), for several backward passes per step
+    manual_optimization: ClassVar[bool] = False
     #: engine settings of the method's released code (e.g. ``{"nesterov": False}``): they replace
     #: the engine's defaults for this method, below presets, config files and the command line
     train_defaults: ClassVar[dict[str, Any]] = {}
@@ -178,7 +183,17 @@ class Method:
                 d[k] = d[k].to(device)
         return self
 
-    def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+    def optimizers(self, train: Any) -> dict[str, tuple[torch.optim.Optimizer, Callable[[int], float]]] | None:
+        """The method's own optimisers: ``{name: (optimizer, schedule)}``, ``schedule(step)`` giving
+        the learning rate of all its parameter groups at ``step`` (``train``: the run's
+        ``TrainConfig``). None (the default): one SGD over :meth:`parameters` with the run's
+        momentum, weight decay, Nesterov and poly schedule. Checkpointed and resumed by name."""
+        return None
+
+    def training_step(self, labeled: dict, unlabeled: dict | None, step: int, opt: Any = None) -> Losses:
+        """One step's losses. ``labeled``: image (B, 1, D, H, W) and label (B, D, H, W);
+        ``unlabeled``: image only, or None; ``opt``: the engine's step control with
+        ``manual_optimization`` (None otherwise). Returns the total and its named parts."""
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:

@@ -44,7 +44,7 @@ def test_init_switch():
 
 
 def test_lr_horizon_by_hand():
-    from bench.train import poly_lr
+    from bench.step import poly_lr
 
     # GALoss: 17,000 of 70,000 iterations -> 0.01 (1 - 17000/70000)^0.9 = 0.0077845
     assert poly_lr(0.01, 17000, 70000, 0.9) == pytest.approx(0.0077845, rel=1e-4)
