@@ -44,6 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m bench`` (its errors are one line, exit 2)."""
     p = _Parser(prog="python -m bench", description="Benchmark of class-imbalanced semi-supervised 3D organ segmentation.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(args) -> int:
+    """``bench list``: registered names (methods: family, paper, released code), or ``--details``."""
     from bench.core.registry import REGISTRIES
 
     reg = REGISTRIES[args.kind]
@@ -209,6 +211,7 @@ def _print_fingerprint(name: str, args) -> None:
 
 
 def cmd_run(args) -> int:
+    """``bench run``: train and test the run matrix (or print it with ``--dry-run``), then the Dice table."""
     from bench.runner import RunRequest, dry_run, execute
     from reports.tables import frame_markdown, per_organ_frame
 
@@ -240,6 +243,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """``bench evaluate``: score a folder of predictions against labels under a protocol."""
     from bench.evaluate import evaluate_folders
 
     evaluate_folders(args.pred, args.gt, args.labels, args.protocol, args.out, dataset=args.dataset,
@@ -248,6 +252,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_tune(args) -> int:
+    """``bench tune``: one worker of an Optuna study."""
     import logging
 
     import optuna
@@ -286,6 +291,7 @@ def untrained_notes(results: list, preset: str) -> list[str]:
 
 
 def cmd_perf(args) -> int:
+    """``bench perf``: the suite's speed ratios, or each method's peak memory (``--memory``)."""
     from bench.config import PRESETS
     from bench.core.registry import METHODS
     from bench.perf import memory_table, run_perf
@@ -311,6 +317,7 @@ def cmd_perf(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """``bench report``: tables and figures from stored runs."""
     from reports.report import ReportRequest, make_report
 
     make_report(ReportRequest(
@@ -323,12 +330,16 @@ def cmd_report(args) -> int:
 
 
 def cmd_priors(args) -> int:
+    """``bench priors``: prompt sets and text encoders."""
     from priors.cli import run
 
     return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: returns the exit status (2 and one line for an error the user can fix,
+    130 when interrupted).
+    """
     try:
         _check_shadowing()
         args = build_parser().parse_args(argv)

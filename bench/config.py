@@ -110,6 +110,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def train_fields() -> dict[str, dataclasses.Field]:
+    """The fields of :class:`TrainConfig` by name."""
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
@@ -220,6 +221,11 @@ def _did_you_mean(word: str, choices) -> str:
 
 
 def preset_layer(name: str) -> Layer:
+    """A preset's engine settings as a config layer.
+
+    Raises:
+        UserError: an unknown preset (with the close names).
+    """
     if name not in PRESETS:
         raise UserError(f"unknown preset '{name}'; {_did_you_mean(name, PRESETS)}choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
@@ -227,6 +233,11 @@ def preset_layer(name: str) -> Layer:
 
 
 def parse_set(items: list[str], flag: str = "--set") -> dict[str, str]:
+    """``key=value`` items (``--set``, ``--dataset-opt``) as a dict of strings.
+
+    Raises:
+        UserError: an item without ``=`` or key.
+    """
     out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")

@@ -24,18 +24,22 @@ import torch
 
 
 def world_size() -> int:
+    """Processes of this run (torchrun's ``WORLD_SIZE``; 1 alone)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
+    """This process' rank (torchrun's ``RANK``; 0 alone)."""
     return int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:
+    """Whether this process writes results (rank 0)."""
     return rank() == 0
 
 
 def active() -> bool:
+    """Whether a process group of more than one process is initialised."""
     return world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
@@ -104,6 +108,7 @@ def shutdown() -> None:
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op for one process)."""
     if active():
         torch.distributed.barrier()
 

@@ -58,6 +58,12 @@ def _check_labels(arr: np.ndarray, path: Path, n: int) -> np.ndarray:
 
 def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str = "default", out: str | None = None,
                      dataset: str | None = None, released_empty_dice: bool = False) -> dict:
+    """``bench evaluate``: score every prediction in ``pred`` against the label of the same name in
+    ``gt`` with the one scorer under ``protocol``; writes the metrics record and returns it as a dict.
+
+    Raises:
+        UserError: a missing folder, unreadable or mismatched files, labels outside the label set.
+    """
     from bench.core.registry import PROTOCOLS
 
     pdir, gdir = Path(pred), Path(gt)

@@ -26,6 +26,9 @@ def _owner() -> dict:
 
 
 def is_stale(path: Path, stale_after: float = STALE_AFTER_S) -> bool:
+    """Whether a run's ``.claim`` is no longer held: its owner process on this host is gone, it is
+    unreadable and a minute old, or it was not refreshed for ``stale_after`` seconds.
+    """
     try:
         age = time.time() - path.stat().st_mtime
     except OSError:
@@ -81,6 +84,7 @@ def touch(run_dir: Path) -> None:
 
 
 def release(run_dir: Path) -> None:
+    """Remove this process' claim on ``run_dir`` (another owner's claim is left alone)."""
     path = run_dir / ".claim"
     info = _read(path)
     if info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():

@@ -259,6 +259,9 @@ def synthetic_method(method: str, device, patch=(32, 64, 64), width: int = 8, la
 
 
 def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, peak: float | None = None) -> dict:
+    """FLOPs of one training step of ``method`` (``torch.utils.flop_counter``), its median time and
+    the share of the assumed peak it reaches.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     from bench.config import TrainConfig
@@ -406,6 +409,9 @@ def memory_table(methods: list[str], preset: str, device_name: str, log=print, l
 
 def run_perf(methods: list[str], preset: str, device_name: str, out: str | None, peak: float | None, log=print,
              variants: bool = False) -> dict:
+    """``bench perf``: harness overhead, FLOP rate, metrics speed and inference ratios, printed and
+    optionally written as JSON to ``out``; returns the measurements.
+    """
     from bench.config import PRESETS
     from bench.runner import load_dataset, pick_device
 

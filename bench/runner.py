@@ -83,6 +83,11 @@ def _fmt(value, scale: float, spec: str) -> str:
 
 
 def pick_device(name: str):
+    """The torch device of ``--device`` (``auto``: CUDA when visible).
+
+    Raises:
+        UserError: ``cuda`` without a GPU, or a name that is not a device.
+    """
     import torch
 
     if name == "auto":
@@ -153,6 +158,12 @@ def _versions() -> dict[str, str]:
 
 
 def load_dataset(name: str, preset: str, data_root: str | None, progress: bool = False, options: dict | None = None):
+    """The registered dataset ``name`` at a preset's size (phantoms) or from ``data_root``, with its
+    ``--dataset-opt`` options.
+
+    Raises:
+        UserError: a missing or empty ``data_root``, an option the dataset does not have.
+    """
     factory = DATASETS.get(name)
     if data_root is not None:
         root = Path(data_root)
@@ -173,6 +184,12 @@ def load_dataset(name: str, preset: str, data_root: str | None, progress: bool =
 
 
 def resolve_split(opts: RunOptions, dataset, out: Path):
+    """The run's split: a named or file split (stored, then published), or one drawn from
+    ``--labeled`` and stored under ``<out>/<dataset>/splits/``; validated against the dataset.
+
+    Raises:
+        UserError: an unknown or leaky split, or a stored draw that differs from the new one.
+    """
     from datasets.splits import Split, draw_split
 
     if opts.split:

@@ -36,6 +36,7 @@ class StepTimer:
 
 
 def summarize_times(values: list[float]) -> dict:
+    """Median, p90, mean and count of step times (None where there are none)."""
     if not values:
         return {"median": None, "p90": None, "mean": None, "n": 0}
     a = np.asarray(values, dtype=np.float64)
@@ -43,6 +44,7 @@ def summarize_times(values: list[float]) -> dict:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak of CUDA allocator memory (no-op on CPUs)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -57,6 +59,7 @@ def peak_memory(device: torch.device) -> dict:
 
 
 def device_description(device: torch.device) -> str:
+    """The device as timing.json names it (GPU model and CUDA version, or CPU and threads)."""
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"

@@ -72,6 +72,7 @@ class RunSpec:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators with ``seed``."""
     import random
 
     random.seed(seed)
@@ -91,6 +92,11 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 class Trainer:
+    """One run: loads and checks its cases, builds the method and its optimisers, trains with
+    checkpoints and validation (:meth:`fit`), tests the best checkpoint and writes the records
+    (:meth:`test`).
+    """
+
     def __init__(self, spec: RunSpec):
         self.spec = spec
         self.t = spec.train

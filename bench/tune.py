@@ -36,6 +36,7 @@ from bench.core.store import atomic_write_text, safe_name
 
 @dataclass
 class TuneRequest:
+    """What ``bench tune`` was asked (its flags)."""
     method: str
     dataset: str = "phantom"
     data_root: str | None = None
@@ -61,6 +62,12 @@ def _params_key(params: dict) -> str:
 
 
 def tune(req: TuneRequest, log=print):
+    """Run ``req.trials`` trials of the study (created or joined), each a training of the budget
+    scored on the eval split; returns the study.
+
+    Raises:
+        UserError: a method without search space, bad settings or storage, a study of another method.
+    """
     from bench.config import Layer, train_fields
     from bench.core.registry import METHODS
     from bench.runner import RunRequest, make_spec, pick_device, plan, resolve_runs
@@ -220,6 +227,7 @@ def _space_keys(cls) -> list[str]:
 
 
 def export_config(path: str, method: str, params: dict, req: TuneRequest, study: str, value: float) -> None:
+    """Write the best parameters of a study as a ``bench run --config`` TOML file."""
     from bench.config import train_fields
 
     engine = {k: v for k, v in params.items() if k in train_fields()}

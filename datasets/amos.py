@@ -24,6 +24,7 @@ MRI_FROM = 500
 
 
 def is_mri(case_id: str) -> bool:
+    """AMOS case ids from 500 on are MRI scans (ids that are not numbers: CT)."""
     try:
         return int(case_id.split("_")[-1]) >= MRI_FROM
     except ValueError:
@@ -31,6 +32,12 @@ def is_mri(case_id: str) -> bool:
 
 
 def amos_cases(root: Path, modality: str) -> list[SourceCase]:
+    """The labelled cases of an AMOS 2022 folder (``imagesTr``/``labelsTr`` and ``imagesVa``/
+    ``labelsVa``; an image without a label file is left out); ``modality`` ``ct`` drops the MRI cases.
+
+    Raises:
+        UserError: the folder has no ``imagesTr``.
+    """
     if not (root / "imagesTr").is_dir():
         found = ", ".join(sorted(p.name for p in root.iterdir())[:6]) if root.is_dir() else "not a folder"
         raise UserError(f"--data-root {root} has no imagesTr/ (found: {found}); point it at the AMOS 2022 folder "

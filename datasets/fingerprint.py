@@ -17,6 +17,9 @@ FINGERPRINT_VERSION = 1
 
 
 def compute_fingerprint(ds: Dataset, max_samples_per_case: int = 20000, seed: int = 0) -> dict:
+    """Spacings, shapes, foreground HU percentiles (sampled, at most ``max_samples_per_case`` voxels per
+    case) and the per-organ voxel share of a dataset.
+    """
     rng = np.random.default_rng(seed)
     spacings = np.array([ds.spacing(c) for c in ds.case_ids()], dtype=np.float64)
     shapes = np.array([ds.cases[c]["shape"] for c in ds.case_ids()], dtype=np.int64)
@@ -62,6 +65,7 @@ def fingerprint(ds: Dataset) -> dict:
 
 
 def format_fingerprint(fp: dict) -> str:
+    """The fingerprint as indented lines for ``bench list datasets --details``."""
     sp, sh = fp["spacing_mm"], fp["shape"]
     hu = fp["foreground_hu_percentiles"]
     lines = [

@@ -59,6 +59,13 @@ def _case_id(path: Path) -> str:
 
 
 def folder_cases(root: Path) -> tuple[dict, list[SourceCase]]:
+    """``(dataset.json, cases)`` of an nnU-Net v1 / v2 or MSD folder: labels from ``labels``, cases
+    from the ``training`` list or ``imagesTr``/``labelsTr``.
+
+    Raises:
+        UserError: no or malformed ``dataset.json``, a malformed training entry, no labelled case,
+            a case id listed twice.
+    """
     path = root / "dataset.json"
     if not path.exists():
         raise UserError(f"{root} has no dataset.json; the folder dataset needs an nnU-Net / MSD dataset.json (labels + training list)")

@@ -119,6 +119,7 @@ def parse_fraction(text: str | float) -> float:
 
 
 def fraction_name(fraction: float) -> str:
+    """The name of a drawn split: 0.1 -> ``labeled_10p``, 0.025 -> ``labeled_2_5p``."""
     pct = fraction * 100
     text = f"{pct:.0f}" if abs(pct - round(pct)) < 1e-9 else re.sub(r"\.", "_", f"{pct:g}")
     return f"labeled_{text}p"

@@ -46,6 +46,12 @@ class NpyArray:
 
 
 def synapse_cases(root: Path) -> tuple[list[SourceCase], str]:
+    """``(cases, layout)`` of a Synapse / BTCV folder: ``img/`` + ``label/`` (also under ``Training/``
+    or ``RawData/Training/``) or DHC's preprocessed ``npy/``.
+
+    Raises:
+        UserError: neither layout is found.
+    """
     for base in (root, root / "Training", root / "RawData" / "Training"):
         if (base / "img").is_dir():
             cases = []

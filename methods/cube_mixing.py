@@ -19,6 +19,11 @@ import torch
 
 
 def grid(shape: tuple[int, int, int], cube: int) -> tuple[int, int, int]:
+    """Cubes per axis of a patch ``shape`` (D, H, W) cut into cubes of edge ``cube``.
+
+    Raises:
+        ValueError: an axis is not a multiple of ``cube``.
+    """
     if any(s % cube for s in shape):
         raise ValueError(f"patch {tuple(shape)} is not divisible into cubes of {cube}")
     return tuple(s // cube for s in shape)  # type: ignore[return-value]

@@ -26,6 +26,7 @@ def _norm(kind: str, ch: int) -> nn.Module:
 
 
 def conv_block(n_stages: int, cin: int, cout: int, norm: str) -> nn.Sequential:
+    """``n_stages`` x (3x3x3 conv, norm, ReLU): ``cin`` -> ``cout`` channels, same size."""
     layers: list[nn.Module] = []
     for i in range(n_stages):
         layers += [nn.Conv3d(cin if i == 0 else cout, cout, 3, padding=1), _norm(norm, cout), nn.ReLU(inplace=True)]
@@ -33,10 +34,12 @@ def conv_block(n_stages: int, cin: int, cout: int, norm: str) -> nn.Sequential:
 
 
 def down_block(cin: int, cout: int, norm: str) -> nn.Sequential:
+    """2x2x2 conv with stride 2, norm, ReLU: halves each spatial axis."""
     return nn.Sequential(nn.Conv3d(cin, cout, 2, stride=2), _norm(norm, cout), nn.ReLU(inplace=True))
 
 
 def up_block(cin: int, cout: int, norm: str) -> nn.Sequential:
+    """2x2x2 transposed conv with stride 2, norm, ReLU: doubles each spatial axis."""
     return nn.Sequential(nn.ConvTranspose3d(cin, cout, 2, stride=2), _norm(norm, cout), nn.ReLU(inplace=True))
 
 

@@ -29,6 +29,7 @@ class BackboneHparams(Method.Hparams):
 
 
 def build_vnet(ctx: MethodContext, hp: BackboneHparams, init: str | None = None) -> VNet:
+    """The V-Net of a method with :class:`BackboneHparams` (normalisation, dropout, init) for ``ctx``."""
     return VNet(ctx.in_channels, ctx.num_classes, ctx.width, hp.normalization, hp.dropout, init or hp.init)
 
 

@@ -26,10 +26,12 @@ from priors.prompts import PromptSet, load_prompt_set
 
 
 def cache_dir() -> Path:
+    """The folder of cached prior embeddings (``$BENCH_CACHE/priors``)."""
     return cache_root() / "priors"
 
 
 def cache_key(prompts: PromptSet, encoder_weights_id: str, class_names: Sequence[str]) -> str:
+    """Key of one embedding tensor: the prompt texts' digest, the encoder's weights and the class names."""
     body = json.dumps({"prompts": prompts.digest(), "encoder": encoder_weights_id, "classes": list(class_names)})
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
@@ -88,4 +90,5 @@ def prior_embeddings(
 
 
 def cached_path(prompts: PromptSet, encoder: TextEncoder, class_names: Sequence[str]) -> Path:
+    """Where :func:`prior_embeddings` caches the tensor of these prompts, encoder and classes."""
     return cache_dir() / f"{_slug(prompts.name)}-{_slug(encoder.encoder_id)}-{cache_key(prompts, encoder.weights_id, class_names)}.pt"

@@ -8,6 +8,7 @@ from bench.core.errors import UserError
 
 
 def add_parser(sub) -> None:
+    """The ``priors`` subcommands (list, show, encode, generate) on the CLI's subparsers."""
     p = sub.add_parser("priors", help="prompt sets and text encoders")
     ps = p.add_subparsers(dest="priors_command")
     ps.add_parser("list", help="registered prompt sets and text encoders")
@@ -45,6 +46,7 @@ def cosine_matrix(emb, n_classes: int):
 
 
 def run(args) -> int:
+    """Run one ``priors`` subcommand; returns the exit status."""
     from bench.core.registry import ENCODERS, PROMPTS
 
     cmd = args.priors_command

@@ -121,6 +121,13 @@ def generate_prompt_set(
     sleep: Callable[[float], None] = time.sleep,
     progress: bool = True,
 ) -> PromptSet:
+    """Ask an OpenAI-compatible API TAK's two questions per organ of ``labels`` and write a prompt-set
+    JSON to ``out`` (answers validated, retried with backoff, resumed from ``<out>.partial.json``).
+
+    Raises:
+        UserError: no API key, an unknown label set, ``out`` exists without ``force``, the API refuses
+            the key or the model, or an organ fails ``max_retries + 1`` times.
+    """
     out = Path(out)
     if max_retries < 0:
         raise UserError(f"--max-retries {max_retries}: give 0 or more retries")

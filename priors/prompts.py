@@ -36,6 +36,7 @@ PROMPT_DIR = Path(__file__).parent / "prompts"
 
 @dataclass
 class PromptSet:
+    """Texts per organ and view (e.g. location, shape) that become a method's text priors."""
     name: str
     views: tuple[str, ...]
     classes: dict[str, dict[str, list[str]]]  # canonical organ -> view -> texts

@@ -95,6 +95,11 @@ def collect(runs_dir: str | Path, skip_broken: bool = False) -> list[Run]:
 
 
 def check_one_label_set(runs: list[Run]) -> tuple[str, ...]:
+    """The organs of the runs, which must be one label set.
+
+    Raises:
+        UserError: runs of different label sets.
+    """
     sets = {r.organs for r in runs}
     if len(sets) > 1:
         a, b = sorted(sets, key=len)[:2]

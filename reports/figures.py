@@ -56,6 +56,7 @@ def organ_order(runs: Sequence) -> list[str]:
 
 
 def dice_per_organ(table: Table, runs: Sequence, out: Path) -> list[Path]:
+    """Bar chart of per-organ Dice of every measured row (organs ordered by voxel share); PNG and PDF."""
     plt = _plt()
     organs = organ_order(runs)
     rows = [i for i in table.mean.index if table.rows.at[i, "kind"] == "measured"]
@@ -76,6 +77,7 @@ def dice_per_organ(table: Table, runs: Sequence, out: Path) -> list[Path]:
 
 
 def dice_vs_labeled(table: Table, out: Path) -> list[Path]:
+    """Mean Dice against the labeled share, one line per method; PNG and PDF."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     measured = table.rows[table.rows.kind == "measured"]
@@ -94,6 +96,7 @@ def dice_vs_labeled(table: Table, out: Path) -> list[Path]:
 
 
 def training_curves(runs: Sequence, out: Path) -> list[Path]:
+    """Training loss and validation Dice over steps of every run (from log.jsonl); PNG and PDF."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
     for r in runs:
@@ -126,6 +129,7 @@ def training_curves(runs: Sequence, out: Path) -> list[Path]:
 
 
 def time_memory(runs: Sequence, out: Path) -> list[Path]:
+    """Train s/iter, inference s/case and peak memory per method and device; PNG and PDF."""
     plt = _plt()
     df = timing_frame(runs)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))

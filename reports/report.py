@@ -39,6 +39,7 @@ FORMATS = ("markdown", "latex", "csv", "html")
 
 @dataclass
 class ReportRequest:
+    """What ``bench report`` was asked (its flags)."""
     runs: str = "runs"
     out: str | None = None
     formats: tuple[str, ...] = FORMATS
@@ -56,6 +57,12 @@ class ReportRequest:
 
 
 def make_report(req: ReportRequest) -> dict[str, Path]:
+    """Tables, figures and report.html from the run folders under ``req.runs``; returns the files
+    written by name.
+
+    Raises:
+        UserError: a bad format, no results, broken records (unless skipped), mixed label sets.
+    """
     bad = [f for f in req.formats if f not in FORMATS]
     if bad:
         raise UserError(f"--format {bad[0]}: choose from {', '.join(FORMATS)}")

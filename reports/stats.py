@@ -34,6 +34,7 @@ TEST_NAME = "paired two-sided Wilcoxon signed-rank over test cases (seeds averag
 
 @dataclass
 class Comparison:
+    """One row tested against the baseline: sizes, estimates, p-values and the resulting mark."""
     group: str
     method: str
     baseline: str
@@ -148,6 +149,7 @@ def compare(rows: dict[str, dict], baseline: str, alpha: float = 0.05) -> list[C
 
 
 def to_csv(comparisons: Sequence[Comparison]) -> str:
+    """significance.csv: one line per comparison."""
     import pandas as pd
 
     return pd.DataFrame([asdict(c) for c in comparisons], columns=list(FIELDS)).to_csv(index=False, float_format="%.6g")

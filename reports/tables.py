@@ -357,6 +357,7 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 
 def tex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped."""
     return "".join(_TEX.get(ch, ch) for ch in str(text))
 
 
@@ -492,6 +493,7 @@ def per_organ_frame(results: Iterable[MetricsRecord], metric: str = "dice") -> p
 
 
 def frame_markdown(df: pd.DataFrame, digits: int = 1) -> str:
+    """A data frame as a Markdown table, ``digits`` decimals, NaN as "-"."""
     return df.to_markdown(floatfmt=f".{digits}f", missingval="-")
 
 

@@ -123,6 +123,7 @@ def canonical_organ(name: str) -> str:
 
 
 def abbreviation(name: str) -> str:
+    """The short table header of an organ name (its canonical name's abbreviation, else the name)."""
     return ABBREVIATIONS.get(canonical_organ(name), name)
 
 

@@ -152,6 +152,7 @@ def _union(a, b, shape, margin: int = 1) -> tuple[slice, ...]:
 
 
 def nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (None and NaN left out); NaN when none is finite."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     arr = arr[np.isfinite(arr)]
     return float(arr.mean()) if arr.size else math.nan

@@ -41,6 +41,7 @@ def field_types(cls: type) -> dict[str, Any]:
 
 
 def describe_type(annotation: Any) -> str:
+    """What a value of ``annotation`` looks like, for error messages ("one of a, b", "an integer", ...)."""
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(annotation))

@@ -27,10 +27,12 @@ def cache_root() -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + rename, see :func:`atomic_save`)."""
     atomic_save(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -159,6 +161,9 @@ def inside(path: Path, root: Path, what: str) -> Path:
 
 
 def run_dir(out: Path, dataset: str, protocol: str, split: str, method: str, chash: str, seed: int) -> Path:
+    """The folder of one run: ``<out>/<dataset>/<protocol>/<split>/<method>/<config hash>/seed_<n>``;
+    every part is checked to be a safe name and the result to lie inside ``out``.
+    """
     parts = [safe_name(dataset, "dataset name"), safe_name(protocol, "protocol name"),
              safe_name(split, "split name", "rename the split ('name' in its file)"), safe_name(method, "method name"),
              safe_name(chash, "config hash"), f"seed_{int(seed)}"]
@@ -166,4 +171,5 @@ def run_dir(out: Path, dataset: str, protocol: str, split: str, method: str, cha
 
 
 def is_finished(path: Path) -> bool:
+    """A run is finished when its ``metrics.json`` exists (written last)."""
     return (Path(path) / "metrics.json").exists()
