@@ -103,8 +103,7 @@ def pick_device(name: str):
 
 
 #: a lower bound of a training step's memory per (base width x patch voxel x image in the
-#: batch), in bytes: the lightest methods measured ~74 (mean_teacher, paper preset), TAK ~230
-#: (docs/performance.md, "Peak memory")
+#: batch), in bytes, below what the lightest method measured (docs/performance.md, "Peak memory")
 MIN_BYTES_PER_WIDTH_VOXEL_IMAGE = 64
 
 

@@ -357,7 +357,7 @@ class MagicNet(Method):
         return {"class_dist": self.class_dist.state_dict()}
 
     def load_running_state(self, state: dict) -> None:
-        self.class_dist.load_state_dict(state["class_dist"] if "class_dist" in state else state["logger"])  # "logger": before 2026-11-30
+        self.class_dist.load_state_dict(state["class_dist"] if "class_dist" in state else state["logger"])  # "logger": older checkpoints
 
     @staticmethod
     def search_space(trial) -> dict:

@@ -40,7 +40,7 @@ class MeanTeacher(Supervised):
         consistency: float = setting(0.1, ge=0.0)
         consistency_rampup: float = setting(1.0, ge=0.0)
         #: SSL4MIS' DiceLoss: squared denominators Σ p² + Σ y² over all classes (released);
-        #: "linear" is the suite's pre-2026-12 loss
+        #: "linear" is the suite's earlier loss
         dice: DiceVariant = "squared"
 
     def __init__(self, ctx: MethodContext, **hparams):

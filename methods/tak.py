@@ -24,15 +24,10 @@ contrastive projection of the 16n-channel scale reuses the head's shared text pr
 when 16n equals its 256 width (as released: ``text_to_256``).
 
 Slow start, as released: the controller keeps PyTorch's default initialisation (the released
-script defines ``kaiming_normal_init_weight`` but never calls it), so each of the three
-generated layers shrinks the spatial signal 6-9x and the logits vary by ~0.001 across voxels
-at step 0 (``ga``'s static output conv: 0.31). Training first has to grow that product of
-small weights, and when it gets out of that start depends on the seed: on the phantom's demo
-preset (220 steps) TAK's best validation Dice was 5.4 / 10.6 / 0.1 % on seeds 0 / 1 / 2, and 400
-steps did not get seed 2 out either (quick preset: below 5 % for ~300 steps; lr 0.03 and 0.3 did
-not shorten it: docs/performance.md, docs/fidelity.md), while ``ga`` reaches 50 % by step 100
-of a quick run. Runs shorter than ``slow_start_steps`` are told so before training. Over the
-paper's 30k+ iterations this costs little; in CPU-sized runs it dominates.
+script defines ``kaiming_normal_init_weight`` but never calls it) and the head's logits start
+almost flat across voxels; when training leaves that start depends on the seed, and in
+CPU-sized runs it can take most of the run (measurements: docs/performance.md, issue #20
+section). Runs shorter than ``slow_start_steps`` are told so before training.
 """
 
 from __future__ import annotations
@@ -108,9 +103,8 @@ class TAK(GA):
     #: whether the voxel-text contrastive loss exists in this variant (with ``contrast_weight`` > 0)
     contrastive: bool = True
     slow_start_steps = 600
-    slow_start = ("as released, its text-driven head starts almost flat (logits vary ~0.001 across voxels) and "
-                  "leaves that start after a seed-dependent number of steps: in the demo preset (220 steps) "
-                  "on 2 of 3 seeds measured (docs/performance.md)")
+    slow_start = ("as released, its text-driven head starts almost flat and leaves that start after a "
+                  "seed-dependent number of steps (docs/performance.md)")
 
     @dataclass
     class Hparams(GA.Hparams):

@@ -60,8 +60,8 @@ class TextDrivenHead(nn.Module):
         )
         self.controller = nn.Conv3d(2 * hidden, N_PARAMS, 1)
         self.precls = nn.Sequential(_gn(dec_channels), nn.ReLU(inplace=True), nn.Conv3d(dec_channels, HEAD_CH, 1))
-        # voxels per chunk on CPUs (cache-sized intermediates); measured best on a 1 MiB-L2 core for
-        # B = 2, 14 classes: forward 512 (29 ms vs 35 at 2048), forward + backward 2048 (docs/performance.md)
+        # voxels per chunk on CPUs: cache-sized intermediates; the sizes that measured fastest
+        # (docs/performance.md, "TAK's head at inference")
         self.chunk = 512
         self.backward_chunk = 2048
 
@@ -116,8 +116,8 @@ class DynamicHead(torch.autograd.Function):
     b3 (BC, 1, 1), w3 (BC, 1, 8) -> logits (B, C, n). Forward keeps only the inputs; backward
     recomputes each chunk's hidden activations and accumulates the weight gradients (the same
     values as autograd through ``baddbmm``, tested). The forward pass runs over chunks of
-    ``chunk`` voxels, the backward pass over chunks of ``backward_chunk`` (the best sizes differ:
-    on a 1 MiB-L2 CPU core, 512 and 2048).
+    ``chunk`` voxels, the backward pass over chunks of ``backward_chunk`` (the best sizes differ;
+    docs/performance.md).
     """
 
     @staticmethod

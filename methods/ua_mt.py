@@ -65,7 +65,7 @@ class UAMT(MeanTeacher):
         dice: DiceVariant = "foreground"
         #: the EMA warm start min(1 - 1/(t + 1), decay) counts epochs in DHC's train_uamt.py
         #: (``update_ema_variables(..., epoch_num)``): the teacher copies the student for the
-        #: whole first epoch; "step" counts steps (SSL4MIS, the suite before 2026-12)
+        #: whole first epoch; "step" counts steps (SSL4MIS, the suite's earlier behaviour)
         ema_warmup: Literal["epoch", "step"] = "epoch"
 
     def after_step(self, step: int) -> None:

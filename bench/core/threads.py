@@ -1,9 +1,8 @@
 """The suite chooses its own CPU threads, once, before torch starts its thread pools.
 
 Why: PyTorch's CPU kernels run on GNU OpenMP (libgomp). By default its threads spin at every
-barrier for a while before they sleep; beside one busy neighbour on a 2-core machine a
-training step became 4-35x slower, almost all of it in that spin (docs/performance.md,
-"Threads"). The rule applied here:
+barrier for a while before they sleep; beside one busy neighbour a training step became many
+times slower, almost all of it in that spin (docs/performance.md, "Threads"). The rule:
 
 * **threads** = the cores this process may use: its CPU affinity, capped by a cgroup CPU quota
   (cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``, as in a container or a Slurm job), divided
@@ -12,8 +11,8 @@ training step became 4-35x slower, almost all of it in that spin (docs/performan
 * **wait policy**: a bounded spin (``GOMP_SPINCOUNT=10000``, libgomp's default is 300,000): an
   idle OpenMP thread spins briefly, then sleeps, so a descheduled thread no longer makes the
   others burn the neighbour's time slices. ``OMP_WAIT_POLICY=PASSIVE`` (no spin) isolates more
-  but costs a quiet machine 38-83 % per step here (a futex wake per parallel region); the
-  measured trade-off is in docs/performance.md, "Threads";
+  but makes a quiet step much slower (a futex wake per parallel region); the measured
+  trade-off is in docs/performance.md, "Threads";
 * what the user set wins: ``OMP_NUM_THREADS`` (the thread count), ``OMP_WAIT_POLICY`` or
   ``GOMP_SPINCOUNT`` (the wait); ``BENCH_THREADS=off`` leaves everything to torch and OpenMP
   (the suite's behaviour before it chose its threads; for measurements).
@@ -34,8 +33,8 @@ from pathlib import Path
 
 #: the environment variable that switches the rule off (``off``) or on (unset, ``auto``)
 SWITCH = "BENCH_THREADS"
-#: spins of an idle OpenMP thread before it sleeps (libgomp's default: 300,000): 10,000 kept a
-#: quiet step within 2-4 % and cut the cost of a busy neighbour from 8-20x to 3-4x (docs/performance.md)
+#: spins of an idle OpenMP thread before it sleeps (libgomp's default: 300,000): the value that
+#: kept a quiet step within noise and cut most of a busy neighbour's cost (docs/performance.md)
 SPIN_COUNT = 10000
 
 
