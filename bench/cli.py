@@ -213,7 +213,8 @@ def _print_fingerprint(name: str, args) -> None:
 def cmd_run(args) -> int:
     """``bench run``: train and test the run matrix (or print it with ``--dry-run``), then the Dice table."""
     from bench.runner import RunRequest, dry_run, execute
-    from reports.tables import frame_markdown, per_organ_frame
+    from reports.render import to_markdown
+    from reports.table import summary_table
 
     flags = {"methods": args.methods, "dataset": args.dataset, "data_root": args.data_root, "protocol": args.protocol,
              "split": args.split, "labeled": args.labeled, "seeds": args.seeds, "preset": args.preset, "prompts": args.prompts,
@@ -235,7 +236,7 @@ def cmd_run(args) -> int:
         print()
         print(f"Per-organ Dice (%) on the test split, mean over seeds; HD95 in mm ({results[0].dataset}, "
               f"protocol {results[0].protocol}, split {results[0].split}):")
-        print(frame_markdown(per_organ_frame(results)))
+        print(to_markdown(summary_table(results)))
         for line in untrained_notes(results, req.options.preset):
             print(line)
         print(f"\nResults are in {Path(args.out).resolve()}")

@@ -104,9 +104,10 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
     record = MetricsRecord.build(method=pdir.name, dataset=gdir.name, protocol=proto, split="evaluate", seed=0,
                                  organs=organs, cases=cases, penalty_distance=penalty)
     write_record(target, record)
-    from reports.tables import frame_markdown, per_organ_frame
+    from reports.render import to_markdown
+    from reports.table import summary_table
 
-    print(frame_markdown(per_organ_frame([record])))
+    print(to_markdown(summary_table([record])))
     print(f"\n{len(pairs)} case(s) scored ({len(gts) - len(pairs)} label file(s) without a prediction left out); "
           f"metrics written to {target}", file=sys.stderr)
     return record.to_dict()

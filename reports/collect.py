@@ -20,6 +20,12 @@ class Run:
     config: ConfigRecord | None = None
     timing: TimingRecord | None = None
 
+    @classmethod
+    def from_record(cls, metrics: MetricsRecord) -> "Run":
+        """A run known only by its metrics record (a summary after ``bench run`` / ``evaluate``):
+        the seeds of one method share a row."""
+        return cls(Path(metrics.method) / "record" / f"seed_{metrics.seed}", metrics)
+
     @property
     def method(self) -> str:
         return self.metrics.method

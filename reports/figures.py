@@ -19,7 +19,7 @@ import numpy as np
 
 from bench.core.labels import abbreviation
 from bench.core.metrics import nanmean
-from reports.tables import Table, timing_frame
+from reports.table import Table, timing_frame
 
 
 def _plt():

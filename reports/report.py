@@ -20,19 +20,8 @@ from bench.core.errors import UserError
 from bench.core.store import atomic_write_text
 from reports import figures
 from reports.collect import check_one_label_set, collect
-from reports.tables import (
-    build_table,
-    delta_table,
-    latex_document,
-    legend,
-    load_reference,
-    significance,
-    timing_frame,
-    to_csv,
-    to_html,
-    to_latex,
-    to_markdown,
-)
+from reports.render import latex_document, to_csv, to_html, to_latex, to_markdown
+from reports.table import build_table, delta_table, legend, load_reference, significance, timing_frame
 
 FORMATS = ("markdown", "latex", "csv", "html")
 
@@ -103,7 +92,7 @@ def _results_part(req, runs, out, put, written):
     organs = check_one_label_set(runs)
     groups = sorted({r.labeled for r in runs})
     datasets = sorted({r.metrics.dataset for r in runs})
-    reference = load_reference(req.reference, organs, groups) if req.reference else None
+    reference = load_reference(req.reference, datasets, groups) if req.reference else None
     # published rows stand beside runs of their own dataset only; otherwise in a table of their own
     separate_reference = reference is not None and not any(d.split("_")[0] in ("synapse", "amos") for d in datasets)
     caption = (f"Per-organ Dice (%) on the test split, mean ± std over seeds; {', '.join(datasets)}, protocol "

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.core.errors import UserError
 from reports.collect import collect
+from reports.render import to_latex, to_markdown
 from reports.report import ReportRequest, make_report
-from reports.tables import build_table, rank_marks, significance, to_latex, to_markdown
+from reports.table import build_table, rank_marks, significance
 from tests.test_cli import _bad
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -102,10 +104,10 @@ def test_nan_cells_render_as_dash(tmp_path):
 
 
 def test_reference_rows_are_marked_and_not_ranked(results):
-    from reports.tables import load_reference
+    from reports.table import load_reference
 
     runs = collect(results)
-    ref = load_reference("published", [*"x" * 13], ["10%"])  # 13 organs -> the Synapse table
+    ref = load_reference("published", ["phantom"], ["10%"])  # the BTCV phantom -> the Synapse table
     ref = ref[ref.method.isin(["V-Net(fully)"]) & (ref.paper == "TAK paper")]
     organs = ORGANS
     table = build_table(runs, ref)
@@ -178,7 +180,7 @@ def test_report_writes_significance_csv_and_legends(tmp_path):
 
 
 def test_delta_table(results):
-    from reports.tables import delta_table
+    from reports.table import delta_table
 
     d = delta_table(build_table(collect(results)), "b")
     assert d.mean.at["a", "spleen"] == pytest.approx(-5.0) and d.mean.at["c", "liver"] == pytest.approx(7.0)
@@ -288,7 +290,7 @@ def test_runs_of_one_method_with_other_settings_are_separate_rows(tmp_path):
         d = _run(tmp_path / chash, "mt", 0, {o: weight + 0.5 for o in ORGANS})
         (d / "config.json").write_text(json.dumps({"config_hash": chash, "hparams": {"consistency": weight, "ema_decay": 0.99},
                                                    "train": {"lr": 0.1}}))
-    from reports.tables import delta_table
+    from reports.table import delta_table
 
     table = build_table(collect(tmp_path))
     assert list(table.rows["name"]) == ["mt {consistency=0.1}", "mt {consistency=0.3}"]
@@ -342,3 +344,15 @@ def test_docs_results_rebuild_from_the_committed_records(tmp_path):
     assert {m: r["n_seeds"] for m, r in rows.items()} == {"dhc": "3", "cps": "3", "supervised": "3", "ga": "1", "magicnet": "1", tak: "2"}
     text = (out / "table.md").read_text()
     assert "64.0 ± 0.8 ▲" in text and "64.7 ▲" in text and "47.3 ± 21.4 ▲" in text
+
+
+def test_the_published_table_comes_from_the_records_dataset():
+    """The dataset named in the records picks the published table, never the organ count."""
+    from reports.table import load_reference
+
+    assert set(load_reference("published", ["amos_ct"], ["5%"]).paper) and set(load_reference("published", ["amos_ct"], ["5%"]).organ) >= {"bladder"}
+    assert "bladder" not in set(load_reference("published", ["synapse"], ["10%"]).organ)
+    with pytest.raises(UserError, match="no published table for dataset 'folder'"):
+        load_reference("published", ["folder"], ["10%"])
+    with pytest.raises(UserError, match="different published tables"):
+        load_reference("published", ["synapse", "amos"], ["10%"])

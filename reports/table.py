@@ -1,10 +1,9 @@
-"""Per-organ result tables: one table model (pandas), four renderers (Markdown, LaTeX, CSV, HTML).
-
-The model (:class:`Table`) holds, per row and column, the mean and standard deviation over
-seeds, the number of seeds, the row's kind (``measured`` or ``reported``), protocol and group
-(labeled share), and each column's direction (Dice up, distances down). Renderers only format:
-best value per column and group bold, second underlined (ties share the mark; values are
-compared as shown, to one decimal), reported rows never ranked, NaN shown as "-".
+"""The per-organ table model and its one builder: per row (method, or method with its prompt
+set and encoder, per labeled share and protocol) and column (organs, Large / Small / mean Dice,
+HD95, ASD, missed organs), the mean and standard deviation over seeds of one aggregation
+(:func:`run_values` of each run), the row's kind (``measured`` or ``reported``), protocol and
+group, each column's direction (Dice up, distances down), rank marks and significance marks.
+Renderers live in :mod:`reports.render`.
 
 No torch imports: reports read stored JSON only.
 """
@@ -210,14 +209,31 @@ def _group_key(g: str) -> tuple:
         return (1, str(g))
 
 
-def load_reference(name: str, organs: Sequence[str], groups: Iterable[str]) -> pd.DataFrame:
-    """Published rows for this label set (``published``: reports/published/<dataset>.csv),
-    restricted to the labeled shares present (all of them when none match)."""
+#: the published table (reports/published/<name>.csv) of each dataset's label set and cases
+PUBLISHED_TABLE = {"synapse": "synapse", "phantom": "synapse", "amos": "amos", "amos_ct": "amos", "phantom_amos": "amos"}
+
+
+def load_reference(name: str, datasets: Iterable[str], groups: Iterable[str]) -> pd.DataFrame:
+    """Published rows for the runs' dataset (named in their records; ``published``:
+    reports/published/<table>.csv by :data:`PUBLISHED_TABLE`), restricted to the labeled shares
+    present (all of them when none match).
+
+    Raises:
+        UserError: no published table for the dataset, datasets of two tables, an unreadable CSV.
+    """
     if name != "published" and not Path(name).exists():
         raise UserError(f"--reference {name}: give 'published' or a CSV in the reports/published format")
     if name == "published":
-        dataset = "amos" if len(organs) == 15 else "synapse"
-        path = Path(__file__).parent / "published" / f"{dataset}.csv"
+        datasets = sorted(set(datasets))
+        unknown = [d for d in datasets if d not in PUBLISHED_TABLE]
+        if unknown:
+            raise UserError(f"--reference published: no published table for dataset '{unknown[0]}' (there are tables for "
+                            f"{', '.join(sorted(PUBLISHED_TABLE))}); give --reference FILE.csv")
+        tables = sorted({PUBLISHED_TABLE[d] for d in datasets})
+        if len(tables) != 1:
+            raise UserError(f"--reference published: the runs' datasets ({', '.join(datasets)}) have different published "
+                            f"tables; report each dataset separately")
+        path = Path(__file__).parent / "published" / f"{tables[0]}.csv"
     else:
         path = Path(name)
     try:
@@ -311,126 +327,6 @@ def legend(table: Table, baseline: str | None, alpha: float, ddof: int, missed_d
     return " ".join(parts)
 
 
-# -- rendering ------------------------------------------------------------------------------
-
-
-def _cell(mean: float, std: float, digits: int) -> str:
-    if not np.isfinite(mean):
-        return "-"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if np.isfinite(std) else "")
-
-
-def _cells(table: Table, digits: int, text, pm: str, marker) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per row label and column: the cell text (mean ± std, escaped by ``text``, ± written ``pm``,
-    plus the significance ``marker``) and its rank mark ("best", "second" or "")."""
-    ranks = rank_marks(table, digits)
-    body, marks = {}, {}
-    for label in table.mean.index:
-        body[label], marks[label] = {}, {}
-        for col in table.columns:
-            cell = _cell(table.mean.at[label, col], table.std.at[label, col], digits)
-            if cell != "-":
-                cell = text(cell).replace(text(" ± "), pm) + marker(table.marks.get((label, col), ""))
-            body[label][col] = cell
-            marks[label][col] = ranks.get((label, col), "") if cell != "-" else ""
-    frame = lambda d: pd.DataFrame.from_dict(d, orient="index")[table.columns]  # noqa: E731
-    return frame(body), frame(marks)
-
-
-def _header(table: Table, col: str, up: str, down: str) -> str:
-    return table.headers[col] + (up if table.direction[col] == UP else down)
-
-
-def to_markdown(table: Table, digits: int = 1) -> str:
-    """GitHub Markdown: **best**, <u>second</u>, arrows in the header, reported rows in italics."""
-    cells, marks = _cells(table, digits, str, " ± ", lambda s: f" {MARKERS[s]}" if s else "")
-    cells = cells.mask(marks == "best", "**" + cells + "**").mask(marks == "second", "<u>" + cells + "</u>")
-    cells.insert(0, "Labeled", table.rows["group"])
-    cells.insert(1, "Method", [f"*{i}*" if k == "reported" else i for i, k in zip(table.rows["name"], table.rows["kind"])])
-    cells.insert(2, "Seeds", [str(int(v)) if v else "-" for v in table.n])
-    cells.columns = ["Labeled", "Method", "Seeds"] + [_header(table, c, " ↑", " ↓") for c in table.columns]
-    return cells.to_markdown(index=False, disable_numparse=True)
-
-
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def tex_escape(text: str) -> str:
-    """``text`` with LaTeX's special characters escaped."""
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
-
-
-def _styled(table: Table, digits: int, text, bold: str, under: str, pm: str, marker, row_name, headers: list[str],
-            index_as_columns: bool = False):
-    """A pandas ``Styler`` of the table: cell text (mean ± std + significance marker), the best
-    value per column and group styled with ``bold``, the second with ``under``; index = (group,
-    row name), or two leading columns "Labeled" and "Method" with ``index_as_columns``."""
-    df, marks = _cells(table, digits, text, pm, marker)
-    css = marks.replace({"best": bold, "second": under})
-    df.index = css.index = pd.MultiIndex.from_tuples([(text(table.rows.at[label, "group"]), row_name(label)) for label in df.index],
-                                                     names=["Labeled", "Method"])
-    df.columns = css.columns = headers
-    if index_as_columns:
-        df = df.reset_index()
-        css = css.reset_index()
-        css["Labeled"] = css["Method"] = ""
-    return df.style.apply(lambda _: css.set_axis(_.index, axis=0), axis=None)
-
-
-def to_latex(table: Table, digits: int = 1) -> str:
-    """A booktabs ``tabular`` to ``\\input`` (needs ``\\usepackage{booktabs}`` and, for the
-    significance markers, ``amssymb``), rendered by pandas' ``Styler.to_latex``."""
-    tex_marks = {"better": r"$^{\blacktriangle}$", "worse": r"$^{\blacktriangledown}$"}
-
-    def name(label):
-        n = tex_escape(table.rows.at[label, "name"])
-        return rf"\textit{{{n}}}" if table.rows.at[label, "kind"] == "reported" else n
-
-    headers = [tex_escape(_header(table, c, "", "")) + (r"$\uparrow$" if table.direction[c] == UP else r"$\downarrow$")
-               for c in table.columns]
-    st = _styled(table, digits, tex_escape, "textbf:--rwrap;", "underline:--rwrap;", r"$\pm$", lambda m: tex_marks.get(m, ""), name,
-                 headers)
-    st = st.hide(names=True, axis="index")
-    tex = st.to_latex(hrules=True, column_format="ll" + "r" * len(table.columns), clines="skip-last;data",
-                      multirow_align="naive")
-    # booktabs rules between groups, and the two index columns named in the one header row
-    lines = tex.splitlines()
-    lines[2] = "Labeled & Method" + lines[2][lines[2].index(" & ", lines[2].index(" & ") + 1):]
-    out, n = [], len(lines)
-    for i, line in enumerate(lines):
-        if line.startswith(r"\cline"):
-            if not lines[i + 1].startswith(r"\bottomrule") and i + 1 < n:
-                out.append(r"\midrule")
-            continue
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
-def latex_document(fragment_name: str, caption: str = "", legend: str = "") -> str:
-    """A standalone document that compiles the table fragment with pdflatex (legend under it)."""
-    cap = rf"\caption*{{{tex_escape(caption)}}}" + "\n" if caption else ""
-    tex_legend = tex_escape(legend).replace("▲", r"$\blacktriangle$").replace("▼", r"$\blacktriangledown$").replace("±", r"$\pm$")
-    after = ("\\par\\smallskip\n\\begin{minipage}{0.95\\linewidth}\\footnotesize " + tex_legend + "\\end{minipage}\n") if legend else ""
-    return (
-        "\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{amssymb}\n"
-        "\\usepackage{caption}\n\\usepackage[landscape,margin=1cm]{geometry}\n\\pagestyle{empty}\n\\begin{document}\n"
-        "\\begin{table}[h]\n\\centering\n\\scriptsize\n\\setlength{\\tabcolsep}{3pt}\n"
-        f"{cap}\\input{{{fragment_name}}}\n{after}\\end{{table}}\n\\end{{document}}\n"
-    )
-
-
-def to_csv(table: Table) -> str:
-    """Machine-readable: one row per table row, <column>_mean / <column>_std, plus row metadata."""
-    df = table.rows[["group", "kind", "protocol"]].copy()
-    df.insert(0, "row", table.rows["name"].values)
-    df["seeds"] = table.n.values
-    for col in table.columns:
-        df[f"{col}_mean"] = table.mean[col].values
-        df[f"{col}_std"] = table.std[col].values
-    return df.to_csv(index=False, float_format="%.4f")
-
-
 # -- other tables ---------------------------------------------------------------------------
 
 
@@ -469,44 +365,13 @@ def timing_frame(runs: Iterable) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-# -- the summary printed after `bench run` ----------------------------------------------------
+# -- the summary printed after `bench run` and `bench evaluate` ------------------------------
 
 
-def per_organ_frame(results: Iterable[MetricsRecord], metric: str = "dice") -> pd.DataFrame:
-    """Rows = methods (in first-seen order), columns = organs (abbreviated) + means; mean over seeds."""
-    rows: dict[str, list[dict]] = {}
-    organs: list[str] = []
-    for r in results:
-        rows.setdefault(r.method, []).append(r)
-        if not organs:
-            organs = list(r.organs)
-    data = {}
-    for method, rs in rows.items():
-        row = {}
-        for o in organs:
-            row[abbreviation(o)] = nanmean([x.per_organ[o]["dice"] for x in rs]) * 100
-        row["Dice"] = nanmean([x.mean["dice"] for x in rs]) * 100
-        row["HD95"] = nanmean([x.mean["hd95"] for x in rs])
-        row["seeds"] = str(len(rs))
-        data[method] = row
-    return pd.DataFrame.from_dict(data, orient="index")
+def summary_table(results: Iterable[MetricsRecord], missed_distance: str = "exclude") -> Table:
+    """The table of metrics records (a run's results, an evaluation) by the one builder: a row
+    per method (mean ± std over its seeds)."""
+    from reports.collect import Run
 
-
-def frame_markdown(df: pd.DataFrame, digits: int = 1) -> str:
-    """A data frame as a Markdown table, ``digits`` decimals, NaN as "-"."""
-    return df.to_markdown(floatfmt=f".{digits}f", missingval="-")
-
-
-def to_html(table: Table, digits: int = 1) -> str:
-    """An HTML table (bold best, underlined second) for the self-contained report page,
-    rendered by pandas' ``Styler.to_html``."""
-    import html
-
-    def name(label):
-        n = html.escape(table.rows.at[label, "name"])
-        return f"<i>{n}</i>" if table.rows.at[label, "kind"] == "reported" else n
-
-    st = _styled(table, digits, html.escape, "font-weight: bold", "text-decoration: underline", " ± ",
-                 lambda m: f" {MARKERS[m]}" if m else "", name, [html.escape(_header(table, c, " ↑", " ↓")) for c in table.columns],
-                 index_as_columns=True)
-    return st.set_table_attributes('class="results"').hide(axis="index").to_html(doctype_html=False)
+    runs = [Run.from_record(r) for r in results]
+    return build_table(runs, allow_mixed=True, missed_distance=missed_distance)
