@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.config import DEFAULT_LABELED, DEFAULT_PRESET
+from bench.config import DEFAULT_LABELED, DEFAULT_PRESET, split_names
 from bench.core.errors import UserError
 
 
@@ -25,17 +25,6 @@ def _check_shadowing() -> None:
             f"the package 'datasets' imported from {where} is not this suite's ({ours}); a foreign package "
             f"(e.g. Hugging Face datasets) shadows it: uninstall it in this environment or use a separate venv"
         )
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in _csv(text)]
-    except ValueError:
-        raise UserError(f"--seeds '{text}' must be integers separated by commas, e.g. 0,1,2")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -299,7 +288,7 @@ def cmd_perf(args) -> int:
 
     if args.preset not in PRESETS:
         raise UserError(f"unknown preset '{args.preset}'; choose one of {', '.join(PRESETS)}")
-    methods = METHODS.names() if args.methods == "all" else _csv(args.methods)
+    methods = METHODS.names() if args.methods == "all" else split_names(args.methods)
     for name in methods:
         METHODS.get(name)  # unknown names fail here, with the list of known ones
     if not args.memory:
@@ -322,7 +311,7 @@ def cmd_report(args) -> int:
     from reports.report import ReportRequest, make_report
 
     make_report(ReportRequest(
-        runs=args.runs, out=args.out, formats=tuple(_csv(args.format)), reference=args.reference, baseline=args.baseline,
+        runs=args.runs, out=args.out, formats=tuple(split_names(args.format)), reference=args.reference, baseline=args.baseline,
         delta_against=args.delta_against, skip_broken=args.skip_broken, allow_mixed_protocols=args.allow_mixed_protocols,
         figures=not args.no_figures, study=args.study, storage=args.storage, alpha=args.alpha, std_ddof=args.std_ddof,
         missed_distance=args.missed_distance,

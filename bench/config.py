@@ -155,7 +155,8 @@ class RunOptions:
         return parse_fraction(self.labeled)
 
 
-def _csv(value: Any) -> list[str]:
+def split_names(value: Any) -> list[str]:
+    """Names from ``"a, b"`` or a list, stripped, empty ones left out."""
     items = value if isinstance(value, list) else str(value).split(",")
     return [str(v).strip() for v in items if str(v).strip()]
 
@@ -177,7 +178,7 @@ def _run_option(origin: str, key: str, value: Any) -> Any:
     if kind is list:
         if not isinstance(value, (list, str)) or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
             raise bad
-        out = list(dict.fromkeys(_csv(value)))  # each name once
+        out = list(dict.fromkeys(split_names(value)))  # each name once
         if not out:
             raise bad
         return out
@@ -437,4 +438,4 @@ def describe_hparams(cls: Any) -> str:
 
 __all__ = ["DEFAULT_LABELED", "DEFAULT_PRESET", "EXECUTION_ONLY", "PRESETS", "Layer", "MethodSettings", "Preset",
            "RunOptions", "TrainConfig", "check_keys", "cli_layer", "convert", "file_layer", "load_config_file",
-           "parse_set", "preset_layer", "resolve_method", "resolve_options", "train_fields"]
+           "parse_set", "preset_layer", "split_names", "resolve_method", "resolve_options", "train_fields"]
