@@ -198,11 +198,7 @@ def resolve_split(opts: RunOptions, dataset, out: Path):
             if not path.exists():
                 from datasets.splits import published_split
 
-                split = published_split(dataset.name, opts.split)
-                known = set(dataset.case_ids())
-                if dataset.name.endswith("_ct"):  # a CT-only import drops the MRI cases from published splits
-                    split = Split(split.name, *[[c for c in getattr(split, r) if c in known] for r in ("labeled", "unlabeled", "eval", "test")], meta=split.meta)
-                return split.validate(known)
+                return published_split(dataset.name, opts.split, dataset.case_ids()).validate(dataset.case_ids())
         split = Split.load(path)
     else:
         fraction = opts.labeled_fraction

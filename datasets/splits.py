@@ -150,11 +150,17 @@ def published_split_names(dataset: str) -> list[str]:
     return sorted(p.stem for p in (PUBLISHED_DIR / dataset).glob("*.json"))
 
 
-def published_split(dataset: str, name: str) -> Split:
-    """A published split shipped with the suite (facts from the papers' released code)."""
+def published_split(dataset: str, name: str, case_ids: Iterable[str] | None = None) -> Split:
+    """A published split shipped with the suite (facts from the papers' released code). A
+    subset import of a dataset (``amos_ct``: AMOS without its MRI cases) uses the full
+    dataset's splits, restricted to its own ``case_ids``."""
     base = dataset.split("_")[0]  # amos_ct uses amos' splits
     path = PUBLISHED_DIR / base / f"{name}.json"
     if not path.exists():
         names = ", ".join(published_split_names(base)) or "none"
         raise UserError(f"no published split '{name}' for dataset '{dataset}' (shipped: {names}); or give --split FILE / --labeled N%")
-    return Split.load(path)
+    split = Split.load(path)
+    if dataset != base and case_ids is not None:
+        known = set(case_ids)
+        split = Split(split.name, *[[c for c in getattr(split, r) if c in known] for r in ROLES], meta=split.meta)
+    return split

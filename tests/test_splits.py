@@ -51,3 +51,16 @@ def test_load_rejects_bad_files(tmp_path):
     (tmp_path / "keys.json").write_text('{"labeled": []}')
     with pytest.raises(UserError, match="lacks the key"):
         Split.load(tmp_path / "keys.json")
+
+
+def test_a_subset_import_keeps_only_its_own_cases_of_a_published_split():
+    """amos_ct (AMOS without MRI, ids >= 500) takes AMOS' published splits restricted to its cases."""
+    from datasets.splits import ROLES, published_split
+
+    full = published_split("amos", "dhc_5p")
+    every = [c for r in ROLES for c in getattr(full, r)]
+    ct_ids = [c for c in every if int(c.split("_")[-1]) < 500]
+    assert len(ct_ids) < len(every)  # the published lists hold MRI cases
+    ct = published_split("amos_ct", "dhc_5p", ct_ids)
+    assert sorted(c for r in ROLES for c in getattr(ct, r)) == sorted(ct_ids)
+    assert published_split("amos", "dhc_5p", ct_ids).test == full.test  # the full dataset is never cut
