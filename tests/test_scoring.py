@@ -206,3 +206,22 @@ def test_softmax_fusion_differs_from_logit_fusion():
     for r in res.values():  # outside the overlap each window decides alone
         assert (r[..., :8] == 0).all() and (r[..., 16:] == 2).all()
     assert (res["logits"][..., 8:16] == 0).all() and (res["softmax"][..., 8:16] == 2).all()
+
+
+@pytest.mark.parametrize("name", ["default", "dhc", "ga"])
+@pytest.mark.parametrize("dataset", ["synapse", "amos"])
+def test_protocols_describe_every_field_and_hold_allowed_choices(name, dataset):
+    """A protocol's description (hashed into every run's config) is its dataclass, field by
+    field, so a new field always enters the hash; choice fields hold one of their choices."""
+    import dataclasses
+    import typing
+
+    from bench.core.protocol import Protocol
+    from bench.core.registry import PROTOCOLS
+
+    p = PROTOCOLS.get(name)(dataset)
+    assert list(p.describe()) == [f.name for f in dataclasses.fields(Protocol)]
+    hints = typing.get_type_hints(Protocol)
+    for f in dataclasses.fields(Protocol):
+        if typing.get_origin(hints[f.name]) is typing.Literal:
+            assert getattr(p, f.name) in typing.get_args(hints[f.name]), f.name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -30,20 +31,20 @@ class Protocol:
     name: str
     version: str
     window: tuple[float, float] = (-125.0, 275.0)
-    norm: str = "window"  # "window": (clip - lo) / (hi - lo); "minmax": clip, then per-volume min-max
+    norm: Literal["window", "minmax"] = "window"  # "window": (clip - lo) / (hi - lo); "minmax": clip, then per-volume min-max
     resample: tuple | None = None
-    eval_grid: str = "native"
+    eval_grid: Literal["native", "protocol"] = "native"
     eval_shape: tuple[int, int, int] | None = None
     overlap: float = 0.5
     #: test-time window stride in voxels per axis (D, H, W), as the released pipelines give it;
     #: overrides ``overlap`` when set
     stride: tuple[int, int, int] | None = None
-    sw_mode: str = "gaussian"
+    sw_mode: Literal["gaussian", "constant"] = "gaussian"
     #: how overlapping windows are fused: "logits" (ours) or "softmax" (DHC, GALoss, TAK average
     #: softmax probabilities)
-    fusion: str = "logits"
-    distance_unit: str = "mm"
-    empty_rule: str = "nan"
+    fusion: Literal["logits", "softmax"] = "logits"
+    distance_unit: Literal["mm", "voxel"] = "mm"
+    empty_rule: Literal["nan", "dhc", "dhc_released"] = "nan"
     patch: tuple[int, int, int] | None = None  # the published patch (informative; configs set it)
 
     def released_empty_dice(self) -> Protocol:
@@ -142,22 +143,12 @@ class Protocol:
         return tuple(max(0.0, 1.0 - (s + 0.5) / p) if s < p else 0.0 for s, p in zip(self.stride, patch))
 
     def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "window": list(self.window),
-            "norm": self.norm,
-            "resample": None if self.resample is None else [self.resample[0], list(self.resample[1])],
-            "eval_grid": self.eval_grid,
-            "eval_shape": None if self.eval_shape is None else list(self.eval_shape),
-            "overlap": self.overlap,
-            "stride": None if self.stride is None else list(self.stride),
-            "sw_mode": self.sw_mode,
-            "fusion": self.fusion,
-            "distance_unit": self.distance_unit,
-            "empty_rule": self.empty_rule,
-            "patch": None if self.patch is None else list(self.patch),
-        }
+        """Every field as plain JSON data (tuples as lists), in field order: what a run's config
+        records and hashes, so a new field always enters the hash."""
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 def resize(array: np.ndarray, shape, mode: str) -> np.ndarray:
