@@ -11,7 +11,6 @@ Determinism: the batch of step ``t`` and the torch random state at step ``t`` de
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
@@ -22,19 +21,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from bench import distributed, lock
+from bench import distributed
+from bench.cases import RunCases
+from bench.checkpoint import Checkpointer
 from bench.config import TrainConfig
 from bench.core.errors import UserError
-from bench.core.metrics import case_metrics, nanmean
 from bench.core.protocol import Protocol
-from bench.core.records import ConfigRecord, MetricsRecord, TimingRecord, write_record
-from bench.core.scoring import penalty_distance, score_case
-from bench.core.store import atomic_save, atomic_write_text, safe_name
-from bench.core.threads import current_threads
+from bench.core.records import ConfigRecord, MetricsRecord, write_record
 from bench.data import Prefetcher, TwoStreamSampler
-from bench.inference import predict_volume
+from bench.evaluator import Evaluator
 from bench.step import TrainStep, make_optimizers
-from bench.timing import StepTimer, device_description, peak_memory, reset_peak_memory, summarize_times
+from bench.timing import StepTimer
 from datasets.base import Dataset
 from datasets.splits import Split
 from methods.base import Method, MethodContext
@@ -92,60 +89,30 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 class Trainer:
-    """One run: loads and checks its cases, builds the method and its optimisers, trains with
-    checkpoints and validation (:meth:`fit`), tests the best checkpoint and writes the records
-    (:meth:`test`).
+    """The training loop of one run, built from its parts: :class:`bench.cases.RunCases` (the
+    cases, loaded and checked first: bad input leaves nothing behind), the method and its
+    optimisers in a :class:`bench.step.TrainStep`, a :class:`bench.checkpoint.Checkpointer`
+    (checkpoint.pt, best.pt, log.jsonl) and an :class:`bench.evaluator.Evaluator` (validation,
+    test, records). :meth:`fit` trains (resuming from the latest checkpoint), :meth:`test`
+    scores the best checkpoint.
+
+    Args:
+        spec: the run (:class:`RunSpec`).
+
+    Raises:
+        UserError: bad data, a batch that does not split over the processes.
     """
 
     def __init__(self, spec: RunSpec):
-        self.spec = spec
-        self.t = spec.train
-        self.device = spec.device
+        self.spec, self.t, self.device = spec, spec.train, spec.device
         self.dir = Path(spec.run_dir)
         seed_everything(spec.seed)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         else:
             torch.backends.cudnn.benchmark = True
-
-        split = spec.split
-        cls = spec.method_cls
-        labeled_ids = split.train if cls.label_policy == "all" else split.labeled
-        unlabeled_ids = split.unlabeled if (cls.uses_unlabeled and cls.label_policy != "all") else []
-        ds = spec.dataset
-        self.labeled = [(self._image(c), self._label(c)) for c in labeled_ids]
-        # unlabeled cases: images only - their labels are never read
-        self.unlabeled = [self._image(c) for c in unlabeled_ids]
-        for cid in split.eval + split.test:  # fail now, not after hours of training
-            if not np.isfinite(np.asarray(ds.load_image(cid))).all():
-                raise UserError(f"image of case '{cid}' of dataset '{ds.name}' contains NaN or infinite values; fix or re-export it")
-        # labels checked once here; validation reuses the eval ones on the protocol grid
-        self.eval_labels = {cid: self._label(cid) for cid in split.eval}
-        for cid in split.test:
-            _checked_label(ds, cid)
-        counts = np.zeros(ds.num_classes, dtype=np.int64)
-        for _, lab in self.labeled:
-            counts += np.bincount(lab.ravel(), minlength=ds.num_classes)[: ds.num_classes]
-        self.ctx = MethodContext(
-            num_classes=ds.num_classes,
-            class_names=ds.labels,
-            patch_size=tuple(self.t.patch),
-            width=self.t.width,
-            device=self.device,
-            iterations=self.t.iterations,
-            labeled_voxel_counts=counts,
-            n_unlabeled=len(self.unlabeled),
-            unlabeled_bs=self.t.unlabeled_bs,
-            priors=spec.priors,
-            seed=spec.seed,
-        )
-        self.method: Method = cls(self.ctx, **spec.hparams).to(self.device)
-        if self.t.channels_last:  # execution only: same values, another memory layout
-            for net in self.method.modules().values():
-                net.to(memory_format=torch.channels_last_3d)
-        if self.t.compile:  # in place: state_dict keys (checkpoints) stay the same
-            for net in self.method.modules().values():
-                net.compile()
+        self.cases = RunCases(spec.dataset, spec.protocol, spec.split, spec.method_cls)
+        self.method: Method = self._build_method()
         self.rank, self.world = distributed.rank(), (distributed.world_size() if distributed.active() else 1)
         if self.world > 1:
             if self.t.labeled_bs % self.world or self.t.unlabeled_bs % self.world:
@@ -155,7 +122,8 @@ class Trainer:
         self.train_step = TrainStep(self.method, make_optimizers(self.method, self.t), self.device, self.t.amp, self.t.grad_clip,
                                     check=self._check_finite, average=distributed.average_gradients if self.world > 1 else None)
         self.use_amp = self.train_step.amp
-        self.scaler = self.train_step.scaler
+        self.checkpoints = Checkpointer(self.dir, self.device, self.rank)
+        self.evaluator = Evaluator(spec, self.cases, self.use_amp)
         self.step = 0
         self.last_good = 0
         self.best = {"score": -math.inf, "step": -1}
@@ -163,167 +131,79 @@ class Trainer:
         self.data_times: list[float] = []
         self.train_wall = 0.0
 
-    def _image(self, case_id: str) -> np.ndarray:
-        """Normalised image on the protocol grid (D, H, W) float32."""
-        return self.spec.protocol.prepare_image(self.spec.dataset.load_image(case_id), f"image of case '{case_id}'")
+    def _build_method(self) -> Method:
+        """The method on the run's device, with the execution switches (channels-last, compile)."""
+        spec, t, ds = self.spec, self.t, self.spec.dataset
+        self.ctx = MethodContext(num_classes=ds.num_classes, class_names=ds.labels, patch_size=tuple(t.patch), width=t.width,
+                                 device=self.device, iterations=t.iterations, labeled_voxel_counts=self.cases.counts,
+                                 n_unlabeled=len(self.cases.unlabeled), unlabeled_bs=t.unlabeled_bs, priors=spec.priors, seed=spec.seed)
+        method = spec.method_cls(self.ctx, **spec.hparams).to(self.device)
+        if t.channels_last:  # execution only: same values, another memory layout
+            for net in method.modules().values():
+                net.to(memory_format=torch.channels_last_3d)
+        if t.compile:  # in place: state_dict keys (checkpoints) stay the same
+            for net in method.modules().values():
+                net.compile()
+        return method
 
-    def _label(self, case_id: str) -> np.ndarray:
-        """Checked label map on the protocol grid (D, H, W)."""
-        return self.spec.protocol.prepare_label(_checked_label(self.spec.dataset, case_id))
+    @property
+    def labeled(self) -> list:
+        """The labeled (image, label) pairs on the protocol grid."""
+        return self.cases.labeled
+
+    @property
+    def unlabeled(self) -> list:
+        """The unlabeled images on the protocol grid."""
+        return self.cases.unlabeled
+
+    def _timing(self) -> dict:
+        return {"step": self.step_times, "data": self.data_times, "wall": self.train_wall}
 
     # -- checkpoints ----------------------------------------------------------------------
-    @property
-    def ckpt_path(self) -> Path:
-        return self.dir / "checkpoint.pt"
-
     def save_checkpoint(self) -> None:
-        if self.rank != 0:
-            return
-        state = {
-            "step": self.step,
-            "modules": {k: m.state_dict() for k, m in self.method.modules().items()},
-            **self._optimizer_state(),
-            "scaler": self.scaler.state_dict(),
-            "method_state": self.method.running_state(),
-            "best": self.best,
-            "timing": {"step": self.step_times, "data": self.data_times, "wall": self.train_wall},
-        }
-        atomic_save(self.ckpt_path, lambda f: torch.save(state, f))
-        lock.touch(self.dir)  # a live claim stays fresh
-
-    def _optimizer_state(self) -> dict:
-        """``{"optimizer": state}`` for the default single optimiser (the layout of every earlier
-        checkpoint), ``{"optimizers": {name: state}}`` for a method's own named optimisers."""
-        opts = self.train_step.optimizers
-        if list(opts) == ["main"]:
-            return {"optimizer": opts["main"].state_dict()}
-        return {"optimizers": {k: o.state_dict() for k, o in opts.items()}}
-
-    def _load_optimizer_state(self, state: dict) -> None:
-        opts = self.train_step.optimizers
-        saved = state["optimizers"] if "optimizers" in state else {"main": state.get("optimizer")}
-        if set(saved) != set(opts) or any(v is None for v in saved.values()):
-            raise UserError(f"checkpoint {self.ckpt_path} holds optimisers {', '.join(sorted(saved))}, this method has "
-                            f"{', '.join(sorted(opts))}; use --force to start over")
-        for k, o in opts.items():
-            o.load_state_dict(saved[k])
-
-    def _read_state(self, path: Path, keys: tuple[str, ...]) -> dict:
-        """A checkpoint of ours: tensors and plain data only (``weights_only=True``: a file whose
-        unpickling would run code, or anything else that is not ours, is refused, never run)."""
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # UnpicklingError for foreign objects, RuntimeError / EOFError for damage
-            detail = " ".join(str(e).split())[:120]
-            raise UserError(f"{path} is not a bench checkpoint or is corrupt ({type(e).__name__}: {detail}); "
-                            f"delete the run folder or run with --force")
-        if not isinstance(state, dict) or any(k not in state for k in keys):
-            raise UserError(f"{path} is not a bench checkpoint (it lacks {', '.join(keys)}); delete the run folder or run with --force")
-        return state
+        """Write the latest state (rank 0)."""
+        self.checkpoints.save(self.step, self.method, self.train_step, self.best, self._timing())
 
     def load_checkpoint(self) -> bool:
-        if not self.ckpt_path.exists():
+        """Resume from the latest checkpoint, if there is one."""
+        state = self.checkpoints.load(self.method, self.train_step)
+        if state is None:
             return False
-        state = self._read_state(self.ckpt_path, ("step", "modules", "scaler", "method_state", "best", "timing"))
-        try:
-            for k, m in self.method.modules().items():
-                m.load_state_dict(state["modules"][k])
-        except (RuntimeError, KeyError) as e:
-            first = str(e).strip().splitlines()[1 if str(e).count("\n") else 0].strip()
-            raise UserError(f"checkpoint {self.ckpt_path} does not fit this model ({first}); was it trained with "
-                            f"another --text-encoder or width? use --force to start over")
-        self._load_optimizer_state(state)
-        self.scaler.load_state_dict(state["scaler"])
-        self.method.load_running_state(state["method_state"])
-        self.best = state["best"]
-        self.step = int(state["step"])
-        self.step_times = list(state["timing"]["step"])
-        self.data_times = list(state["timing"]["data"])
+        self.best, self.step = state["best"], state["step"]
+        self.step_times, self.data_times = list(state["timing"]["step"]), list(state["timing"]["data"])
         self.train_wall = float(state["timing"]["wall"])
-        self._truncate_log(self.step)
         return True
-
-    def _truncate_log(self, step: int) -> None:
-        path = self.dir / "log.jsonl"
-        if self.rank != 0 or not path.exists():
-            return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) < step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                continue
-        atomic_write_text(path, "".join(k + "\n" for k in keep))
-
-    def _log(self, record: dict) -> None:
-        if self.rank != 0:
-            return
-        with (self.dir / "log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
     # -- training -------------------------------------------------------------------------
     def fit(self) -> None:
+        """Train from the latest checkpoint (or step 0) to ``iterations`` (or ``stop_after`` more
+        steps): validation every ``val_every`` steps, a checkpoint every ``ckpt_every`` and at the
+        end. Ctrl-C / SIGINT finishes the step in flight, saves a checkpoint and stops (raises
+        KeyboardInterrupt)."""
         t, spec = self.t, self.spec
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.rank == 0:  # temp files of a write killed midway (this process holds the run's claim)
-            for tmp in self.dir.glob(".*.tmp"):
-                if not tmp.name.startswith(".claim"):
-                    tmp.unlink(missing_ok=True)
+        self.checkpoints.clean_temp()
         resumed = self.load_checkpoint()
         if self.step >= t.iterations:
             return
-        sampler = TwoStreamSampler(self.labeled, self.unlabeled, t.patch, t.labeled_bs, t.unlabeled_bs, spec.seed, t.flip,
+        sampler = TwoStreamSampler(self.cases.labeled, self.cases.unlabeled, t.patch, t.labeled_bs, t.unlabeled_bs, spec.seed, t.flip,
                                    rank=self.rank, world=self.world)
         stop = t.iterations if spec.stop_after is None else min(t.iterations, self.step + spec.stop_after)
         loader = Prefetcher(sampler, self.step, stop, self.device)
-        bar = None
-        if spec.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=t.iterations,
-                initial=self.step,
-                desc=f"{spec.method_name} seed {spec.seed}" + (" (resumed)" if resumed else ""),
-                unit="it",
-                dynamic_ncols=True,
-                leave=False,
-            )
+        bar = self._progress_bar(resumed)
         self.method.train(True)
         self.last_good = self.step
-        # Ctrl-C / SIGINT: finish the step in flight, save a checkpoint, then stop (exit 130)
-        interrupted = []
+        interrupted: list = []
         handler = None
         if threading.current_thread() is threading.main_thread():
             handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
         try:
             while self.step < stop:
-                step = self.step
-                lrs = self.train_step.set_lr(step)
-                torch.manual_seed(_step_seed(spec.seed, step))
-                labeled, unlabeled, wait = loader.get()
-                if t.channels_last:
-                    labeled, unlabeled = _channels_last(labeled), _channels_last(unlabeled)
-                with StepTimer(self.device) as timer:
-                    losses = self.train_step(labeled, unlabeled, step)
-                if step >= t.timing_warmup:
-                    self.step_times.append(timer.seconds)
-                    self.data_times.append(wait)
-                self.train_wall += timer.seconds + wait
-                self.step = step + 1
-                if step % t.log_every == 0 or self.step == t.iterations:
-                    lr = {"lr": lrs["main"]} if list(lrs) == ["main"] else {f"lr_{k}": v for k, v in lrs.items()}
-                    self._log({"step": step, **lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
+                losses = self._train_one(loader)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(losses.total.detach()):.3f}", refresh=False)
                     bar.update(1)
-                if self.rank == 0 and t.val_every > 0 and self.spec.split.eval and (self.step % t.val_every == 0 or self.step == t.iterations):
-                    self.validate()
-                if self.step % t.ckpt_every == 0 or self.step == t.iterations or self.step == stop or interrupted:
-                    self.save_checkpoint()
-                    self.last_good = self.step
-                if interrupted:
-                    raise KeyboardInterrupt
+                self._after_step(stop, bool(interrupted))
             if self.world > 1:
                 distributed.check_in_sync(self.method.parameters())
         finally:
@@ -333,12 +213,51 @@ class Trainer:
             if bar is not None:
                 bar.close()
 
+    def _progress_bar(self, resumed: bool):
+        if not self.spec.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.t.iterations, initial=self.step, desc=f"{self.spec.method_name} seed {self.spec.seed}"
+                    + (" (resumed)" if resumed else ""), unit="it", dynamic_ncols=True, leave=False)
+
+    def _train_one(self, loader: Prefetcher):
+        """One step: learning rates, the step's random state, its batch, the timed step, the log."""
+        t, step = self.t, self.step
+        lrs = self.train_step.set_lr(step)
+        torch.manual_seed(_step_seed(self.spec.seed, step))
+        labeled, unlabeled, wait = loader.get()
+        if t.channels_last:
+            labeled, unlabeled = _channels_last(labeled), _channels_last(unlabeled)
+        with StepTimer(self.device) as timer:
+            losses = self.train_step(labeled, unlabeled, step)
+        if step >= t.timing_warmup:
+            self.step_times.append(timer.seconds)
+            self.data_times.append(wait)
+        self.train_wall += timer.seconds + wait
+        self.step = step + 1
+        if step % t.log_every == 0 or self.step == t.iterations:
+            lr = {"lr": lrs["main"]} if list(lrs) == ["main"] else {f"lr_{k}": v for k, v in lrs.items()}
+            self.checkpoints.log({"step": step, **lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
+        return losses
+
+    def _after_step(self, stop: int, interrupted: bool) -> None:
+        """Validation and checkpoint when due; stop after a checkpoint when interrupted."""
+        t = self.t
+        if self.rank == 0 and t.val_every > 0 and self.spec.split.eval and (self.step % t.val_every == 0 or self.step == t.iterations):
+            self.validate()
+        if self.step % t.ckpt_every == 0 or self.step == t.iterations or self.step == stop or interrupted:
+            self.save_checkpoint()
+            self.last_good = self.step
+        if interrupted:
+            raise KeyboardInterrupt
+
     def _check_finite(self, losses, step: int) -> None:
         if torch.isfinite(losses.total.detach()).all():
             return
         bad = [k for k, v in losses.parts.items() if torch.is_tensor(v) and not torch.isfinite(v.detach()).all()]
         part = ", ".join(bad) if bad else "total"
-        kept = (f"the last good checkpoint (step {self.last_good}) is kept in {self.dir}" if self.ckpt_path.exists()
+        kept = (f"the last good checkpoint (step {self.last_good}) is kept in {self.dir}" if self.checkpoints.path.exists()
                 else "no checkpoint had been written yet")
         raise NonFiniteLoss(
             f"{self.spec.method_name}: loss is not finite at step {step} (part: {part}); {kept}; check the inputs "
@@ -346,129 +265,25 @@ class Trainer:
         )
 
     # -- evaluation -----------------------------------------------------------------------
-    def _predict_case(self, image: np.ndarray, overlap) -> np.ndarray:
-        return predict_volume(
-            self.method.predict,
-            image,
-            self.t.patch,
-            overlap,
-            self.device,
-            mode=self.spec.protocol.sw_mode,
-            sw_batch_size=self.t.sw_batch_size,
-            amp=self.use_amp,
-            fusion=self.spec.protocol.fusion,
-        )
-
     def validate(self) -> float:
-        ds = self.spec.dataset
-        self.method.train(False)
-        scores = []
-        for cid in self.spec.split.eval:
-            pred = self._predict_case(self._image(cid), self.t.val_overlap)
-            per = case_metrics(pred, self.eval_labels[cid], ds.spacing(cid), ds.num_classes, distances=False)
-            scores.append(nanmean([v["dice"] for v in per.values()]))
-        self.method.train(True)
-        score = nanmean(scores)
+        """Validation Dice on the eval cases; keeps best.pt on improvement and tells
+        ``spec.on_validate`` (Optuna reports and prunes there)."""
+        score = self.evaluator.validation_score(self.method)
         improved = score > self.best["score"] or self.best["step"] < 0
         if improved:
             self.best = {"score": score, "step": self.step}
-            state = {"modules": {k: m.state_dict() for k, m in self.method.modules().items()},
-                     "method_state": self.method.running_state(), "step": self.step}
-            atomic_save(self.dir / "best.pt", lambda f: torch.save(state, f))
-        self._log({"step": self.step - 1, "val_dice": score, "best": improved})
+            self.checkpoints.save_best(self.method, self.step)
+        self.checkpoints.log({"step": self.step - 1, "val_dice": score, "best": improved})
         if self.spec.on_validate is not None:
             self.spec.on_validate(self.step, score)
         return score
 
-    def load_best(self) -> int:
-        path = self.dir / "best.pt"
-        if not path.exists():
-            return self.step
-        state = self._read_state(path, ("modules", "method_state", "step"))
-        try:
-            for k, m in self.method.modules().items():
-                m.load_state_dict(state["modules"][k])
-        except (RuntimeError, KeyError) as e:
-            raise UserError(f"{path} does not fit this model ({' '.join(str(e).split())[:120]}); delete the run folder or run with --force")
-        self.method.load_running_state(state["method_state"])
-        return int(state["step"])
-
     def test(self) -> MetricsRecord:
-        ds, proto = self.spec.dataset, self.spec.protocol
-        overlap = self.t.overlap if self.t.overlap >= 0 else proto.window_overlap(self.t.patch)
-        used_step = self.load_best()
-        self.method.train(False)
-        reset_peak_memory(self.device)
-        cases: dict[str, dict] = {}
-        penalty: dict[str, float] = {}
-        infer_times = []
-        organs = list(ds.organs)
-        cases_iter = self.spec.split.test
-        if self.spec.progress:
-            from tqdm.auto import tqdm
-
-            cases_iter = tqdm(cases_iter, desc=f"{self.spec.method_name} test", unit="case", leave=False)
-        for cid in cases_iter:
-            image = self._image(cid)
-            with StepTimer(self.device) as timer:
-                pred = self._predict_case(image, overlap)
-            infer_times.append(timer.seconds)
-            gt = np.asarray(ds.load_label(cid))  # checked in __init__
-            native = proto.to_native(pred, gt.shape)  # the source image's grid: what is saved and scored
-            if self.spec.save_predictions:
-                from datasets.nifti import write_nifti
-
-                write_nifti(self.dir / "predictions" / f"{safe_name(cid, 'case id')}.nii.gz", native, ds.spacing(cid), ds.affine(cid))
-            cases[cid] = score_case(native, gt, ds.spacing(cid), proto, organs)
-            penalty[cid] = penalty_distance(gt.shape, ds.spacing(cid), proto)
-        metrics = MetricsRecord.build(
-            method=self.spec.method_name,
-            dataset=ds.name,
-            protocol=proto,
-            split=self.spec.split.name,
-            labeled_fraction=self.spec.split.labeled_fraction,
-            seed=self.spec.seed,
-            **self.spec.priors_names,
-            organs=organs,
-            # the imbalance the run was trained under (reports order organs by it)
-            labeled_voxel_share=_share(self.ctx.labeled_voxel_counts, organs),
-            checkpoint_step=used_step,
-            val_dice=None if self.best["step"] < 0 else self.best["score"],
-            cases=cases,
-            penalty_distance=penalty,
-        )
-        timing = TimingRecord(
-            device=device_description(self.device),
-            train_s_per_iter=summarize_times(self.step_times),
-            data_wait_share=float(sum(self.data_times) / max(sum(self.data_times) + sum(self.step_times), 1e-12)),
-            infer_s_per_case=summarize_times(infer_times),
-            train_wall_s=self.train_wall,
-            iterations=self.t.iterations,
-            timing_warmup=self.t.timing_warmup,
-            amp=self.use_amp,
-            threads=current_threads(),
-            **peak_memory(self.device),
-        )
-        write_record(self.dir / "timing.json", timing)
-        write_record(self.dir / "metrics.json", metrics)  # last: marks the run finished
-        return metrics
-
-
-def _share(counts, organs) -> dict[str, float]:
-    fg = np.asarray(counts, dtype=np.float64)[1:]
-    total = max(float(fg.sum()), 1.0)
-    return {o: float(v / total) for o, v in zip(organs, fg)}
-
-
-def _checked_label(ds: Dataset, case_id: str) -> np.ndarray:
-    lab = np.asarray(ds.load_label(case_id))
-    hi = int(lab.max()) if lab.size else 0
-    if hi >= ds.num_classes or (lab.dtype.kind == "i" and int(lab.min()) < 0):
-        raise UserError(
-            f"label of case '{case_id}' holds value {hi} but dataset '{ds.name}' has classes 0..{ds.num_classes - 1}; "
-            f"fix the label file or the dataset's label list"
-        )
-    return lab
+        """Score the best checkpoint (else the last weights) on the test cases; writes the records."""
+        used = self.checkpoints.load_best(self.method)
+        used_step = self.step if used is None else used
+        val = None if self.best["step"] < 0 else self.best["score"]
+        return self.evaluator.test(self.method, used_step, val, self._timing())
 
 
 def run_one(spec: RunSpec) -> MetricsRecord | None:
@@ -480,4 +295,3 @@ def run_one(spec: RunSpec) -> MetricsRecord | None:
     if trainer.step < spec.train.iterations or trainer.rank != 0:
         return None
     return trainer.test()
-
