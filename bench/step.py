@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from bench.config import TrainConfig
+from methods.base import Losses
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -82,11 +83,6 @@ class TrainStep:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
         self.grad_clip, self.check, self.average = grad_clip, check, average
 
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        """The first (for the default: the only) optimiser."""
-        return next(iter(self.optimizers.values()))
-
     def set_lr(self, step: int) -> dict[str, float]:
         """Set every optimiser's learning rate for ``step`` by its schedule; returns them by name."""
         lrs = {}
@@ -112,7 +108,7 @@ class TrainStep:
 
     def __call__(self, labeled: dict, unlabeled: dict | None, step: int):
         """Run step ``step`` on one batch; returns the method's ``Losses``."""
-        if getattr(self.method, "manual_optimization", False):
+        if self.method.manual_optimization:
             control = StepControl(self, step)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
                 losses = self.method.training_step(labeled, unlabeled, step, control)
@@ -126,15 +122,7 @@ class TrainStep:
             for opt in self.optimizers.values():
                 opt.zero_grad(set_to_none=True)
             self.scaler.scale(losses.total).backward()
-            if len(self.optimizers) == 1:  # one optimiser: clip the norm over all the method's parameters
-                if self.average is not None:
-                    self.average(self.method.parameters())
-                if self.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.method.parameters(), self.grad_clip)
-                self.scaler.step(self.optimizer)
-            else:
-                self._step(list(self.optimizers))
+            self._step(list(self.optimizers))
         self.scaler.update()
         self.method.after_step(step)
         return losses
@@ -156,8 +144,6 @@ class StepControl:
     def backward(self, loss: torch.Tensor, name: str = "loss", retain_graph: bool = False) -> None:
         """Check that ``loss`` is finite (named ``name`` in the error), then back-propagate it."""
         if self._ts.check is not None:
-            from methods.base import Losses
-
             self._ts.check(Losses(loss, {name: loss}), self._step_no)
         self._ts.scaler.scale(loss).backward(retain_graph=retain_graph)
 

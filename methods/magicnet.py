@@ -226,10 +226,14 @@ class MagicNet(Method):
         #: running class distribution of the pseudo-labels (blending weights)
         self.class_dist = OrganClassLogger(ctx.num_classes)
 
+    @property
+    def n_cubes(self) -> int:
+        """Cubes per patch (the location head's classes)."""
+        return self.n[0] * self.n[1] * self.n[2]
+
     def build_network(self) -> MagicNetwork:
         """The student network (the teacher is its copy); variants replace the head or add parts."""
-        n_cubes = self.n[0] * self.n[1] * self.n[2]
-        return MagicNetwork(self.ctx.num_classes, self.ctx.width, self.cube, n_cubes, init=self.hp.init)
+        return MagicNetwork(self.ctx.num_classes, self.ctx.width, self.cube, self.n_cubes, init=self.hp.init)
 
     @classmethod
     def check_settings(cls, hp: "MagicNet.Hparams", train) -> None:
