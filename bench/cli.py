@@ -89,12 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tune", help="Optuna study of one method (objective: eval-split Dice)")
     t.add_argument("--method", required=True)
-    t.add_argument("--dataset", default="phantom")
+    t.add_argument("--dataset", default=None, help="as bench run (default phantom)")
     t.add_argument("--data-root", default=None)
-    t.add_argument("--protocol", default="default")
+    t.add_argument("--protocol", default=None, help="as bench run (default default)")
     t.add_argument("--split", default=None)
-    t.add_argument("--labeled", default=DEFAULT_LABELED)
-    t.add_argument("--preset", default=DEFAULT_PRESET, help=f"demo | quick | paper | tiny (default {DEFAULT_PRESET})")
+    t.add_argument("--labeled", default=None, help=f"as bench run (default {DEFAULT_LABELED.replace('%', '%%')})")
+    t.add_argument("--preset", default=None, help=f"demo | quick | paper | tiny (default {DEFAULT_PRESET})")
+    t.add_argument("--config", default=None, help="a bench run --config TOML file (run options, [train], [method.<name>])")
     t.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     t.add_argument("--storage", default=None, help="sqlite:///file.db (default <out>/optuna.db), postgresql://..., journal:PATH")
     t.add_argument("--study-name", default=None)
@@ -209,8 +210,8 @@ def cmd_run(args) -> int:
              "split": args.split, "labeled": args.labeled, "seeds": args.seeds, "preset": args.preset, "prompts": args.prompts,
              "text_encoder": args.text_encoder, "iterations": args.iterations, "label_map": args.label_map,
              "dataset_opts": _dataset_options(args.dataset_opts, None) or None}
-    req = RunRequest.build(flags, args.sets, args.config, device=args.device, out=args.out, force=args.force,
-                           save_predictions=args.save_predictions, progress=not args.no_progress, shard=args.shard)
+    req = RunRequest.build(flags, args.sets, args.config, shard=args.shard, device=args.device, out=args.out, force=args.force,
+                           save_predictions=args.save_predictions, progress=not args.no_progress)
     if args.dry_run:
         import json
 
@@ -252,7 +253,7 @@ def cmd_tune(args) -> int:
     optuna.logging.set_verbosity(logging.ERROR)  # a failing trial is reported once, by us
     tune(TuneRequest(
         method=args.method, dataset=args.dataset, data_root=args.data_root, protocol=args.protocol, split=args.split,
-        labeled=args.labeled, preset=args.preset, trials=args.trials, storage=args.storage, study_name=args.study_name,
+        labeled=args.labeled, preset=args.preset, config=args.config, trials=args.trials, storage=args.storage, study_name=args.study_name,
         budget_iterations=args.budget_iterations, seed=args.seed, out=args.out, export=args.export, device=args.device,
         sets=args.sets, progress=args.progress,
     ))

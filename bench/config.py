@@ -16,12 +16,15 @@ top level ``methods = [...]``, ...      ``--methods``, ``--dataset``, ... flags
 ``[train] lr = 0.02``                   ``--set lr=0.02``        (every method)
 ``[method] ema_decay = 0.9``            ``--set ema_decay=0.9``  (every method that has it)
 ``[method.tak] lr = 0.03``              ``--set tak.lr=0.03``    (that method only)
+``[protocol_options] key = true``       ``--set released_empty_dice=true`` (the run's protocol)
 ======================================  ============================================
 
 Within a level the per-method table wins over the shared keys. A key no method of the run
 knows, a table of an unknown method, or a value of the wrong type or range is one line naming
 it and what is allowed, before any data is read. Every setting is typed
-(:mod:`bench.core.settings`).
+(:mod:`bench.core.settings`): run options (:class:`RunOptions`), engine settings
+(:class:`bench.core.plan.TrainConfig`), hyperparameters (``Method.Hparams``) and protocol options
+(:class:`bench.core.protocol.ProtocolOptions`).
 """
 
 from __future__ import annotations
@@ -31,58 +34,18 @@ import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from bench.core.errors import UserError
-from bench.core.settings import convert, convert_field, describe_type, setting
+from bench.core.plan import EXECUTION_ONLY, TrainConfig
+from bench.core.protocol import ProtocolOptions
+from bench.core.settings import NAMES, SEEDS, SHARE, convert, convert_field, describe_type, field_types, setting
 
 #: the preset used when none is given
 DEFAULT_PRESET = "demo"
 #: the labeled share of the training cases when neither --labeled nor --split is given
 DEFAULT_LABELED = "10%"
 
-
-@dataclass
-class TrainConfig:
-    """Engine settings (the same loop for every method)."""
-
-    iterations: int = setting(600, ge=1)
-    lr: float = setting(0.01, gt=0.0)
-    momentum: float = setting(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = setting(1e-4, ge=0.0)
-    nesterov: bool = True
-    poly_power: float = setting(0.9, ge=0.0)
-    #: horizon of the poly decay lr (1 - step / horizon)^power, in iterations; 0 = the run's
-    #: length (decay to 0 at the end). TAK and GALoss decay over 70,000 and stop earlier.
-    lr_horizon: int = setting(0, ge=0)
-    labeled_bs: int = setting(2, ge=1)
-    unlabeled_bs: int = setting(2, ge=0)
-    patch: tuple[int, int, int] = (32, 64, 64)
-    width: int = setting(8, ge=1)
-    grad_clip: float = setting(0.0, ge=0.0)
-    amp: bool = True
-    val_every: int = setting(100, ge=0)
-    val_overlap: float = setting(0.25, ge=0.0, lt=1.0)
-    overlap: float = setting(-1.0, lt=1.0)  # test-time sliding-window overlap; < 0 = the protocol's
-    sw_batch_size: int = setting(2, ge=1)
-    ckpt_every: int = setting(50, ge=1)
-    log_every: int = setting(10, ge=1)
-    timing_warmup: int = setting(5, ge=0)
-    #: random flips along H and W; off by default: a left-right flip turns the right kidney into
-    #: a "left" one at the wrong side (measured effect: docs/performance.md)
-    flip: bool = False
-    #: execution only (not part of a run's identity, see ``EXECUTION_ONLY``): compile every
-    #: network with ``torch.compile`` / keep activations in ``channels_last_3d`` memory format
-    compile: bool = False
-    channels_last: bool = False
-    #: score an organ absent from prediction and label as DHC's released evaluation does (Dice
-    #: 0.01: 1 on its x100 scale) instead of 1.0; ``dhc`` protocol only (docs/fidelity.md)
-    released_empty_dice: bool = False
-
-
-#: engine settings that change how fast a run goes, not what it computes: kept out of the
-#: config hash (a run resumed with them switched keeps its folder), recorded in config.json
-EXECUTION_ONLY = ("compile", "channels_last")
 
 @dataclass(frozen=True)
 class Preset:
@@ -115,44 +78,32 @@ def train_fields() -> dict[str, dataclasses.Field]:
 
 
 # -- run options ---------------------------------------------------------------------------
-#: top-level run options of a config file (and their flags): name -> (type, what it takes)
-RUN_OPTIONS: dict[str, tuple[Any, str]] = {
-    "methods": (list, "a list of method names"),
-    "dataset": (str, "a dataset name"),
-    "data_root": (str, "a folder"),
-    "dataset_opts": (dict, "a table of dataset options"),
-    "label_map": (str, "a label map name or file"),
-    "protocol": (str, "a protocol name"),
-    "split": (str, "a split name or JSON file"),
-    "labeled": (str, "a labeled share such as \"10%\" or 0.1"),
-    "seeds": (list, "a list of integer seeds"),
-    "preset": (str, "a preset name"),
-    "prompts": (list, "a list of prompt set names"),
-    "text_encoder": (list, "a list of text encoder names"),
-}
-
-
 @dataclass
 class RunOptions:
-    """What to run, resolved: defaults < config file < command-line flags."""
+    """What to run (the top level of a config file, and the flags of ``bench run``), typed like
+    every other setting (:mod:`bench.core.settings`): defaults < config file < command line."""
 
-    methods: list[str]
-    dataset: str = "phantom"
-    data_root: str | None = None
-    dataset_opts: dict[str, Any] = field(default_factory=dict)
-    protocol: str = "default"
-    split: str | None = None
-    labeled: str = DEFAULT_LABELED
-    seeds: list[int] = field(default_factory=lambda: [0])
-    preset: str = DEFAULT_PRESET
-    prompts: list[str] = field(default_factory=lambda: ["anatomy"])
-    text_encoder: list[str] = field(default_factory=lambda: ["minilm"])
+    methods: Annotated[tuple[str, ...], NAMES] = setting(what="a list of method names")
+    dataset: str = setting("phantom", what="a dataset name")
+    data_root: str | None = setting(None, what="a folder")
+    #: the dataset factory's options (``--dataset-opt key=value``); merged key by key over layers
+    dataset_opts: dict[str, Any] = setting(default_factory=dict, what="a table of dataset options")
+    #: a label map name or file for foreign label values (a dataset option of its own)
+    label_map: str | None = setting(None, what="a label map name or file")
+    protocol: str = setting("default", what="a protocol name")
+    #: a split name (yours or published) or a JSON file; None: drawn with ``labeled``
+    split: str | None = setting(None, what="a split name or JSON file")
+    #: the labeled share of a drawn split, a number (``"10%"`` and ``0.1`` both give 0.1)
+    labeled: Annotated[float, SHARE] = 0.1
+    seeds: Annotated[tuple[int, ...], SEEDS] = (0,)
+    preset: str = setting(DEFAULT_PRESET, what="a preset name")
+    prompts: Annotated[tuple[str, ...], NAMES] = setting(("anatomy",), what="a list of prompt set names")
+    text_encoder: Annotated[tuple[str, ...], NAMES] = setting(("minilm",), what="a list of text encoder names")
 
-    @property
-    def labeled_fraction(self) -> float:
-        from datasets.splits import parse_fraction
 
-        return parse_fraction(self.labeled)
+def run_option_names() -> list[str]:
+    """The run options (the top-level keys of a config file)."""
+    return [f.name for f in dataclasses.fields(RunOptions)]
 
 
 def split_names(value: Any) -> list[str]:
@@ -161,45 +112,16 @@ def split_names(value: Any) -> list[str]:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def _run_option(origin: str, key: str, value: Any) -> Any:
-    """A run option as its type; one line when it has the wrong kind of value."""
-    kind, what = RUN_OPTIONS[key]
-    bad = UserError(f"{origin}: {key} = {value!r}: expected {what}")
-    if key == "seeds":
-        items = value if isinstance(value, list) else (value if isinstance(value, int) else str(value).split(","))
-        items = items if isinstance(items, list) else [items]
-        try:
-            seeds = [int(str(s).strip()) if not isinstance(s, bool) else None for s in items if str(s).strip()]
-        except ValueError:
-            raise UserError(f"{origin}: seeds '{value}' must be integers separated by commas, e.g. 0,1,2")
-        if not seeds or any(s is None or s < 0 or s >= 2**31 for s in seeds):
-            raise UserError(f"{origin}: seeds '{value}' must be integers in 0..2^31-1, e.g. 0,1,2")
-        return list(dict.fromkeys(seeds))  # each seed once
-    if kind is list:
-        if not isinstance(value, (list, str)) or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
-            raise bad
-        out = list(dict.fromkeys(split_names(value)))  # each name once
-        if not out:
-            raise bad
-        return out
-    if kind is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return {str(k): v for k, v in value.items()}
-    if key == "labeled" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise bad
-    return value.strip()
-
-
 # -- layers --------------------------------------------------------------------------------
 @dataclass
 class Layer:
     """What one level (a preset, a config file, the command line) says."""
 
     origin: str
+    #: run options (:class:`RunOptions`), typed
     run: dict[str, Any] = field(default_factory=dict)
+    #: protocol options (:class:`bench.core.protocol.ProtocolOptions`), raw
+    protocol: dict[str, Any] = field(default_factory=dict)
     #: engine settings for every method
     train: dict[str, Any] = field(default_factory=dict)
     #: settings for every method that has them (method hyperparameters, or engine settings)
@@ -209,7 +131,8 @@ class Layer:
 
     def where(self, part: str, method: str | None = None) -> str:
         if self.origin.startswith("config"):
-            return f"{self.origin} " + {"train": "[train]", "shared": "[method]"}.get(part, f"[method.{method}]")
+            return f"{self.origin} " + {"train": "[train]", "shared": "[method]", "protocol": "[protocol_options]"}.get(
+                part, f"[method.{method}]")
         if self.origin == "command line":
             return "--set"
         return f"{self.origin}" + (f" [method.{method}]" if method else "")
@@ -282,10 +205,14 @@ def file_layer(path: str | Path) -> Layer:
                     layer.per_method[k] = dict(v)
                 else:
                     layer.shared[k] = v
-        elif key in RUN_OPTIONS:
-            layer.run[key] = _run_option(origin, key, value)
+        elif key == "protocol_options":
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}: 'protocol_options' must be a table ([protocol_options] with e.g. released_empty_dice = true)")
+            layer.protocol = dict(value)
+        elif key in run_option_names():
+            layer.run[key] = convert_field(origin, RunOptions, key, value)
         else:
-            known = sorted([*RUN_OPTIONS, "train", "method"])
+            known = sorted([*run_option_names(), "train", "method", "protocol_options"])
             raise UserError(f"{origin}: unknown key '{key}'; {_did_you_mean(key, known)}known: {', '.join(known)}")
     return layer
 
@@ -305,13 +232,16 @@ def cli_layer(flags: dict[str, Any], sets: list[str] | dict[str, Any]) -> Layer:
         if key == "iterations":
             layer.train["iterations"] = value
         else:
-            layer.run[key] = _run_option("command line", key, value)
+            layer.run[key] = convert_field(f"--{key.replace('_', '-')}", RunOptions, key, value)
     items = parse_set(sets) if isinstance(sets, list) else dict(sets)
     engine = train_fields()
+    protocol = {f.name for f in dataclasses.fields(ProtocolOptions)}
     registered = set(METHODS.names())
     for key, value in items.items():
         prefix, dot, sub = key.partition(".")
-        if dot and prefix in registered:
+        if key in protocol:
+            layer.protocol[key] = value
+        elif dot and prefix in registered:
             layer.per_method.setdefault(prefix, {})[sub] = value
         elif dot:
             raise UserError(f"--set {key}: '{prefix}' is not a method; {_did_you_mean(prefix, sorted(registered))}"
@@ -324,23 +254,36 @@ def cli_layer(flags: dict[str, Any], sets: list[str] | dict[str, Any]) -> Layer:
 
 
 def resolve_options(layers: list[Layer]) -> RunOptions:
-    """Run options: defaults < config file < command-line flags (presets hold none)."""
+    """Run options: defaults < config file < command-line flags (presets hold none).
+
+    Raises:
+        UserError: no method, or an unknown preset.
+    """
     values: dict[str, Any] = {}
     opts: dict[str, Any] = {}
     for layer in layers:
         opts.update(layer.run.get("dataset_opts", {}))  # dataset options merge key by key
         values.update(layer.run)
-    values.pop("dataset_opts", None)
-    methods = values.pop("methods", None)
-    if not methods:
+    if values.get("label_map"):  # a label map is one of the dataset's options
+        opts["label_map"] = values["label_map"]
+    values["dataset_opts"] = opts
+    if not values.get("methods"):
         raise UserError("no method given; e.g. --methods supervised,mean_teacher (see `python -m bench list methods`)")
-    label_map = values.pop("label_map", None)
-    if label_map:
-        opts = {**opts, "label_map": label_map}
-    out = RunOptions(methods=methods, dataset_opts=opts, **values)
+    out = RunOptions(**values)
     preset_layer(out.preset)  # an unknown preset fails here, with the known ones
-    out.labeled_fraction  # noqa: B018 - a bad --labeled fails here
     return out
+
+
+def resolve_protocol_options(layers: list[Layer]) -> ProtocolOptions:
+    """The run's protocol options: defaults < config file ``[protocol_options]`` < ``--set``."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in layer.protocol.items():
+            if k not in {f.name for f in dataclasses.fields(ProtocolOptions)}:
+                known = ", ".join(f.name for f in dataclasses.fields(ProtocolOptions))
+                raise UserError(f"{layer.where('protocol')}: unknown protocol option '{k}'; known: {known}")
+            values[k] = convert_field(layer.where("protocol"), ProtocolOptions, k, v)
+    return ProtocolOptions(**values)
 
 
 # -- per-method resolution -----------------------------------------------------------------
@@ -425,8 +368,6 @@ def _check_train(t: TrainConfig) -> None:
 
 def describe_hparams(cls: Any) -> str:
     """``name=default (type)`` of each hyperparameter, for ``bench list methods --details``."""
-    from bench.core.settings import field_types
-
     types = field_types(cls.Hparams)
     out = []
     for f in dataclasses.fields(cls.Hparams):
@@ -438,4 +379,5 @@ def describe_hparams(cls: Any) -> str:
 
 __all__ = ["DEFAULT_LABELED", "DEFAULT_PRESET", "EXECUTION_ONLY", "PRESETS", "Layer", "MethodSettings", "Preset",
            "RunOptions", "TrainConfig", "check_keys", "cli_layer", "convert", "file_layer", "load_config_file",
-           "parse_set", "preset_layer", "split_names", "resolve_method", "resolve_options", "train_fields"]
+           "parse_set", "preset_layer", "resolve_method", "resolve_options", "resolve_protocol_options", "run_option_names",
+           "split_names", "train_fields"]

@@ -76,7 +76,7 @@ class Evaluator:
         """Per test case: its scores on the native grid, its missed-organ penalty distance and
         the inference time; predictions saved as NIfTI in the source geometry when asked."""
         spec, ds, proto, t = self.spec, self.spec.dataset, self.spec.protocol, self.spec.train
-        overlap = t.overlap if t.overlap >= 0 else proto.window_overlap(t.patch)
+        overlap = proto.window_overlap(t.patch) if t.overlap == "protocol" else t.overlap
         cases: dict[str, dict] = {}
         penalty: dict[str, float] = {}
         infer_times = []

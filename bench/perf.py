@@ -79,23 +79,27 @@ def _priors(method_cls, labels):
     return lambda: prior_embeddings(prompts, encoder, labels, use_cache=False)
 
 
-def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_train: dict | None = None) -> dict:
-    """Engine step vs bare step of ``method`` on the same batches (seconds per step, median)."""
+def harness_overhead(method: str, preset: str, dataset, device, iterations: int = 6) -> dict:
+    """Engine step vs bare step of ``method`` on the same batches (seconds per step, median).
+
+    The run is resolved as ``bench run`` resolves it (:func:`bench.runner.resolve`: the preset,
+    the method's own engine defaults), with text priors from hash vectors (no encoder weights)
+    and no validation or checkpoints inside the timed steps.
+    """
     import tempfile
 
-    from bench.config import TrainConfig
-    from bench.core.registry import METHODS, PROTOCOLS
-    from bench.train import RunSpec, Trainer
+    from bench.runner import RunRequest, bind, make_spec, resolve
+    from bench.train import Trainer
     from datasets.splits import draw_split
 
     p = dataset.partition
     split = draw_split(p["train"], p["eval"], p["test"], 0.2, seed=0)
-    train = TrainConfig(**{**(preset_train or {}), "iterations": iterations, "val_every": 0, "ckpt_every": 10**9,
-                           "log_every": 10**9, "timing_warmup": 1})
+    sets = {"val_every": 0, "ckpt_every": 10**9, "log_every": 10**9, "timing_warmup": 1}
     with tempfile.TemporaryDirectory() as tmp:
-        spec = RunSpec(method, METHODS.get(method), {}, train, dataset, PROTOCOLS.get("default")(dataset.name), split, 0, device,
-                       Path(tmp) / "run", progress=False, priors=_priors(METHODS.get(method), dataset.labels))
-        trainer = Trainer(spec)
+        req = RunRequest.build({"methods": [method], "preset": preset, "iterations": iterations, "text_encoder": "hash:512"}, sets,
+                               device=str(device), out=tmp, progress=False)
+        (plan,) = bind(resolve(req), split, tmp)
+        trainer = Trainer(make_spec(plan, dataset, split, device, progress=False))
         threads = {"engine": set(), "bare": set()}
         phase = ["engine"]
         step_fn = trainer.method.training_step
@@ -111,6 +115,7 @@ def harness_overhead(method: str, dataset, device, iterations: int = 6, preset_t
         # bare: the same method object, batches prepared in memory beforehand
         from bench.data import TwoStreamSampler
 
+        train = plan.train
         sampler = TwoStreamSampler(trainer.labeled, trainer.unlabeled, train.patch, train.labeled_bs, train.unlabeled_bs, 0, False)
         batches = [sampler.batch(i) for i in range(iterations)]
         batches = [({k: v.to(device) for k, v in lab.items()}, None if unl is None else {k: v.to(device) for k, v in unl.items()})
@@ -422,7 +427,7 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
               "torch_threads": torch.get_num_threads(), "threads": current_threads(), "harness": [], "metrics": {}, "inference": {}, "gflops": []}
     train = dict(PRESETS[preset].train)
     for name in methods:
-        h = harness_overhead(name, ds, device, preset_train={k: v for k, v in train.items() if k in ("patch", "width", "lr")})
+        h = harness_overhead(name, preset, ds, device)
         result["harness"].append(h)
         log(f"harness  {name:14s} engine {h['engine_s']:.3f} s  bare {h['bare_s']:.3f} s  ratio {h['overhead_ratio']:.3f}  "
             f"data wait {100 * h['data_wait_share']:.2f}%  threads {'/'.join(map(str, h['engine_threads']))}")

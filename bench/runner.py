@@ -1,4 +1,9 @@
-"""Expands a run request into runs (method x seed), runs the unfinished ones, collects results."""
+"""Resolves a run request once into :class:`bench.core.plan.RunPlan` s (method x prompt set x
+text encoder x seed), runs the unfinished ones, collects results.
+
+``resolve`` validates everything without reading data (``--dry-run`` prints its plans); ``plan``
+reads the dataset and split and binds each plan to its folder; ``execute`` runs them.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,13 @@ import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.config import (
-    EXECUTION_ONLY,
     PRESETS,
     Layer,
-    MethodSettings,
     RunOptions,
     check_keys,
     cli_layer,
@@ -23,11 +26,13 @@ from bench.config import (
     preset_layer,
     resolve_method,
     resolve_options,
+    resolve_protocol_options,
 )
 from bench.core.errors import UserError
+from bench.core.plan import DatasetChoice, PriorChoice, RunPlan, SplitChoice
 from bench.core.records import MetricsRecord, read_record
 from bench.core.registry import DATASETS, METHODS, PROTOCOLS
-from bench.core.store import config_hash, inside, is_finished, run_dir, safe_name
+from bench.core.store import inside, is_finished, safe_name
 
 
 @dataclass
@@ -43,35 +48,25 @@ class RunRequest:
     force: bool = False
     save_predictions: bool = False
     progress: bool = True
-    shard: str | None = None  # "i/n"
+    #: (i, n): run only the i-th (1-based) of n disjoint slices of the run matrix
+    shard: tuple[int, int] | None = None
 
     @classmethod
     def build(cls, flags: dict[str, Any], sets: list[str] | dict[str, Any] = (), config: str | None = None,
-              extra_layers: list[Layer] = (), **kw) -> "RunRequest":
-        """From command-line flags (run options and ``iterations``), ``--set`` and a config file."""
+              extra_layers: list[Layer] = (), shard: str | None = None, **kw) -> "RunRequest":
+        """From command-line flags (run options and ``iterations``), ``--set``, a config file and
+        ``--shard i/n`` (each parsed here, once).
+
+        Raises:
+            UserError: a bad flag, setting, config file or shard.
+        """
         layers = ([file_layer(config)] if config else []) + [cli_layer(flags, list(sets) if not isinstance(sets, dict) else sets)]
         layers += list(extra_layers)
-        return cls(resolve_options(layers), layers, **kw)
+        return cls(resolve_options(layers), layers, shard=parse_shard(shard), **kw)
 
     @property
     def all_layers(self) -> list[Layer]:
         return [preset_layer(self.options.preset), *self.layers]
-
-
-@dataclass
-class PlannedRun:
-    """One run of the matrix (method x prompts x encoder x seed), before it runs."""
-
-    name: str
-    cls: Any
-    settings: MethodSettings
-    #: the resolved config (its hash names the run folder; ``execution`` is left out of it)
-    resolved: dict[str, Any]
-    hash: str
-    seed: int
-    prompts: str | None
-    encoder: str | None
-    dir: Path
 
 
 def _fmt(value, scale: float, spec: str) -> str:
@@ -201,7 +196,7 @@ def resolve_split(opts: RunOptions, dataset, out: Path):
                 return published_split(dataset.name, opts.split, dataset.case_ids()).validate(dataset.case_ids())
         split = Split.load(path)
     else:
-        fraction = opts.labeled_fraction
+        fraction = opts.labeled
         part = dataset.partition
         if not part.get("train"):
             raise UserError(f"dataset '{dataset.name}' defines no train/eval/test partition; give --split FILE")
@@ -217,104 +212,88 @@ def resolve_split(opts: RunOptions, dataset, out: Path):
     return split.validate(dataset.case_ids())
 
 
-def resolve_runs(req: RunRequest) -> tuple[list[tuple[str, Any, MethodSettings]], Any]:
-    """Every method's settings and the protocol, validated without reading any data."""
+def resolve(req: RunRequest) -> list[RunPlan]:
+    """Every run of the request as a :class:`RunPlan` (not yet bound to a split digest and
+    folder), in matrix order (method, prompt set x encoder, seed); every name, setting, device and
+    the output folder validated without reading any data.
+
+    Raises:
+        UserError: the first bad name, setting, device or folder, in one line.
+    """
+    from bench.distributed import world_size
+
     opts = req.options
     classes = {m: METHODS.get(m) for m in opts.methods}  # unknown names fail here, before any work
-    protocol = PROTOCOLS.get(opts.protocol)(opts.dataset)
     if any(cls.text_priors and not cls.text_priors.fixed for cls in classes.values()):
         _check_priors(opts.prompts, opts.text_encoder)
-    parse_shard(req.shard)
     device = pick_device(req.device)
     _check_out(Path(req.out))
     layers = req.all_layers
     check_keys(layers, classes)
-    settings = [(name, cls, resolve_method(name, cls, layers)) for name, cls in classes.items()]
-    for name, _, st in settings:
+    protocol = PROTOCOLS.get(opts.protocol)(opts.dataset).with_options(resolve_protocol_options(layers))
+    dataset = DatasetChoice(opts.dataset, opts.data_root, dict(opts.dataset_opts))
+    split = SplitChoice(name=opts.split) if opts.split else SplitChoice(labeled_fraction=opts.labeled)
+    plans = []
+    for name, cls in classes.items():
+        st = resolve_method(name, cls, layers)
         check_memory(name, st.train, device)
-        run_protocol(protocol, st.train)  # a switch the protocol does not have fails here
-    return settings, protocol
+        for priors in _prior_choices(cls, opts):
+            plans += [RunPlan(method=name, seed=seed, train=st.train, hparams=st.hparams, dataset=dataset, preset=opts.preset,
+                              protocol=protocol, split=split, priors=priors, device=str(device), world_size=world_size())
+                      for seed in opts.seeds]
+    return plans
 
 
-def _grid(cls, opts: RunOptions) -> list[tuple[str | None, str | None]]:
-    """(prompt set, text encoder) pairs a method runs with; one (None, None) without priors."""
+def _prior_choices(cls, opts: RunOptions) -> list[PriorChoice | None]:
+    """The text priors a method runs with: the run's prompt sets x encoders, its own fixed
+    pair, or none (one run without priors)."""
     spec = cls.text_priors
-    if spec is None or spec.fixed:
-        return [(None, None)]
-    return spec.grid(opts.prompts, opts.text_encoder)
-
-
-def run_protocol(protocol, train):
-    """The protocol one run scores under: the requested one, with its engine-level switches applied."""
-    return protocol.released_empty_dice() if train.released_empty_dice else protocol
-
-
-def _resolved(name: str, cls, st: MethodSettings, opts: RunOptions, protocol, prompts, encoder, dataset: str, split: dict) -> dict:
-    train = asdict(st.train)
-    execution = {k: train.pop(k) for k in EXECUTION_ONLY}
-    resolved = {"method": name, "hparams": st.hparams, "train": train, "dataset": dataset, "preset": opts.preset,
-                "protocol": run_protocol(protocol, st.train).describe(), "split": split}
-    spec = cls.text_priors
-    if spec is not None and not spec.fixed:
-        resolved["prompts"], resolved["text_encoder"] = prompts, encoder
-    if spec is not None and spec.fixed:
-        resolved["fixed_priors"] = [spec.prompts, spec.encoder]
-    return resolved, execution
+    if spec is None:
+        return [None]
+    if spec.fixed:
+        return [PriorChoice(spec.prompts, spec.encoder, fixed=True)]
+    return [PriorChoice(p, e) for p, e in spec.grid(list(opts.prompts), list(opts.text_encoder))]
 
 
 def dry_run(req: RunRequest) -> list[dict]:
     """The fully resolved config of every planned run, reading no data and writing nothing."""
-    settings, protocol = resolve_runs(req)
-    opts = req.options
-    split = {"name": opts.split} if opts.split else {"labeled_fraction": opts.labeled_fraction}
-    dataset = {"name": opts.dataset, "data_root": opts.data_root, "options": opts.dataset_opts}
-    out = []
-    for name, cls, st in settings:
-        for prompts, encoder in _grid(cls, opts):
-            resolved, execution = _resolved(name, cls, st, opts, protocol, prompts, encoder, opts.dataset, split)
-            for seed in opts.seeds:
-                out.append({**resolved, "dataset": dataset, "seed": seed, "execution": execution})
-    return out
+    return [p.describe() for p in resolve(req)]
 
 
-def slow_start_notes(settings) -> list[str]:
+def slow_start_notes(plans: list[RunPlan]) -> list[str]:
     """One line per method whose run is shorter than its known slow start (``slow_start_steps``):
     said before training, so that nobody reads its row as the method's result unwarned."""
     notes = []
-    for name, cls, st in settings:
-        need, steps = cls.slow_start_steps, st.train.iterations
+    for name, steps in dict.fromkeys((p.method, p.train.iterations) for p in plans):
+        cls = METHODS.get(name)
+        need = cls.slow_start_steps
         if need and steps < need:
             notes.append(f"note: {name} in {steps} steps: {cls.slow_start}. Its row may measure that start, not the "
                          f"method; for a row that measures {name}, run {need} steps or more (--preset quick)")
     return notes
 
 
-def plan(req: RunRequest, log=None) -> tuple[list[PlannedRun], Any, Any, Any]:
-    """Validate every setting (before any data), say which runs are too short for their method
-    (to ``log``), then load the dataset and split and lay out the run folders."""
-    settings, protocol = resolve_runs(req)
+def bind(plans: list[RunPlan], split, out: str | Path) -> list[RunPlan]:
+    """The plans bound to the resolved ``split`` (its name and digest): hash and folder set."""
+    digest = split.digest()
+    return [p.bound(split.name, digest, out) for p in plans]
+
+
+def plan(req: RunRequest, log=None) -> tuple[list[RunPlan], Any, Any]:
+    """Resolve the request (before any data), say which runs are too short for their method (to
+    ``log``), then load the dataset and split and bind every plan to its folder.
+
+    Returns:
+        (bound plans, the dataset, the split).
+    """
+    plans = resolve(req)
     if log is not None:
-        for line in slow_start_notes(settings):
+        for line in slow_start_notes(plans):
             log(line)
     opts = req.options
-    out = Path(req.out)
     dataset = load_dataset(opts.dataset, opts.preset, opts.data_root, progress=req.progress, options=opts.dataset_opts)
-    split = resolve_split(opts, dataset, out)
-    runs = []
-    from bench.distributed import world_size
-
-    for name, cls, st in settings:
-        for prompts, encoder in _grid(cls, opts):
-            resolved, execution = _resolved(name, cls, st, opts, protocol, prompts, encoder, dataset.name,
-                                             {"name": split.name, "digest": split.digest()})
-            if world_size() > 1:  # a distributed run is another run (batch-pooled losses see slices)
-                resolved["world_size"] = world_size()
-            chash = config_hash(resolved)
-            resolved = {**resolved, "execution": execution}
-            for seed in opts.seeds:
-                runs.append(PlannedRun(name, cls, st, resolved, chash, seed, prompts, encoder,
-                                       run_dir(out, dataset.name, protocol.name, split.name, name, chash, seed)))
-    return runs, dataset, protocol, split
+    split = resolve_split(opts, dataset, Path(req.out))
+    return bind(plans, split, req.out), dataset, split
 
 
 def _check_out(out: Path) -> None:
@@ -328,17 +307,16 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out {out}: {probe} is not writable; give a folder you can write in")
 
 
-def _check_priors(prompt_list: list[str], encoder_list: list[str]) -> None:
+def _check_priors(prompt_list, encoder_list) -> None:
     """Fail on unknown prompt sets / encoders before any run starts (without loading weights)."""
-    from bench.core.registry import ENCODERS, PROMPTS
+    from bench.core.registry import PROMPTS
+    from priors.encoders import encoder_class
 
-    if not prompt_list or not encoder_list:
-        raise UserError("--prompts and --text-encoder need at least one name each")
     for p in prompt_list:
         if not (p.endswith(".json") or "/" in p):
             PROMPTS.get(p)
     for e in encoder_list:
-        ENCODERS.get(e.partition(":")[0])
+        encoder_class(e)
 
 
 def _priors_fn(prompts: str, encoder: str, class_names, device: str):
@@ -355,7 +333,11 @@ def _quiet(*args, **kwargs) -> None:
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"2/4"`` -> (2, 4): the 2nd of 4 disjoint slices (1-based)."""
+    """``"2/4"`` -> (2, 4): the 2nd of 4 disjoint slices (1-based).
+
+    Raises:
+        UserError: not ``i/n`` with 1 <= i <= n.
+    """
     if not text:
         return None
     try:
@@ -367,60 +349,35 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def make_spec(r: PlannedRun, dataset, protocol, split, device, progress: bool, **extra):
-    """The :class:`bench.train.RunSpec` of one planned run (see :func:`plan`)."""
+def make_spec(p: RunPlan, dataset, split, device, progress: bool, **extra):
+    """The :class:`bench.train.RunSpec` of one bound plan (see :func:`plan`): the plan's fields,
+    the loaded dataset and split, the device it runs on and the provenance ``config.json`` keeps."""
     from bench.train import RunSpec
 
-    config = {
-        **r.resolved,
-        "seed": r.seed,
-        "labeled_fraction": split.labeled_fraction,
-        "config_hash": r.hash,
-        "device": str(device),
-        "git_commit": _git_commit(),
-        "versions": _versions(),
-        "hardware": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "command": sys.argv,
-    }
-    if r.prompts:
-        priors = _priors_fn(r.prompts, r.encoder, dataset.labels, "cpu")
-    elif r.cls.text_priors is not None and r.cls.text_priors.fixed:
-        priors = _priors_fn(r.cls.text_priors.prompts, r.cls.text_priors.encoder, dataset.labels, "cpu")
-    else:
-        priors = None
-    return RunSpec(
-        method_name=r.name,
-        method_cls=r.cls,
-        hparams=r.settings.hparams,
-        train=r.settings.train,
-        dataset=dataset,
-        protocol=run_protocol(protocol, r.settings.train),
-        split=split,
-        seed=r.seed,
-        device=device,
-        run_dir=r.dir,
-        config=config,
-        progress=progress,
-        priors=priors,
-        priors_names={"prompts": r.prompts, "text_encoder": r.encoder} if r.prompts else {},
-        **extra,
-    )
+    config = {**p.config(), "device": str(device), "git_commit": _git_commit(), "versions": _versions(),
+              "hardware": {"platform": platform.platform(), "cpus": os.cpu_count()}, "command": sys.argv}
+    priors = _priors_fn(p.priors.prompts, p.priors.text_encoder, dataset.labels, "cpu") if p.priors else None
+    names = {"prompts": p.priors.prompts, "text_encoder": p.priors.text_encoder} if p.priors and not p.priors.fixed else {}
+    return RunSpec(method_name=p.method, method_cls=METHODS.get(p.method), hparams=p.hparams, train=p.train, dataset=dataset,
+                   protocol=p.protocol, split=split, seed=p.seed, device=device, run_dir=p.dir, config=config, progress=progress,
+                   priors=priors, priors_names=names, **extra)
 
 
 def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
     """Run every planned run that is not finished (of this shard); return the metrics of the
     finished ones. A run claimed by a live worker (another process sharing the results
     directory) is skipped, not run twice."""
+    import torch
+
     from bench import distributed, lock
     from bench.train import run_one
 
-    runs, dataset, protocol, split = plan(req, log if distributed.is_main() else None)
-    shard = parse_shard(req.shard)
-    if shard:
-        i, n = shard
+    runs, dataset, split = plan(req, log if distributed.is_main() else None)
+    device = distributed.init_from_env(req.device) or torch.device(runs[0].device)
+    if req.shard:
+        i, n = req.shard
         runs = [r for k, r in enumerate(runs) if k % n == i - 1]
         log(f"shard {i}/{n}: {len(runs)} run(s)")
-    device = distributed.init_from_env(req.device) or pick_device(req.device)
     main = distributed.is_main()
     if not main:
         log = _quiet
@@ -428,12 +385,12 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
     for i, r in enumerate(runs, 1):
         d: Path = r.dir
         if distributed.agree(is_finished(d) and not req.force):
-            log(f"[{i}/{len(runs)}] {r.name} seed {r.seed}: finished earlier, skipped ({d})")
+            log(f"[{i}/{len(runs)}] {r.method} seed {r.seed}: finished earlier, skipped ({d})")
             if main:
                 results.append(read_record(d / "metrics.json", "metrics"))
             continue
         if not distributed.agree(lock.claim(d) if main else True):
-            log(f"[{i}/{len(runs)}] {r.name} seed {r.seed}: claimed by another worker, skipped ({d})")
+            log(f"[{i}/{len(runs)}] {r.method} seed {r.seed}: claimed by another worker, skipped ({d})")
             continue
         try:
             if distributed.agree(is_finished(d) and not req.force):  # finished while we waited for the claim
@@ -444,9 +401,9 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
                 for p in d.iterdir():
                     if p.name != ".claim":
                         shutil.rmtree(p) if p.is_dir() else p.unlink()
-            tag = f" [{r.prompts} x {r.encoder}]" if r.prompts else ""
-            log(f"[{i}/{len(runs)}] {r.name}{tag} seed {r.seed} -> {d}")
-            spec = make_spec(r, dataset, protocol, split, device, req.progress, save_predictions=req.save_predictions)
+            tag = f" [{r.priors.prompts} x {r.priors.text_encoder}]" if r.priors and not r.priors.fixed else ""
+            log(f"[{i}/{len(runs)}] {r.method}{tag} seed {r.seed} -> {d}")
+            spec = make_spec(r, dataset, split, device, req.progress, save_predictions=req.save_predictions)
             metrics = run_one(spec)
             distributed.barrier()
             if not main:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from bench.config import TrainConfig
+from bench.core.plan import TrainConfig
 from methods.base import Losses
 
 
@@ -56,7 +56,7 @@ def make_optimizers(method, train: TrainConfig) -> Optimizers:
         if not custom:
             raise ValueError(f"{type(method).__name__}.optimizers() returned no optimiser")
         return dict(custom)
-    horizon = train.lr_horizon or train.iterations
+    horizon = train.horizon
     return {"main": (make_optimizer(method.parameters(), train), lambda step: poly_lr(train.lr, step, horizon, train.poly_power))}
 
 

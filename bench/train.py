@@ -24,8 +24,8 @@ import torch
 from bench import distributed
 from bench.cases import RunCases
 from bench.checkpoint import Checkpointer
-from bench.config import TrainConfig
 from bench.core.errors import UserError
+from bench.core.plan import TrainConfig
 from bench.core.protocol import Protocol
 from bench.core.records import ConfigRecord, MetricsRecord, write_record
 from bench.data import Prefetcher, TwoStreamSampler

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 
-from bench.config import DEFAULT_LABELED, DEFAULT_PRESET
 from bench.core.errors import UserError
 from bench.core.storage import make_storage, safe_url
 from bench.core.store import atomic_write_text, safe_name
@@ -36,14 +36,17 @@ from bench.core.store import atomic_write_text, safe_name
 
 @dataclass
 class TuneRequest:
-    """What ``bench tune`` was asked (its flags)."""
+    """What ``bench tune`` was asked (its flags). The run options (``dataset`` ... ``preset``;
+    None: not given) resolve through the same layers as ``bench run`` (``bench.config``), with
+    the same defaults; ``config`` is a ``bench run --config`` file."""
     method: str
-    dataset: str = "phantom"
+    dataset: str | None = None
     data_root: str | None = None
-    protocol: str = "default"
+    protocol: str | None = None
     split: str | None = None
-    labeled: str = DEFAULT_LABELED
-    preset: str = DEFAULT_PRESET
+    labeled: str | float | None = None
+    preset: str | None = None
+    config: str | None = None
     trials: int = 20
     storage: str | None = None
     study_name: str | None = None
@@ -70,7 +73,7 @@ def tune(req: TuneRequest, log=print):
     """
     from bench.config import Layer, train_fields
     from bench.core.registry import METHODS
-    from bench.runner import RunRequest, make_spec, pick_device, plan, resolve_runs
+    from bench.runner import RunRequest, make_spec, plan, resolve
     from bench.train import Trainer
 
     cls = METHODS.get(req.method)
@@ -88,13 +91,15 @@ def tune(req: TuneRequest, log=print):
         raise UserError(f"--budget-iterations {req.budget_iterations}: give at least 1 training iteration per trial")
     if req.export and Path(req.export).is_dir():
         raise UserError(f"--export {req.export} is a folder; give a file name such as best.toml")
-    study_name = safe_name(req.study_name or f"{req.method}-{req.dataset}-{req.labeled.rstrip('%')}p", "study name",
-                           "give --study-name with letters, digits and _ . + = -")
     out = Path(req.out)
-    # every setting checked before the study (or its database file) exists
     flags = {"methods": [req.method], "dataset": req.dataset, "data_root": req.data_root, "protocol": req.protocol,
              "split": req.split, "labeled": req.labeled, "preset": req.preset, "seeds": [req.seed], "iterations": req.budget_iterations}
-    resolve_runs(RunRequest.build(flags, req.sets, out=str(out / "tune" / study_name), progress=req.progress))
+    base = RunRequest.build(flags, req.sets, req.config, device=req.device, out=str(out), progress=req.progress)
+    opts = base.options
+    study_name = safe_name(req.study_name or study_name_for(req.method, opts), "study name",
+                           "give --study-name with letters, digits and _ . + = -")
+    base = dataclasses.replace(base, out=str(out / "tune" / study_name))
+    resolve(base)  # every setting checked before the study (or its database file) exists
     storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
     storage = make_storage(storage_url, req.heartbeat_s)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
@@ -107,22 +112,19 @@ def tune(req: TuneRequest, log=print):
     owner = study.user_attrs.get("method")
     if owner is None:
         study.set_user_attr("method", req.method)
-        study.set_user_attr("dataset", req.dataset)
+        study.set_user_attr("dataset", opts.dataset)
         study.set_user_attr("budget_iterations", req.budget_iterations)
     elif owner != req.method:
         raise UserError(f"study '{study_name}' belongs to method '{owner}', not '{req.method}'; pick another --study-name")
     budget = req.budget_iterations or study.user_attrs.get("budget_iterations")
-    flags["iterations"] = budget
-    base = RunRequest.build(flags, req.sets, out=str(out / "tune" / study_name), progress=req.progress)
-    settings, _ = resolve_runs(base)  # every setting checked before any trial or data
+    if budget:  # a worker joining a study trains the study's budget
+        base = dataclasses.replace(base, layers=[*base.layers, Layer("the study's budget", train={"iterations": budget})])
+    (p0,) = resolve(base)
 
     # trial 0 runs the defaults (method defaults, engine settings of the preset) of every searched
     # parameter; every later trial is drawn by a TPE sampler seeded from (study seed, trial number)
-    st = settings[0][2]
-    defaults = {k: (getattr(st.train, k) if k in train_fields() else st.hparams.get(k)) for k in space_keys}
+    defaults = {k: (getattr(p0.train, k) if k in train_fields() else p0.hparams.get(k)) for k in space_keys}
     sampler.first = {k: v for k, v in defaults.items() if v is not None}
-
-    device = pick_device(req.device)
 
     def objective(trial):
         params = cls.search_space(trial)
@@ -131,7 +133,7 @@ def tune(req: TuneRequest, log=print):
                 raise UserError(f"search space of '{req.method}' gave {k}={v}; fix its search_space()")
         # the trial's typed values, one level above the command line, for this method only
         trial_layer = Layer(f"trial {trial.number}", per_method={req.method: dict(params)})
-        runs, dataset, protocol, split = plan(dataclasses.replace(base, layers=[*base.layers, trial_layer]))
+        runs, dataset, split = plan(dataclasses.replace(base, layers=[*base.layers, trial_layer]))
         r = dataclasses.replace(runs[0], dir=out / "tune" / study_name / f"params_{_params_key(params)}")  # a retried trial resumes here
 
         def report(step: int, score: float) -> None:
@@ -139,7 +141,7 @@ def tune(req: TuneRequest, log=print):
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        spec = make_spec(r, dataset, protocol, split, device, req.progress, on_validate=report)
+        spec = make_spec(r, dataset, split, torch.device(r.device), req.progress, on_validate=report)
         trainer = Trainer(spec)
         if not split.eval:
             raise UserError("tuning needs eval cases in the split (the objective never looks at test cases)")
@@ -155,9 +157,17 @@ def tune(req: TuneRequest, log=print):
     best = study.best_trial
     log(f"best trial #{best.number}: eval Dice {100 * best.value:.1f}%  {json.dumps(best.params)}")
     if req.export:
-        export_config(req.export, req.method, best.params, req, study_name, best.value)
+        export_config(req.export, req.method, best.params, opts, study_name, best.value)
         log(f"best parameters written to {req.export} (use: python -m bench run --config {req.export})")
     return study
+
+
+def study_name_for(method: str, opts) -> str:
+    """The default study name: ``<method>-<dataset>-<split>``, the split named by ``--split`` or
+    by its labeled share as a number (``10%`` and ``0.1`` both give ``tak-phantom-10p``)."""
+    if opts.split:
+        return f"{method}-{opts.dataset}-{Path(opts.split).stem}"
+    return f"{method}-{opts.dataset}-{round(100 * opts.labeled, 6):g}p"
 
 
 def _derived_seed(seed: int, number: int) -> int:
@@ -226,8 +236,9 @@ def _space_keys(cls) -> list[str]:
     return p.keys
 
 
-def export_config(path: str, method: str, params: dict, req: TuneRequest, study: str, value: float) -> None:
-    """Write the best parameters of a study as a ``bench run --config`` TOML file."""
+def export_config(path: str, method: str, params: dict, opts, study: str, value: float) -> None:
+    """Write the best parameters of a study (and its resolved run options ``opts``) as a
+    ``bench run --config`` TOML file."""
     from bench.config import train_fields
 
     engine = {k: v for k, v in params.items() if k in train_fields()}
@@ -237,12 +248,12 @@ def export_config(path: str, method: str, params: dict, req: TuneRequest, study:
         return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
 
     lines = [f"# best trial of Optuna study '{study}' (eval Dice {100 * value:.2f}%)",
-             f"methods = [{json.dumps(method)}]", f"dataset = {json.dumps(req.dataset)}", f"protocol = {json.dumps(req.protocol)}"]
-    if req.split:
-        lines.append(f"split = {json.dumps(req.split)}")
+             f"methods = [{json.dumps(method)}]", f"dataset = {json.dumps(opts.dataset)}", f"protocol = {json.dumps(opts.protocol)}"]
+    if opts.split:
+        lines.append(f"split = {json.dumps(opts.split)}")
     else:
-        lines.append(f"labeled = {json.dumps(req.labeled)}")
-    lines.append(f"preset = {json.dumps(req.preset)}")
+        lines.append(f"labeled = {json.dumps(opts.labeled)}")
+    lines.append(f"preset = {json.dumps(opts.preset)}")
     if engine:
         lines += ["", "[train]"] + [f"{k} = {val(v)}" for k, v in engine.items()]
     if hparams:

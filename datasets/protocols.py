@@ -50,8 +50,7 @@ def dhc_protocol(dataset: str | None = None) -> Protocol:
     resample = ("shape", (80, 160, 160)) if _kind(dataset) == "amos" else ("scale", (1.0, 0.5, 0.5))
     return Protocol(name="dhc", version="2", window=(-75.0, 275.0), norm="minmax", resample=resample,
                     eval_grid="protocol", eval_shape=(72, 144, 144) if _kind(dataset) == "amos" else None, overlap=0.75,
-                    stride=(16, 32, 32), sw_mode="constant", fusion="softmax", distance_unit="voxel", empty_rule="dhc",
-                    patch=(64, 128, 128))
+                    stride=(16, 32, 32), sw_mode="constant", fusion="softmax", distance_unit="voxel", empty_rule="dhc")
 
 
 @register_protocol("ga")
@@ -59,4 +58,4 @@ def ga_protocol(dataset: str | None = None) -> Protocol:
     """GALoss/TAK's pipeline: clip [-125, 275] / 400, native grid, 96^3 patches, evaluation at 80x160x160 in voxels."""
     return Protocol(name="ga", version="2", window=(-125.0, 275.0), norm="window", resample=None,
                     eval_grid="protocol", eval_shape=(80, 160, 160), overlap=1 - 16 / 96, stride=(16, 32, 32), sw_mode="constant",
-                    fusion="softmax", distance_unit="voxel", empty_rule="dhc", patch=(96, 96, 96))
+                    fusion="softmax", distance_unit="voxel", empty_rule="dhc")

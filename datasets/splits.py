@@ -101,21 +101,21 @@ class Split:
 
 
 def parse_fraction(text: str | float) -> float:
-    """``"10%"``, ``"0.1"``, ``10`` (percent if > 1) -> 0.1; must lie in (0, 1].
+    """``"10%"``, ``"0.1"``, ``10`` (percent if > 1) -> 0.1; must lie in (0, 1] (the run options'
+    own parser, :func:`bench.core.settings.parse_share`, with a one-line error).
 
     >>> parse_fraction("5%")
     0.05
+
+    Raises:
+        UserError: not a share in (0, 100%].
     """
-    raw = str(text).strip()
+    from bench.core.settings import parse_share
+
     try:
-        value = float(raw.rstrip("%"))
-    except ValueError:
-        raise UserError(f"--labeled '{text}' is not a fraction; write e.g. 10% or 0.1")
-    if raw.endswith("%") or value > 1:
-        value /= 100.0
-    if not (0.0 < value <= 1.0):
-        raise UserError(f"--labeled {text} is outside (0, 100%]; choose a labeled fraction such as 10%")
-    return value
+        return parse_share(text)
+    except (TypeError, ValueError):
+        raise UserError(f"--labeled {text!r} is not a labeled share in (0, 100%]; write e.g. 10% or 0.1")
 
 
 def fraction_name(fraction: float) -> str:

@@ -119,7 +119,7 @@ class TAK(GA):
         #: ... with the student's class embedding (``teacher``: the teacher's own)
         pl_class_embedding: Literal["student", "teacher"] = "student"
         #: TAK ramps the consistency by epoch_num over 200 epochs (161 are run)
-        consistency_epoch: int = setting(-1, ge=-1)
+        consistency_epoch: int | Literal["run", "unlabeled"] = setting("unlabeled", ge=1)
         #: TAK takes GALoss' get_mix_pl fixed (the unlabeled cubes); no such switch here
         released_galoss_mix_pl: bool = False
         #: mean row norm the prior is scaled to before it enters the network (one factor for the

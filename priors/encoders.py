@@ -206,12 +206,22 @@ class FileEncoder(TextEncoder):
         raise UserError("a 'file:' prior holds embeddings, not an encoder of new texts; use it only as a run's --text-encoder")
 
 
-def get_encoder(spec: str, device: str = "cpu") -> TextEncoder:
-    """Build an encoder from a spec such as ``minilm``, ``hash:256``, ``clip:ViT-B-32:ckpt.pt``."""
+def encoder_class(spec: str) -> tuple[str, str, type]:
+    """(name, argument, registered class) of an encoder spec such as ``minilm``, ``hash:256`` or
+    ``clip:ViT-B-32:ckpt.pt`` (the one place a spec is split); loads no weights.
+
+    Raises:
+        UserError: an unknown encoder name (with the known ones).
+    """
     from bench.core.registry import ENCODERS
 
     name, _, arg = spec.partition(":")
-    cls = ENCODERS.get(name)
+    return name, arg, ENCODERS.get(name)
+
+
+def get_encoder(spec: str, device: str = "cpu") -> TextEncoder:
+    """Build an encoder from a spec such as ``minilm``, ``hash:256``, ``clip:ViT-B-32:ckpt.pt``."""
+    name, arg, cls = encoder_class(spec)
     if name in ("hash", "file"):  # no weights to place on a device
         return cls(arg)
     return cls(arg, device=device)

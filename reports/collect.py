@@ -53,12 +53,14 @@ class Run:
         return f"{self.metrics.protocol}/{self.metrics.protocol_version}"
 
     @property
-    def labeled(self) -> str:
-        """Labeled share as text ('10%'), from the stored fraction ('?' where none is stored)."""
+    def labeled(self) -> float | str:
+        """The labeled share of the training cases, the number the run stored (0.1 = 10 %; in
+        metrics.json, or config.json in records of schema 1), or "?" where none is stored (e.g.
+        ``bench evaluate``). Tables group by it; :func:`share_text` shows it."""
         frac = self.metrics.labeled_fraction
         if frac is None and self.config is not None:
             frac = self.config.labeled_fraction
-        return "?" if frac is None else f"{round(100 * frac, 6):g}%"
+        return "?" if frac is None else round(float(frac), 9)
 
     @property
     def organs(self) -> tuple[str, ...]:
@@ -67,6 +69,11 @@ class Run:
     @property
     def seed(self) -> int:
         return int(self.metrics.seed)
+
+
+def share_text(share: float | str) -> str:
+    """A labeled share as shown in tables: 0.1 -> "10%", 0.025 -> "2.5%"; text as it is."""
+    return f"{round(100 * share, 6):g}%" if isinstance(share, (int, float)) else str(share)
 
 
 def _read(path: Path, kind: str, skip_broken: bool):

@@ -84,7 +84,8 @@ def dice_vs_labeled(table: Table, out: Path) -> list[Path]:
     series: dict[str, list[tuple[float, float, float]]] = {}
     for label, row in measured.iterrows():
         name = label.split(" @")[0]
-        series.setdefault(name, []).append((float(str(row["group"]).rstrip("%")), table.mean.at[label, "Dice"], table.std.at[label, "Dice"]))
+        if isinstance(row["group"], (int, float)):  # runs of an unknown share are left out
+            series.setdefault(name, []).append((100 * row["group"], table.mean.at[label, "Dice"], table.std.at[label, "Dice"]))
     for name, pts in series.items():
         pts.sort()
         xs, ys, ss = zip(*pts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reports.collect import share_text
 from reports.table import MARKERS, UP, Table, rank_marks
 
 
@@ -43,7 +44,7 @@ def to_markdown(table: Table, digits: int = 1) -> str:
     """GitHub Markdown: **best**, <u>second</u>, arrows in the header, reported rows in italics."""
     cells, marks = _cells(table, digits, str, " ± ", lambda s: f" {MARKERS[s]}" if s else "")
     cells = cells.mask(marks == "best", "**" + cells + "**").mask(marks == "second", "<u>" + cells + "</u>")
-    cells.insert(0, "Labeled", table.rows["group"])
+    cells.insert(0, "Labeled", [share_text(g) for g in table.rows["group"]])
     cells.insert(1, "Method", [f"*{i}*" if k == "reported" else i for i, k in zip(table.rows["name"], table.rows["kind"])])
     cells.insert(2, "Seeds", [str(int(v)) if v else "-" for v in table.n])
     cells.columns = ["Labeled", "Method", "Seeds"] + [_header(table, c, " ↑", " ↓") for c in table.columns]
@@ -66,7 +67,7 @@ def _styled(table: Table, digits: int, text, bold: str, under: str, pm: str, mar
     row name), or two leading columns "Labeled" and "Method" with ``index_as_columns``."""
     df, marks = _cells(table, digits, text, pm, marker)
     css = marks.replace({"best": bold, "second": under})
-    df.index = css.index = pd.MultiIndex.from_tuples([(text(table.rows.at[label, "group"]), row_name(label)) for label in df.index],
+    df.index = css.index = pd.MultiIndex.from_tuples([(text(share_text(table.rows.at[label, "group"])), row_name(label)) for label in df.index],
                                                      names=["Labeled", "Method"])
     df.columns = css.columns = headers
     if index_as_columns:
@@ -95,7 +96,7 @@ def to_latex(table: Table, digits: int = 1) -> str:
         name = tex_escape(table.rows.at[label, "name"])
         name = rf"\textit{{{name}}}" if table.rows.at[label, "kind"] == "reported" else name
         row = [wrap[marks.at[label, c]](cells.at[label, c]) for c in table.columns]
-        lines.append(" & ".join([tex_escape(group) if group != previous else "", name, *row]) + r" \\")
+        lines.append(" & ".join([tex_escape(share_text(group)) if group != previous else "", name, *row]) + r" \\")
         previous = group
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
@@ -117,6 +118,7 @@ def latex_document(fragment_name: str, caption: str = "", legend: str = "") -> s
 def to_csv(table: Table) -> str:
     """Machine-readable: one row per table row, <column>_mean / <column>_std, plus row metadata."""
     df = table.rows[["group", "kind", "protocol"]].copy()
+    df["group"] = [share_text(g) for g in df["group"]]
     df.insert(0, "row", table.rows["name"].values)
     df["seeds"] = table.n.values
     for col in table.columns:

@@ -90,7 +90,7 @@ def _results_part(req, runs, out, put, written):
     if not (0 < req.alpha < 1):
         raise UserError(f"--alpha {req.alpha}: give a significance level in (0, 1), e.g. 0.05")
     organs = check_one_label_set(runs)
-    groups = sorted({r.labeled for r in runs})
+    groups = {r.labeled for r in runs}
     datasets = sorted({r.metrics.dataset for r in runs})
     reference = load_reference(req.reference, datasets, groups) if req.reference else None
     # published rows stand beside runs of their own dataset only; otherwise in a table of their own

@@ -35,7 +35,8 @@ TEST_NAME = "paired two-sided Wilcoxon signed-rank over test cases (seeds averag
 @dataclass
 class Comparison:
     """One row tested against the baseline: sizes, estimates, p-values and the resulting mark."""
-    group: str
+    #: the labeled share of the compared rows (0.1 = 10 %; "?" where unknown)
+    group: float | str
     method: str
     baseline: str
     n_cases: int
@@ -152,4 +153,7 @@ def to_csv(comparisons: Sequence[Comparison]) -> str:
     """significance.csv: one line per comparison."""
     import pandas as pd
 
-    return pd.DataFrame([asdict(c) for c in comparisons], columns=list(FIELDS)).to_csv(index=False, float_format="%.6g")
+    from reports.collect import share_text
+
+    rows = [asdict(c) | {"group": share_text(c.group)} for c in comparisons]
+    return pd.DataFrame(rows, columns=list(FIELDS)).to_csv(index=False, float_format="%.6g")

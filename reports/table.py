@@ -22,6 +22,7 @@ from bench.core.errors import UserError
 from bench.core.labels import LARGE_ORGANS, abbreviation
 from bench.core.metrics import nanmean
 from bench.core.records import MetricsRecord
+from reports.collect import share_text
 
 UP, DOWN = 1, -1
 
@@ -142,7 +143,7 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
     for (labeled, variant, proto, chash), rs in groups.items():
         variant = variant + tags.get((labeled, variant, proto, chash), "")
         name = f"{variant} ({proto})" if multi_proto else variant
-        label = f"{name} @{labeled}" if name in mean_rows else name  # unique row key; ``name`` is shown
+        label = f"{name} @{share_text(labeled)}" if name in mean_rows else name  # unique row key; ``name`` is shown
         vals = [run_values(r.metrics, missed_distance) for r in rs]
         keys = vals[0].keys()
         mean_rows[label] = {k: nanmean([v[k] for v in vals]) for k in keys}
@@ -165,7 +166,7 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
             mean_rows[label] = row
             std_rows[label] = {k: math.nan for k in row} | {"Dice": float(std.iloc[0]) if len(std) and pd.notna(std.iloc[0]) else math.nan}
             n[label] = 0
-            meta[label] = {"group": f"{pct:g}%", "kind": "reported", "protocol": proto, "note": str(df["source"].iloc[0]),
+            meta[label] = {"group": round(float(pct) / 100, 9), "kind": "reported", "protocol": proto, "note": str(df["source"].iloc[0]),
                            "name": label, "variant": method, "method": method}
     rows = pd.DataFrame.from_dict(meta, orient="index")
     order = sorted(range(len(rows)), key=lambda i: (_group_key(rows["group"].iloc[i]), rows["kind"].iloc[i] != "measured", i))
@@ -202,18 +203,16 @@ def _config_tags(groups: dict) -> dict:
     return tags
 
 
-def _group_key(g: str) -> tuple:
-    try:
-        return (0, float(str(g).rstrip("%")))
-    except ValueError:
-        return (1, str(g))
+def _group_key(g: float | str) -> tuple:
+    """Groups in order: labeled shares by number, then unknown ones."""
+    return (0, float(g)) if isinstance(g, (int, float)) else (1, str(g))
 
 
 #: the published table (reports/published/<name>.csv) of each dataset's label set and cases
 PUBLISHED_TABLE = {"synapse": "synapse", "phantom": "synapse", "amos": "amos", "amos_ct": "amos", "phantom_amos": "amos"}
 
 
-def load_reference(name: str, datasets: Iterable[str], groups: Iterable[str]) -> pd.DataFrame:
+def load_reference(name: str, datasets: Iterable[str], groups: Iterable[float | str]) -> pd.DataFrame:
     """Published rows for the runs' dataset (named in their records; ``published``:
     reports/published/<table>.csv by :data:`PUBLISHED_TABLE`), restricted to the labeled shares
     present (all of them when none match).
@@ -245,13 +244,8 @@ def load_reference(name: str, datasets: Iterable[str], groups: Iterable[str]) ->
         raise UserError(f"reference table {path} lacks columns {', '.join(sorted(need - set(df.columns)))}")
     if "std" not in df.columns:
         df["std"] = np.nan
-    wanted = set()
-    for g in groups:
-        try:
-            wanted.add(float(str(g).rstrip("%")))
-        except ValueError:
-            pass
-    sub = df[df.labeled_percent.astype(float).isin(wanted)]
+    wanted = {round(100 * g, 6) for g in groups if isinstance(g, (int, float))}
+    sub = df[df.labeled_percent.astype(float).round(6).isin(wanted)]
     return sub if len(sub) else df
 
 
@@ -313,13 +307,13 @@ def legend(table: Table, baseline: str | None, alpha: float, ddof: int, missed_d
                      "diagonal of its case's evaluation grid (mm; voxels under voxel-unit protocols).")
     parts.append("Missed = (case, organ) pairs present in the label and absent from the prediction, per run, mean over seeds.")
     if baseline:
-        groups = sorted({c.group for c in comparisons})
+        groups = sorted({c.group for c in comparisons}, key=_group_key)
         m = {g: sum(1 for c in comparisons if c.group == g) for g in groups}
         n = sorted({c.n_cases for c in comparisons})
         parts.append(f"{MARKERS['better']} / {MARKERS['worse']} = mean Dice higher / lower than {baseline}: paired two-sided "
                      f"Wilcoxon signed-rank test over the test cases ({'/'.join(map(str, n)) or '-'} cases; a case's score is "
                      f"its mean Dice over organs, averaged over seeds first), Holm-corrected across the rows compared in "
-                     f"each labeled-share group ({', '.join(f'{g}: {m[g]}' for g in groups) or 'none'}), shown where "
+                     f"each labeled-share group ({', '.join(f'{share_text(g)}: {m[g]}' for g in groups) or 'none'}), shown where "
                      f"p_adj < {alpha:g}; p-values and paired bootstrap 95 % CIs in significance.csv.")
     if reference:
         parts.append("Reported rows (italic): the papers' numbers under their own protocols and spread conventions "

@@ -13,7 +13,7 @@ from bench.cli import main
 from bench.config import PRESETS, TrainConfig
 from bench.core.registry import METHODS
 from bench.core.settings import check_defaults, convert, field_types
-from bench.runner import RunRequest, dry_run, resolve_runs
+from bench.runner import RunRequest, dry_run, resolve
 
 
 def _dry(capsys, argv) -> list[dict]:
@@ -112,8 +112,8 @@ def test_a_subclass_reads_only_its_own_table(tmp_path, capsys):
     try:
         cfg = tmp_path / "c.toml"
         cfg.write_text('[method.mean_teacher]\nema_decay = 0.5\n[method.mine_mt]\nema_decay = 0.7\n')
-        (_, _, st), = resolve_runs(RunRequest.build({"methods": "mine_mt"}, config=str(cfg)))[0]
-        assert st.hparams["ema_decay"] == 0.7 and st.name == "mine_mt"
+        (st,) = resolve(RunRequest.build({"methods": "mine_mt"}, config=str(cfg)))
+        assert st.hparams["ema_decay"] == 0.7 and st.method == "mine_mt"
     finally:
         METHODS._entries.pop("mine_mt")
 
@@ -125,10 +125,10 @@ def test_a_subclass_reads_only_its_own_table(tmp_path, capsys):
     ("[train]\npatch = \"abc\"\n", "[train]: patch = abc: expected a list like 32,64,64"),
     ("train = 5\n", "'train' must be a table"),
     ("method = 5\n", "'method' must be a table"),
-    ("dataset_opts = \"x\"\n", "dataset_opts = 'x': expected a table"),
+    ("dataset_opts = \"x\"\n", "dataset_opts = x: expected a table of dataset options"),
     ("split = [1, 2]\n", "split = [1, 2]: expected a split name"),
     ("dataset = 7\n", "dataset = 7: expected a dataset name"),
-    ("methods = [\"dhc\"]\nseeds = [-1]\n", "seeds '[-1]' must be integers in 0..2^31-1"),
+    ("methods = [\"dhc\"]\nseeds = [-1]\n", "seeds = [-1]: expected integers in 0..2^31-1"),
 ])
 def test_bad_config_files_are_one_line(tmp_path, capsys, toml, expect):
     cfg = tmp_path / "c.toml"
@@ -160,7 +160,7 @@ def test_dry_run_reads_no_data_and_lists_every_run(tmp_path, monkeypatch, capsys
 
 def test_duplicate_methods_and_seeds_run_once():
     req = RunRequest.build({"methods": "supervised,supervised", "seeds": "0,0,1", "preset": "tiny"})
-    assert req.options.methods == ["supervised"] and req.options.seeds == [0, 1]
+    assert req.options.methods == ("supervised",) and req.options.seeds == (0, 1)
     assert len(dry_run(req)) == 2
 
 

@@ -26,7 +26,7 @@ def test_released_optimiser_and_init_in_the_resolved_config():
     for m in ("dhc", "mean_teacher"):
         assert runs[m]["train"]["nesterov"] is True and runs[m]["hparams"]["init"] == "kaiming"
     assert runs["adsh"]["hparams"]["init_b"] == "xavier" and runs["dhc"]["hparams"]["init_b"] == "kaiming"
-    assert all(r["train"]["lr_horizon"] == 0 for r in runs.values())
+    assert all(r["train"]["lr_horizon"] == "run" for r in runs.values())
     assert runs["ga"]["hparams"]["consistency_epoch"] == 350 and runs["tak"]["hparams"]["pl_source"] == "teacher"
 
 
@@ -174,8 +174,16 @@ def test_released_empty_dice_switch_reaches_the_protocol_record_and_is_refused_e
     from bench.core.errors import UserError
 
     (run,) = dry_run(RunRequest.build({"methods": "dhc", "protocol": "dhc"}, ["released_empty_dice=true"]))
-    assert run["protocol"]["empty_rule"] == "dhc_released" and run["train"]["released_empty_dice"] is True
+    assert run["protocol"]["empty_rule"] == "dhc_released" and "released_empty_dice" not in run["train"]
     (plain,) = dry_run(RunRequest.build({"methods": "dhc", "protocol": "dhc"}))
     assert plain["protocol"]["empty_rule"] == "dhc"
     with pytest.raises(UserError, match="applies to the dhc protocol"):
         dry_run(RunRequest.build({"methods": "dhc", "protocol": "ga"}, ["released_empty_dice=true"]))
+    # the same protocol option from a config file's [protocol_options] table
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('methods = ["dhc"]\nprotocol = "dhc"\n[protocol_options]\nreleased_empty_dice = true\n')
+    (from_file,) = dry_run(RunRequest.build({}, config=str(cfg)))
+    assert from_file["protocol"] == run["protocol"]
+    cfg.write_text('methods = ["dhc"]\n[protocol_options]\nreleased_empty = true\n')
+    with pytest.raises(UserError, match=r"\[protocol_options\]: unknown protocol option 'released_empty'"):
+        dry_run(RunRequest.build({}, config=str(cfg)))

@@ -35,7 +35,7 @@ def _files(root: Path) -> set[str]:
 
 # (id, argv after the command, expected part of the one-line error); {out} / {tmp} are filled in
 CASES = [
-    ("seeds-negative", ["run", *TINY, "--seeds", "-1", "--out", "{out}"], "must be integers in 0..2^31-1"),
+    ("seeds-negative", ["run", *TINY, "--seeds", "-1", "--out", "{out}"], "--seeds -1: expected integers in 0..2^31-1"),
     ("lr-negative", ["run", *TINY, "--set", "lr=-1", "--out", "{out}"], "lr=-1: must be > 0"),
     ("lr-nan", ["run", *TINY, "--set", "lr=nan", "--out", "{out}"], "lr=nan: expected a number"),
     ("patch-too-big", ["run", *TINY, "--set", "patch=512,512,512", "--out", "{out}"], "needs at least"),

@@ -28,8 +28,7 @@ def test_harness_ratio_is_timed_at_the_runs_thread_count(tiny_dataset):
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # two threads even on a one-core machine, so that 1 would differ
     try:
-        h = harness_overhead("supervised", tiny_dataset, torch.device("cpu"), iterations=3,
-                             preset_train={"patch": (16, 32, 32), "width": 4})
+        h = harness_overhead("supervised", "tiny", tiny_dataset, torch.device("cpu"), iterations=3)
     finally:
         torch.set_num_threads(before)
     assert h["engine_threads"] == h["bare_threads"] == [2]

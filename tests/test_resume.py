@@ -62,10 +62,10 @@ def test_channels_last_is_execution_only(tiny_dataset, tmp_path):
     assert len(a) == len(b) > 0
     assert all(abs(x - y) <= 1e-3 * max(1.0, abs(x)) for x, y in zip(a, b)), (a, b)
     flags = {"methods": "mean_teacher", "preset": "tiny"}
-    plain, _, _, _ = plan(RunRequest.build(flags, out=str(tmp_path / "runs"), progress=False))
-    fast, _, _, _ = plan(RunRequest.build(flags, ["channels_last=true", "compile=true"], out=str(tmp_path / "runs"), progress=False))
+    plain, _, _ = plan(RunRequest.build(flags, out=str(tmp_path / "runs"), progress=False))
+    fast, _, _ = plan(RunRequest.build(flags, ["channels_last=true", "compile=true"], out=str(tmp_path / "runs"), progress=False))
     assert plain[0].dir == fast[0].dir
-    assert fast[0].resolved["execution"] == {"compile": True, "channels_last": True}
+    assert fast[0].execution() == {"compile": True, "channels_last": True}
 
 
 @pytest.mark.slow

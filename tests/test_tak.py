@@ -97,10 +97,10 @@ def test_prompt_encoder_grid_expands_runs(tmp_path, capsys):
 
 @pytest.mark.parametrize("methods, iterations, noted", [("tak,dhc", 220, ["tak"]), ("tak,dhc", 600, []), ("mean_teacher", 4, [])])
 def test_slow_start_notice_only_for_runs_shorter_than_the_known_start(methods, iterations, noted, tmp_path):
-    from bench.runner import RunRequest, resolve_runs, slow_start_notes
+    from bench.runner import RunRequest, resolve, slow_start_notes
 
     req = RunRequest.build({"methods": methods, "preset": "demo", "iterations": iterations}, out=str(tmp_path))
-    notes = slow_start_notes(resolve_runs(req)[0])
+    notes = slow_start_notes(resolve(req))
     assert [n.split()[1] for n in notes] == noted
     assert all(n.startswith(f"note: tak in {iterations} steps: {TAK.slow_start}.") for n in notes)
 

@@ -72,10 +72,10 @@ def test_journal_storage_export_and_objective_uses_eval_only(tmp_path, capsys):
     assert list(out.rglob("checkpoint.pt")) and not list(out.rglob("metrics.json"))
     # the exported file is a valid run config
     from bench.config import load_config_file
-    from bench.runner import RunRequest, resolve_runs
+    from bench.runner import RunRequest, resolve
 
     cfg = load_config_file(best)
-    (_, _, st), = resolve_runs(RunRequest.build({}, config=str(best)))[0]
+    (st,) = resolve(RunRequest.build({}, config=str(best)))
     assert st.train.lr == cfg["train"]["lr"] and st.hparams["ema_decay"] == cfg["method"]["mean_teacher"]["ema_decay"]
 
 

@@ -14,10 +14,20 @@ import numpy as np
 from bench.core.errors import UserError
 
 
+@dataclass
+class ProtocolOptions:
+    """Switches of the protocol a run is scored under (``[protocol_options]`` in a config file,
+    ``--set key=value`` on the command line); the same for every method of a run."""
+
+    #: score an organ absent from prediction and label as DHC's released evaluation does (Dice
+    #: 0.01: 1 on its x100 scale) instead of 1.0; ``dhc`` protocol only (docs/fidelity.md)
+    released_empty_dice: bool = False
+
+
 @dataclass(frozen=True)
 class Protocol:
     """Preprocessing and metric conventions. Patch size and iterations come from the preset
-    or a published config (``configs/``).
+    or a published config (``configs/``), never from the protocol.
 
     ``resample``: ``None`` (native grid), ``("scale", (sD, sH, sW))`` or ``("shape", (D, H, W))``.
     ``eval_grid``: ``"native"`` (the prediction is brought back to the label's own grid) or
@@ -45,7 +55,14 @@ class Protocol:
     fusion: Literal["logits", "softmax"] = "logits"
     distance_unit: Literal["mm", "voxel"] = "mm"
     empty_rule: Literal["nan", "dhc", "dhc_released"] = "nan"
-    patch: tuple[int, int, int] | None = None  # the published patch (informative; configs set it)
+
+    def with_options(self, options: ProtocolOptions) -> Protocol:
+        """This protocol with the run's protocol options applied (:class:`ProtocolOptions`).
+
+        Raises:
+            UserError: an option this protocol does not have.
+        """
+        return self.released_empty_dice() if options.released_empty_dice else self
 
     def released_empty_dice(self) -> Protocol:
         """This protocol scoring an organ absent from prediction and label as DHC's released

@@ -11,7 +11,12 @@ A run folder holds three records (DESIGN.md, "Results on disk"):
 
 Each carries ``schema_version``. A file without one was written before versioning (read as
 version 1); a file of a newer version than this code knows is refused in one line, because its
-fields may mean something this code does not know.
+fields may mean something this code does not know. Versions:
+
+* 1: the first format.
+* 2: the labeled share is stored once, as a number, in ``metrics.json`` (``config.json`` of
+  version 1 repeated it; reports read it there only for version-1 records whose metrics lack it);
+  ``config.json`` is the serialised run plan (``bench.core.plan.RunPlan.config``) with provenance.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from bench.core.metrics import summarize
 from bench.core.store import atomic_write_json, read_json
 
 #: the version this code writes and the newest it reads
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class FutureRecordError(UserError):
@@ -167,6 +172,7 @@ class ConfigRecord:
     hparams: dict
     train: dict
     seed: int
+    #: schema 1 only (read, never written): the labeled share now lives in metrics.json
     labeled_fraction: float | None = None
     config_hash: str | None = None
     prompts: str | None = None
@@ -183,7 +189,10 @@ class ConfigRecord:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["labeled_fraction"] is None:
+            d.pop("labeled_fraction")
+        return d
 
     @classmethod
     def from_dict(cls, data: dict, path: Path | str = "config.json") -> "ConfigRecord":

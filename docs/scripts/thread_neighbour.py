@@ -41,8 +41,8 @@ method, steps, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 with tempfile.TemporaryDirectory() as out:
     req = RunRequest.build({"methods": [method], "iterations": steps, "preset": "demo"},
                            ["val_every=0", f"timing_warmup={warmup}", "ckpt_every=100000"], out=out, progress=False)
-    runs, ds, proto, split = plan(req)
-    trainer = Trainer(make_spec(runs[0], ds, proto, split, pick_device("cpu"), False))
+    runs, ds, split = plan(req)
+    trainer = Trainer(make_spec(runs[0], ds, split, pick_device("cpu"), False))
     trainer.fit()
 print("RESULT " + json.dumps({"s_per_step": statistics.median(trainer.step_times), "threads": current_threads()}))
 """
