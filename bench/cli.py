@@ -36,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m bench`` (its errors are one line, exit 2)."""
     p = _Parser(prog="python -m bench", description="Benchmark of class-imbalanced semi-supervised 3D organ segmentation.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    for add in (_add_list_parser, _add_run_parser, _add_priors_parser, _add_evaluate_parser, _add_tune_parser, _add_perf_parser, _add_report_parser):
+        add(sub)
+    return p
 
+
+def _add_list_parser(sub) -> None:
+    """The ``list`` subcommand's flags."""
     ls = sub.add_parser("list", help="list registered methods, datasets, protocols, encoders, prompts")
     ls.add_argument("kind", nargs="?", default="methods", choices=["methods", "datasets", "protocols", "encoders", "prompts"])
     ls.add_argument("--details", action="store_true", help="import each entry and show its description (datasets: + fingerprint)")
@@ -46,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--dataset-opt", dest="dataset_opts", action="append", default=[], metavar="KEY=VALUE")
     ls.add_argument("--label-map", default=None)
 
+
+def _add_run_parser(sub) -> None:
+    """The ``run`` subcommand's flags."""
     r = sub.add_parser("run", help="train and evaluate methods")
     r.add_argument("--methods", default=None, help="comma-separated method names (or 'methods' in --config)")
     r.add_argument("--dataset", default=None, help="dataset name (default phantom)")
@@ -73,10 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="print the fully resolved config of every planned run (one JSON object per line); read no data")
 
+
+def _add_priors_parser(sub) -> None:
+    """The ``priors`` subcommand's flags."""
     from priors.cli import add_parser as add_priors
 
     add_priors(sub)
 
+
+def _add_evaluate_parser(sub) -> None:
+    """The ``evaluate`` subcommand's flags."""
     e = sub.add_parser("evaluate", help="score a folder of NIfTI predictions against labels")
     e.add_argument("--pred", required=True)
     e.add_argument("--gt", required=True)
@@ -87,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--released-empty-dice", action="store_true",
                    help="dhc protocol: an organ absent from both scores Dice 0.01 as DHC's released evaluation (docs/fidelity.md)")
 
+
+def _add_tune_parser(sub) -> None:
+    """The ``tune`` subcommand's flags."""
     t = sub.add_parser("tune", help="Optuna study of one method (objective: eval-split Dice)")
     t.add_argument("--method", required=True)
     t.add_argument("--dataset", default=None, help="as bench run (default phantom)")
@@ -107,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--progress", action="store_true")
 
+
+def _add_perf_parser(sub) -> None:
+    """The ``perf`` subcommand's flags."""
     pf = sub.add_parser("perf", help="harness overhead, metric / inference speed, GFLOP/s (ratios side by side)")
     pf.add_argument("--methods", default="mean_teacher,dhc,tak")
     pf.add_argument("--preset", default="quick", help="phantom and patch size (tiny | quick | paper)")
@@ -120,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--memory", action="store_true",
                     help="only peak memory of two training steps per method, each in a fresh process ('--methods all' for every method)")
 
+
+def _add_report_parser(sub) -> None:
+    """The ``report`` subcommand's flags."""
     rp = sub.add_parser("report", help="per-organ tables and figures from stored results")
     rp.add_argument("--runs", default="runs", help="folder that `bench run --out` wrote")
     rp.add_argument("--out", default=None, help="output folder (default: <runs>/report)")
@@ -137,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-figures", action="store_true")
     rp.add_argument("--study", default=None, help="Optuna study: add its history and parameter-importance figures")
     rp.add_argument("--storage", default=None, help="the study's storage (default sqlite:///<runs>/optuna.db)")
-    return p
 
 
 def cmd_list(args) -> int:

@@ -73,10 +73,46 @@ def tune(req: TuneRequest, log=print):
     """
     from bench.config import Layer, train_fields
     from bench.core.registry import METHODS
-    from bench.runner import RunRequest, make_spec, plan, resolve
-    from bench.train import Trainer
+    from bench.runner import RunRequest, resolve
 
     cls = METHODS.get(req.method)
+    space_keys = _check_request(req, cls)
+    out = Path(req.out)
+    flags = {"methods": [req.method], "dataset": req.dataset, "data_root": req.data_root, "protocol": req.protocol,
+             "split": req.split, "labeled": req.labeled, "preset": req.preset, "seeds": [req.seed], "iterations": req.budget_iterations}
+    base = RunRequest.build(flags, req.sets, req.config, device=req.device, out=str(out), progress=req.progress)
+    opts = base.options
+    study_name = safe_name(req.study_name or study_name_for(req.method, opts), "study name",
+                           "give --study-name with letters, digits and _ . + = -")
+    base = dataclasses.replace(base, out=str(out / "tune" / study_name))
+    resolve(base)  # every setting checked before the study (or its database file) exists
+    storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    sampler = TrialSeededSampler(req.seed)
+    study = _open_study(req, study_name, storage_url, sampler, opts.dataset)
+    budget = req.budget_iterations or study.user_attrs.get("budget_iterations")
+    if budget:  # a worker joining a study trains the study's budget
+        base = dataclasses.replace(base, layers=[*base.layers, Layer("the study's budget", train={"iterations": budget})])
+    (p0,) = resolve(base)
+    # trial 0 runs the defaults (method defaults, engine settings of the preset) of every searched
+    # parameter; every later trial is drawn by a TPE sampler seeded from (study seed, trial number)
+    defaults = {k: (getattr(p0.train, k) if k in train_fields() else p0.hparams.get(k)) for k in space_keys}
+    sampler.first = {k: v for k, v in defaults.items() if v is not None}
+
+    n_done = len([t for t in study.trials if t.state.is_finished()])
+    log(f"study '{study_name}' ({safe_url(storage_url)}): {n_done} finished trial(s); running {req.trials} more")
+    study.optimize(_objective(req, cls, base, out / "tune" / study_name), n_trials=req.trials, catch=())
+    best = study.best_trial
+    log(f"best trial #{best.number}: eval Dice {100 * best.value:.1f}%  {json.dumps(best.params)}")
+    if req.export:
+        export_config(req.export, req.method, best.params, opts, study_name, best.value)
+        log(f"best parameters written to {req.export} (use: python -m bench run --config {req.export})")
+    return study
+
+
+def _check_request(req: TuneRequest, cls) -> list[str]:
+    """The method's search-space keys, after checking the flags only tuning has (one line each)."""
+    from bench.config import train_fields
+
     space_keys = _space_keys(cls)
     if not space_keys:
         raise UserError(f"method '{req.method}' declares no search space (search_space(trial) returns nothing)")
@@ -91,19 +127,13 @@ def tune(req: TuneRequest, log=print):
         raise UserError(f"--budget-iterations {req.budget_iterations}: give at least 1 training iteration per trial")
     if req.export and Path(req.export).is_dir():
         raise UserError(f"--export {req.export} is a folder; give a file name such as best.toml")
-    out = Path(req.out)
-    flags = {"methods": [req.method], "dataset": req.dataset, "data_root": req.data_root, "protocol": req.protocol,
-             "split": req.split, "labeled": req.labeled, "preset": req.preset, "seeds": [req.seed], "iterations": req.budget_iterations}
-    base = RunRequest.build(flags, req.sets, req.config, device=req.device, out=str(out), progress=req.progress)
-    opts = base.options
-    study_name = safe_name(req.study_name or study_name_for(req.method, opts), "study name",
-                           "give --study-name with letters, digits and _ . + = -")
-    base = dataclasses.replace(base, out=str(out / "tune" / study_name))
-    resolve(base)  # every setting checked before the study (or its database file) exists
-    storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    return space_keys
+
+
+def _open_study(req: TuneRequest, study_name: str, storage_url: str, sampler, dataset: str):
+    """The study, created or joined; a study of another method is refused."""
     storage = make_storage(storage_url, req.heartbeat_s)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    sampler = TrialSeededSampler(req.seed)
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                     direction="maximize", load_if_exists=True)
@@ -112,19 +142,19 @@ def tune(req: TuneRequest, log=print):
     owner = study.user_attrs.get("method")
     if owner is None:
         study.set_user_attr("method", req.method)
-        study.set_user_attr("dataset", opts.dataset)
+        study.set_user_attr("dataset", dataset)
         study.set_user_attr("budget_iterations", req.budget_iterations)
     elif owner != req.method:
         raise UserError(f"study '{study_name}' belongs to method '{owner}', not '{req.method}'; pick another --study-name")
-    budget = req.budget_iterations or study.user_attrs.get("budget_iterations")
-    if budget:  # a worker joining a study trains the study's budget
-        base = dataclasses.replace(base, layers=[*base.layers, Layer("the study's budget", train={"iterations": budget})])
-    (p0,) = resolve(base)
+    return study
 
-    # trial 0 runs the defaults (method defaults, engine settings of the preset) of every searched
-    # parameter; every later trial is drawn by a TPE sampler seeded from (study seed, trial number)
-    defaults = {k: (getattr(p0.train, k) if k in train_fields() else p0.hparams.get(k)) for k in space_keys}
-    sampler.first = {k: v for k, v in defaults.items() if v is not None}
+
+def _objective(req: TuneRequest, cls, base, folder: Path):
+    """Optuna's objective: one training of the trial's parameters (in ``folder/params_<key>``,
+    where a retried trial resumes), reported at each validation; returns the best eval Dice."""
+    from bench.config import Layer
+    from bench.runner import make_spec, plan
+    from bench.train import Trainer
 
     def objective(trial):
         params = cls.search_space(trial)
@@ -134,15 +164,14 @@ def tune(req: TuneRequest, log=print):
         # the trial's typed values, one level above the command line, for this method only
         trial_layer = Layer(f"trial {trial.number}", per_method={req.method: dict(params)})
         runs, dataset, split = plan(dataclasses.replace(base, layers=[*base.layers, trial_layer]))
-        r = dataclasses.replace(runs[0], dir=out / "tune" / study_name / f"params_{_params_key(params)}")  # a retried trial resumes here
+        r = dataclasses.replace(runs[0], dir=folder / f"params_{_params_key(params)}")
 
         def report(step: int, score: float) -> None:
             trial.report(score, step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        spec = make_spec(r, dataset, split, torch.device(r.device), req.progress, on_validate=report)
-        trainer = Trainer(spec)
+        trainer = Trainer(make_spec(r, dataset, split, torch.device(r.device), req.progress, on_validate=report))
         if not split.eval:
             raise UserError("tuning needs eval cases in the split (the objective never looks at test cases)")
         trainer.fit()
@@ -151,15 +180,7 @@ def tune(req: TuneRequest, log=print):
         trial.set_user_attr("run_dir", str(r.dir))
         return float(trainer.best["score"])
 
-    n_done = len([t for t in study.trials if t.state.is_finished()])
-    log(f"study '{study_name}' ({safe_url(storage_url)}): {n_done} finished trial(s); running {req.trials} more")
-    study.optimize(objective, n_trials=req.trials, catch=())
-    best = study.best_trial
-    log(f"best trial #{best.number}: eval Dice {100 * best.value:.1f}%  {json.dumps(best.params)}")
-    if req.export:
-        export_config(req.export, req.method, best.params, opts, study_name, best.value)
-        log(f"best parameters written to {req.export} (use: python -m bench run --config {req.export})")
-    return study
+    return objective
 
 
 def study_name_for(method: str, opts) -> str:

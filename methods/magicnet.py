@@ -270,6 +270,9 @@ class MagicNet(Method):
 
     # -- the step ---------------------------------------------------------------------------
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
+        """MagicNet's step: supervised losses on the full, cross-image-mixed and cube-recovered
+        predictions, the cube location loss, a consistency Dice of the mixed unlabeled
+        prediction against the blended pseudo-labels, and the variant's :meth:`extra_losses`."""
         if unlabeled is None:
             raise ValueError(f"{self.registry_name} needs unlabeled batches (unlabeled_bs > 0 and unlabeled cases)")
         net: MagicNetwork = self.networks["net"]  # type: ignore[assignment]
@@ -290,19 +293,39 @@ class MagicNet(Method):
         mfeats_rec = [unmix(f, ind) for f in mfeats]
         outputs_unmix = net.segment(mfeats_rec, unmix(mdec, ind), cond)
 
-        # teacher pseudo-labels on the unlabeled images
-        with torch.no_grad():
-            t_logits = teacher(teacher_noise(unlabeled["image"])).float()
-            t_soft = torch.softmax(t_logits, 1)
-            pseudo = t_soft.argmax(1)
-            entropy = -(t_soft * torch.log(t_soft + 1e-6)).sum(1, keepdim=True)
-
+        t_logits, pseudo, entropy = self.teacher_targets(teacher, unlabeled["image"])
         soft, soft_unmix = torch.softmax(outputs.float(), 1), torch.softmax(outputs_unmix.float(), 1)
         sup_ce = self.ce(outputs[:n_l], y)
         sup_dice = self.dice(soft[:n_l], y)
         sup_unmix = self.dice(soft_unmix[:n_l], y)
+        cube_feats, loc_loss, sup_local = self.cube_losses(net, x, y, cond)
+        sup = (sup_ce + sup_dice + sup_unmix + sup_local) / 4
+        target, mix_entropy = self.blend_pseudo_labels(step, net, teacher, cond, cube_feats, t_logits, pseudo, entropy)
 
-        # magic-cube location and within-image partition
+        cons = self.dice(soft_unmix[n_l:], target)
+        w_cons = self.consistency_weight(step)
+        total = sup + self.hp.loc_weight * loc_loss + w_cons * cons
+        parts = {"sup": sup, "loc": loc_loss, "unsup": cons, "w_unsup": torch.tensor(w_cons)}
+        extra = self.extra_losses(step, net, Views(feats, mfeats, ind, cube_feats), Targets(y, pseudo, target, entropy, mix_entropy))
+        for name, (weight, value) in extra.items():
+            total = total + weight * value
+            parts[name] = value
+        return Losses(total, parts)
+
+    def teacher_targets(self, teacher: MagicNetwork, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The EMA teacher on the noised unlabeled images (B_u, 1, D, H, W): its logits
+        (B_u, C, D, H, W), hard pseudo-labels (B_u, D, H, W) and voxel entropy (B_u, 1, D, H, W)."""
+        with torch.no_grad():
+            t_logits = teacher(teacher_noise(image)).float()
+            t_soft = torch.softmax(t_logits, 1)
+            entropy = -(t_soft * torch.log(t_soft + 1e-6)).sum(1, keepdim=True)
+        return t_logits, t_soft.argmax(1), entropy
+
+    def cube_losses(self, net: MagicNetwork, x: torch.Tensor, y: torch.Tensor, cond) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """Magic-cube location and within-image partition of the batch ``x`` (B, 1, D, H, W)
+        whose first ``len(y)`` images are labeled: every image's cube features, the location
+        loss (mean over images) and the Dice of the labeled images' recovered cube prediction."""
+        n_l, b = y.shape[0], x.shape[0]
         cubes = cubes_of(x, self.cube)  # (B, N, 1, c, c, c)
         loc_target = location_labels(self.n, device=x.device)
         cube_feats, loc_loss = [], x.new_zeros(())
@@ -314,18 +337,22 @@ class MagicNet(Method):
         dec_local = torch.stack([net.decode(cube_feats[i]) for i in range(n_l)])
         feat_local = [self.unmix_cubes(torch.stack([cube_feats[i][s] for i in range(n_l)])) for s in range(5)]
         pred_local = net.segment(feat_local, self.unmix_cubes(dec_local), cond)
-        sup_local = self.dice(torch.softmax(pred_local.float(), 1), y)
-        sup = (sup_ce + sup_dice + sup_unmix + sup_local) / 4
+        return cube_feats, loc_loss, self.dice(torch.softmax(pred_local.float(), 1), y)
 
-        # cube-wise pseudo-label blending
+    def blend_pseudo_labels(self, step: int, net: MagicNetwork, teacher: MagicNetwork, cond, cube_feats: list,
+                            t_logits: torch.Tensor, pseudo: torch.Tensor, entropy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cube-wise pseudo-label blending (after ``dist_warmup`` steps): the teacher's logits
+        blended, per voxel, with the cube-wise decoding by its class weight; returns the
+        consistency target (B_u, D, H, W) and its entropy. Updates the class distribution."""
         target, mix_entropy = pseudo, entropy
+        n_l = len(cube_feats) - pseudo.shape[0]
         with torch.no_grad():
             if step > self.hp.dist_warmup:
-                w = self.class_dist.weights(self.hp.T_dist).to(x.device)[pseudo][:, None]  # (B_u, 1, D, H, W)
+                w = self.class_dist.weights(self.hp.T_dist).to(t_logits.device)[pseudo][:, None]  # (B_u, 1, D, H, W)
                 pl_net = teacher if self.hp.pl_source == "teacher" else net
                 pl_cond = self.pl_condition(net, teacher, cond)
                 pl = []
-                for i in self.pl_cube_indices(n_l, b):
+                for i in self.pl_cube_indices(n_l, len(cube_feats)):
                     f = [t.detach() for t in cube_feats[i]]
                     pl.append(pl_net.segment(f, pl_net.decode(f), pl_cond).float())
                 unmix_pl = self.unmix_cubes(torch.stack(pl))
@@ -335,16 +362,7 @@ class MagicNet(Method):
             self.class_dist.append(target)
         if step % self.hp.dist_update_every == 0:
             self.class_dist.update()
-
-        cons = self.dice(soft_unmix[n_l:], target)
-        w_cons = self.consistency_weight(step)
-        total = sup + self.hp.loc_weight * loc_loss + w_cons * cons
-        parts = {"sup": sup, "loc": loc_loss, "unsup": cons, "w_unsup": torch.tensor(w_cons)}
-        extra = self.extra_losses(step, net, Views(feats, mfeats, ind, cube_feats), Targets(y, pseudo, target, entropy, mix_entropy))
-        for name, (weight, value) in extra.items():
-            total = total + weight * value
-            parts[name] = value
-        return Losses(total, parts)
+        return target, mix_entropy
 
     def extra_losses(self, step: int, net: MagicNetwork, views: Views, targets: Targets) -> dict:
         """More loss terms of a variant on this step's maps and targets: ``{name: (weight, loss)}``

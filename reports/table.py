@@ -153,21 +153,7 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
                        "method": rs[0].method}
         members[label] = rs
     if reference is not None and len(reference):
-        for (paper, proto, pct, method), df in reference.groupby(["paper", "protocol", "labeled_percent", "method"], sort=False):
-            label = f"{method} (reported, {paper})"
-            dice = df[df.metric == "dice"].set_index("organ")["value"]
-            row = {o: float(dice.get(o, math.nan)) for o in organs}
-            large, small = organ_groups(organs)
-            row["Large"] = nanmean([row[o] for o in large]) if large else math.nan
-            row["Small"] = nanmean([row[o] for o in small]) if small else math.nan
-            row["Dice"] = float(dice.get("mean", math.nan))
-            row["HD95"] = row["ASD"] = row["Missed"] = math.nan  # published distances use other units / grids
-            std = df[(df.metric == "dice") & (df.organ == "mean")]["std"]
-            mean_rows[label] = row
-            std_rows[label] = {k: math.nan for k in row} | {"Dice": float(std.iloc[0]) if len(std) and pd.notna(std.iloc[0]) else math.nan}
-            n[label] = 0
-            meta[label] = {"group": round(float(pct) / 100, 9), "kind": "reported", "protocol": proto, "note": str(df["source"].iloc[0]),
-                           "name": label, "variant": method, "method": method}
+        _add_reference_rows(reference, organs, mean_rows, std_rows, n, meta)
     rows = pd.DataFrame.from_dict(meta, orient="index")
     order = sorted(range(len(rows)), key=lambda i: (_group_key(rows["group"].iloc[i]), rows["kind"].iloc[i] != "measured", i))
     index = [rows.index[i] for i in order]
@@ -184,6 +170,26 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
         caption=caption,
         members=members,
     )
+
+
+def _add_reference_rows(reference: pd.DataFrame, organs: list[str], mean_rows: dict, std_rows: dict, n: dict, meta: dict) -> None:
+    """Add the published rows (one per paper, protocol, labeled share and method) to the table
+    being built: Dice per organ, the large / small averages, and the std of the mean where given."""
+    for (paper, proto, pct, method), df in reference.groupby(["paper", "protocol", "labeled_percent", "method"], sort=False):
+        label = f"{method} (reported, {paper})"
+        dice = df[df.metric == "dice"].set_index("organ")["value"]
+        row = {o: float(dice.get(o, math.nan)) for o in organs}
+        large, small = organ_groups(organs)
+        row["Large"] = nanmean([row[o] for o in large]) if large else math.nan
+        row["Small"] = nanmean([row[o] for o in small]) if small else math.nan
+        row["Dice"] = float(dice.get("mean", math.nan))
+        row["HD95"] = row["ASD"] = row["Missed"] = math.nan  # published distances use other units / grids
+        std = df[(df.metric == "dice") & (df.organ == "mean")]["std"]
+        mean_rows[label] = row
+        std_rows[label] = {k: math.nan for k in row} | {"Dice": float(std.iloc[0]) if len(std) and pd.notna(std.iloc[0]) else math.nan}
+        n[label] = 0
+        meta[label] = {"group": round(float(pct) / 100, 9), "kind": "reported", "protocol": proto, "note": str(df["source"].iloc[0]),
+                       "name": label, "variant": method, "method": method}
 
 
 def _config_tags(groups: dict) -> dict:
