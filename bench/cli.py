@@ -150,8 +150,11 @@ def _add_report_parser(sub) -> None:
     rp.add_argument("--format", default="latex,markdown,csv,html", help="any of latex,markdown,csv,html")
     rp.add_argument("--reference", default=None, help="'published' (or a CSV): add the published rows, marked reported")
     rp.add_argument("--baseline", default=None,
-                    help="method to test every row against: case-level paired Wilcoxon, Holm-corrected per group; writes significance.csv")
+                    help="method to test every row against (see --test); Holm-corrected across the table; writes significance.csv")
     rp.add_argument("--alpha", type=float, default=0.05, help="significance level of the corrected p-values (default 0.05)")
+    rp.add_argument("--test", default="method", choices=["method", "models"],
+                    help="what a mark claims: 'method' (default; permutation over seeds, needs >= 5 seeds per row) or 'models' "
+                         "(these trained models on these test cases: Wilcoxon over cases, seeds averaged)")
     rp.add_argument("--std-ddof", type=int, default=1, choices=[0, 1], help="std over seeds: 1 sample (default), 0 population (DHC's np.std)")
     rp.add_argument("--missed-distance", default="exclude", choices=["exclude", "penalty"],
                     help="HD95/ASD of a missed organ: exclude (default) or penalty (the case's evaluation-grid diagonal)")
@@ -337,7 +340,7 @@ def cmd_report(args) -> int:
     make_report(ReportRequest(
         runs=args.runs, out=args.out, formats=tuple(split_names(args.format)), reference=args.reference, baseline=args.baseline,
         delta_against=args.delta_against, skip_broken=args.skip_broken, allow_mixed_protocols=args.allow_mixed_protocols,
-        figures=not args.no_figures, study=args.study, storage=args.storage, alpha=args.alpha, std_ddof=args.std_ddof,
+        figures=not args.no_figures, study=args.study, storage=args.storage, alpha=args.alpha, test=args.test, std_ddof=args.std_ddof,
         missed_distance=args.missed_distance,
     ))
     return 0

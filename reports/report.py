@@ -41,6 +41,8 @@ class ReportRequest:
     study: str | None = None
     storage: str | None = None
     alpha: float = 0.05
+    #: which test sets the marks: "method" (over runs) or "models" (these trained models, over cases)
+    test: str = "method"
     std_ddof: int = 1
     missed_distance: str = "exclude"
 
@@ -100,7 +102,7 @@ def _results_part(req, runs, out, put, written):
                + ("; reported rows (italic) are another protocol and not ranked." if reference is not None and not separate_reference else "."))
     table = build_table(runs, None if separate_reference else reference, req.allow_mixed_protocols, caption,
                         ddof=req.std_ddof, missed_distance=req.missed_distance)
-    comparisons = significance(table, req.baseline, req.alpha) if req.baseline else []
+    comparisons = significance(table, req.baseline, req.alpha, req.test) if req.baseline else []
     table.legend = legend(table, req.baseline, req.alpha, req.std_ddof, req.missed_distance, comparisons,
                           reference=reference is not None and not separate_reference)
     if comparisons:

@@ -279,22 +279,23 @@ def rank_marks(table: Table, digits: int = 1) -> dict[tuple[str, str], str]:
     return out
 
 
-def significance(table: Table, baseline: str, alpha: float = 0.05) -> list:
-    """Case-level comparisons of every measured row with ``baseline`` (:mod:`reports.stats`);
-    marks the Dice column of rows whose corrected p < alpha with their direction."""
-    from reports.stats import compare
+def significance(table: Table, baseline: str, alpha: float = 0.05, test: str = "method") -> list:
+    """Comparisons of every measured row with ``baseline`` (:mod:`reports.stats`; ``test``:
+    "method" over runs, or "models" over cases); marks the Dice column of the rows that test
+    finds better or worse."""
+    from reports.stats import compare, mark
 
     measured = table.rows[table.rows.kind == "measured"]
     names = set(measured["variant"]) | set(measured["method"]) | set(measured["name"])
     if baseline not in names:
         raise UserError(f"--baseline {baseline} is not among the reported methods ({', '.join(sorted(names))})")
     rows = {label: {**measured.loc[label].to_dict(), "runs": table.members[label]} for label in measured.index}
-    comparisons = compare(rows, baseline, alpha)
+    comparisons = compare(rows, baseline, alpha, test)
     by_name = {(c.group, c.method): c for c in comparisons}
     for label, row in measured.iterrows():
         c = by_name.get((row["group"], row["name"]))
-        if c is not None and c.direction in ("better", "worse"):
-            table.marks[(label, "Dice")] = c.direction
+        if c is not None and mark(c):
+            table.marks[(label, "Dice")] = mark(c)
     return comparisons
 
 
@@ -313,18 +314,40 @@ def legend(table: Table, baseline: str | None, alpha: float, ddof: int, missed_d
                      "diagonal of its case's evaluation grid (mm; voxels under voxel-unit protocols).")
     parts.append("Missed = (case, organ) pairs present in the label and absent from the prediction, per run, mean over seeds.")
     if baseline:
-        groups = sorted({c.group for c in comparisons}, key=_group_key)
-        m = {g: sum(1 for c in comparisons if c.group == g) for g in groups}
-        n = sorted({c.n_cases for c in comparisons})
-        parts.append(f"{MARKERS['better']} / {MARKERS['worse']} = mean Dice higher / lower than {baseline}: paired two-sided "
-                     f"Wilcoxon signed-rank test over the test cases ({'/'.join(map(str, n)) or '-'} cases; a case's score is "
-                     f"its mean Dice over organs, averaged over seeds first), Holm-corrected across the rows compared in "
-                     f"each labeled-share group ({', '.join(f'{share_text(g)}: {m[g]}' for g in groups) or 'none'}), shown where "
-                     f"p_adj < {alpha:g}; p-values and paired bootstrap 95 % CIs in significance.csv.")
+        parts.append(_significance_legend(baseline, alpha, comparisons))
     if reference:
         parts.append("Reported rows (italic): the papers' numbers under their own protocols and spread conventions "
                      "(DHC reports np.std, ddof=0); never ranked or tested.")
     return " ".join(parts)
+
+
+def _significance_legend(baseline: str, alpha: float, comparisons) -> str:
+    """What the marks mean, for the test that set them, and what a mark needs."""
+    from reports.stats import MIN_SEEDS_FOR_MARK, smallest_permutation_p
+
+    test = comparisons[0].test if comparisons else "method"
+    n_rows = len(comparisons)
+    n = sorted({c.n_cases for c in comparisons})
+    few = sorted({c.method for c in comparisons if c.direction == "too few seeds"})
+    single = sorted({c.method for c in comparisons if c.direction == "untestable"})
+    if test == "models":
+        text = (f"{MARKERS['better']} / {MARKERS['worse']} = these trained models score higher / lower than {baseline}'s on these "
+                f"test cases (not a claim about the methods: seed-to-seed variation is not in it): paired two-sided Wilcoxon "
+                f"signed-rank test over the {'/'.join(map(str, n)) or '-'} test cases (a case's score is its mean Dice over "
+                f"organs, averaged over seeds first), Holm-corrected across the {n_rows} rows of this table, shown where "
+                f"p_adj < {alpha:g}.")
+    else:
+        text = (f"{MARKERS['better']} / {MARKERS['worse']} = mean Dice higher / lower than {baseline} as a method: exact "
+                f"permutation test over runs (seeds exchanged between the two rows; statistic: the difference of mean Dice "
+                f"over the {'/'.join(map(str, n)) or '-'} paired test cases), Holm-corrected across the {n_rows} rows of this "
+                f"table, shown where p_adj < {alpha:g} and the two-level bootstrap 95 % CI (cases paired, runs resampled "
+                f"within each row) excludes 0. A mark needs at least {MIN_SEEDS_FOR_MARK} seeds in both rows (3 vs 3 seeds: "
+                f"smallest p {smallest_permutation_p(3, 3):.2f}; 5 vs 5: {smallest_permutation_p(5, 5):.3f})"
+                + (f"; rows with fewer seeds carry none ({', '.join(few)})" if few else "")
+                + (f"; one seed is untestable ({', '.join(single)})" if single else "") + ".")
+    return (text + " significance.csv holds, per row, the seeds compared, p and corrected p, the CI, P(row > baseline) over "
+                   "(seed pair, case), the seed-pair signs, and the case-level Wilcoxon test of these trained models "
+                   "(models_* columns).")
 
 
 # -- other tables ---------------------------------------------------------------------------
