@@ -123,6 +123,8 @@ class ACISIS(MeanTeacher):
     family = "mean teacher"
     paper = "Basak et al., ACISIS, MICCAI 2022"
     code = "xmed-lab/DHC"
+    #: DHC's train_acisis.py:139-145: SGD with Nesterov (the engine default), weight decay 3e-5
+    train_defaults = {"weight_decay": 3e-5}
 
     @dataclass
     class Hparams(MeanTeacher.Hparams):

@@ -102,6 +102,10 @@ class CPS(CoTraining):
 
     paper = "Chen et al., CPS, CVPR 2021"
 
+    @dataclass
+    class Hparams(CoTraining.Hparams):
+        init_b: Literal["kaiming", "xavier", "default"] = "xavier"  # DHC initialises network B with Xavier-normal
+
 
 @register_method("dhc")
 class DHC(CoTraining):
@@ -155,12 +159,20 @@ class CReSTCPS(_UnlabeledUpdatedPair):
 
     strategy = CReST
 
+    @dataclass
+    class Hparams(CoTraining.Hparams):
+        init_b: Literal["kaiming", "xavier", "default"] = "xavier"  # DHC initialises network B with Xavier-normal
+
 
 @register_method("simis")
 class SimiSCPS(CoTraining):
     """SimiS frequency-gap weights (Chen et al., 2022) on the CPS pair, as in DHC's code."""
 
     paper = "Chen et al., SimiS, arXiv 2022"
+
+    @dataclass
+    class Hparams(CoTraining.Hparams):
+        init_b: Literal["kaiming", "xavier", "default"] = "xavier"  # DHC initialises network B with Xavier-normal
 
     def make_weighting(self, ctx):
         return _initialised_pair(ctx, SimiS)
@@ -213,6 +225,7 @@ class DePL(CoTraining):
         tau: float = setting(1.0, gt=0.0)
         threshold: float = setting(0.9, ge=0.0, le=1.0)
         qhat_momentum: float = setting(0.99, ge=0.0, le=1.0)
+        init_b: Literal["kaiming", "xavier", "default"] = "xavier"  # DHC's train_depl.py:195: network B Xavier-normal
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

@@ -210,10 +210,12 @@ class MagicNet(Method):
         #: the released recovery of a cube list transposes the cube grid (methods/cube_mixing.py,
         #: released_order); ours inverts the partition
         released_cube_order: bool = False
-        #: consistency ramp: "run" = over ``consistency_rampup`` x the run (MagicNet); n = the
-        #: GALoss / TAK form sigmoid_rampup(step // n, consistency_rampup_epochs) (GALoss: n = 350);
-        #: "unlabeled" = the same with an epoch of one pass over the unlabeled batches (TAK's epoch_num)
-        consistency_epoch: int | Literal["run", "unlabeled"] = setting("run", ge=1)
+        #: consistency ramp sigmoid_rampup(step // epoch, consistency_rampup_epochs), epoch = n
+        #: iterations (MagicNet and GALoss: 0.1 sigmoid_rampup(iter // 350, 200)),
+        #: "unlabeled_batches" (one pass over the unlabeled batches: DHC's epoch) or
+        #: "unlabeled_cases" (|U| iterations: TAK's epoch); "run" = sigmoid_rampup(step,
+        #: consistency_rampup x the run) (the suite's earlier ramp, not released)
+        consistency_epoch: int | Literal["run", "unlabeled_batches", "unlabeled_cases"] = setting(350, ge=1)
         consistency_rampup_epochs: float = setting(200.0, gt=0.0)
 
     def __init__(self, ctx: MethodContext, **hparams):
@@ -252,7 +254,8 @@ class MagicNet(Method):
     def consistency_weight(self, step: int) -> float:
         if self.hp.consistency_epoch == "run":
             return self.hp.consistency * sigmoid_rampup(step, self.hp.consistency_rampup * self.ctx.iterations)
-        epoch = self.ctx.epoch_length if self.hp.consistency_epoch == "unlabeled" else self.hp.consistency_epoch
+        epoch = {"unlabeled_batches": self.ctx.epoch_length, "unlabeled_cases": max(1, self.ctx.n_unlabeled)}.get(
+            self.hp.consistency_epoch, self.hp.consistency_epoch)
         return self.hp.consistency * sigmoid_rampup(step // epoch, self.hp.consistency_rampup_epochs)
 
     def unmix_cubes(self, cubes: torch.Tensor) -> torch.Tensor:
@@ -401,8 +404,6 @@ class GA(MagicNet):
     @dataclass
     class Hparams(MagicNet.Hparams):
         loss: Literal["ga", "dice_ce"] = "ga"
-        #: GALoss: consistency 0.1 sigmoid_rampup(iter // 350, 200) (never above ~0.0056 in its 17k iterations)
-        consistency_epoch: int | Literal["run", "unlabeled"] = setting(350, ge=1)
         #: GALoss' get_mix_pl decodes the first unlabeled_bs images' cubes - the labeled ones - for
         #: the unlabeled images' pseudo-labels (a released bug; ours takes the unlabeled cubes)
         released_galoss_mix_pl: bool = False

@@ -33,6 +33,8 @@ class MeanTeacher(Supervised):
     code = "HiLab-git/SSL4MIS"
 
     uses_unlabeled = True
+    #: SSL4MIS train_mean_teacher_3D.py:121: SGD(momentum 0.9, weight_decay 1e-4), no Nesterov
+    train_defaults = {"nesterov": False}
 
     @dataclass
     class Hparams(BackboneHparams):

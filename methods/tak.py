@@ -6,8 +6,9 @@ TAK = GA (MagicNet + GA loss, ``methods/magicnet.py``) + two text parts:
 * the segmentation head's parameters come from text priors (``methods/text_head.py``): the
   embeddings of an LLM's descriptions of each organ's location and shape (``--prompts
   anatomy``) by a text encoder (``--text-encoder minilm``; ``file:...`` loads TAK's released
-  AMOS tensor as is), scaled by one factor to the released tensor's mean row norm (4.785;
-  ``--set prior_norm=0`` keeps the encoder's scale: docs/fidelity.md);
+  AMOS tensor as is), at the encoder's own scale as the release loads its tensor
+  (``--set prior_norm=4.785`` rescales any prior to the released tensor's mean row norm:
+  docs/fidelity.md);
 * a voxel-text supervised contrastive loss (``methods/contrastive.py``) at 1/4, 1/8 and 1/16
   scale, weight 0.1, switched on after ``contrast_start`` of the run (TAK: epoch 20 of 160).
   Voxel labels: ground truth for the labeled-derived maps (the labeled images, their
@@ -53,9 +54,9 @@ from methods.text_head import TextDrivenHead
 RELEASED_PRIOR_NORM = 4.785
 
 
-def scale_prior(prior: torch.Tensor, norm: float) -> torch.Tensor:
-    """``prior`` (N, d) times one factor that makes its mean row norm ``norm`` (0: unchanged)."""
-    if norm <= 0:
+def scale_prior(prior: torch.Tensor, norm: float | str) -> torch.Tensor:
+    """``prior`` (N, d) times one factor that makes its mean row norm ``norm`` ("encoder": unchanged)."""
+    if norm == "encoder":
         return prior
     return prior * (norm / prior.norm(dim=1).mean())
 
@@ -100,6 +101,9 @@ class TAK(GA):
     code = "Lunn88/TAK-Semi"
 
     text_priors = PriorSpec()
+    #: the released optimiser: SGD(momentum 0.9, weight_decay 1e-4, nesterov=True) (TAK-Semi
+    #: train_AMOS_MagicNet_GA_TAK.py:161; MagicNet and GALoss use plain momentum)
+    train_defaults = {"nesterov": True}
     #: whether the voxel-text contrastive loss exists in this variant (with ``contrast_weight`` > 0)
     contrastive: bool = True
     slow_start_steps = 600
@@ -118,14 +122,17 @@ class TAK(GA):
         pl_source: Literal["student", "teacher"] = "teacher"
         #: ... with the student's class embedding (``teacher``: the teacher's own)
         pl_class_embedding: Literal["student", "teacher"] = "student"
-        #: TAK ramps the consistency by epoch_num over 200 epochs (161 are run)
-        consistency_epoch: int | Literal["run", "unlabeled"] = setting("unlabeled", ge=1)
+        #: TAK: 0.1 sigmoid_rampup(epoch, 160) with an epoch of |U| iterations (TAK-Semi
+        #: train_AMOS_MagicNet_GA_TAK.py:56-57, 386; its consistency_rampup flag is unused)
+        consistency_epoch: int | Literal["run", "unlabeled_batches", "unlabeled_cases"] = setting("unlabeled_cases", ge=1)
+        consistency_rampup_epochs: float = setting(160.0, gt=0.0)
         #: TAK takes GALoss' get_mix_pl fixed (the unlabeled cubes); no such switch here
         released_galoss_mix_pl: bool = False
         #: mean row norm the prior is scaled to before it enters the network (one factor for the
-        #: whole tensor): TAK's released tensor has 4.785 (rows 3.7-5.6, not normalised); sentence
-        #: encoders such as minilm give unit rows. 0 = the encoder's own scale.
-        prior_norm: float = setting(RELEASED_PRIOR_NORM, ge=0.0)
+        #: whole tensor): "encoder" = the encoder's own scale, as the release loads its tensor;
+        #: 4.785 = the scale of TAK's released tensor (rows 3.7-5.6), for other encoders (minilm
+        #: gives unit rows)
+        prior_norm: float | Literal["encoder"] = setting("encoder", gt=0.0)
 
     @property
     def use_contrast(self) -> bool:

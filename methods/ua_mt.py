@@ -56,6 +56,9 @@ class UAMT(MeanTeacher):
     family = "mean teacher"
     paper = "Yu et al., UA-MT, MICCAI 2019"
     code = "xmed-lab/DHC"
+    #: DHC's train_uamt.py:164-170: SGD with Nesterov (the engine default, not SSL4MIS' plain
+    #: momentum), weight decay 3e-5
+    train_defaults = {"weight_decay": 3e-5}
 
     @dataclass
     class Hparams(MeanTeacher.Hparams):
@@ -63,6 +66,8 @@ class UAMT(MeanTeacher):
         entropy_max: Literal["classes", "ln2"] = "classes"  # "classes": ln C; "ln2": as released (binary)
         #: DHC's train_uamt.py: SoftDiceLoss(smooth=1e-8), foreground classes only
         dice: DiceVariant = "foreground"
+        #: DHC's train_uamt.py:217-218 leaves its Kaiming init commented out: PyTorch's default
+        init: Literal["kaiming", "xavier", "default"] = "default"
         #: the EMA warm start min(1 - 1/(t + 1), decay) counts epochs in DHC's train_uamt.py
         #: (``update_ema_variables(..., epoch_num)``): the teacher copies the student for the
         #: whole first epoch; "step" counts steps (SSL4MIS, the suite's earlier behaviour)

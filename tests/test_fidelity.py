@@ -22,12 +22,17 @@ PATCH = (32, 32, 64)
 def test_released_optimiser_and_init_in_the_resolved_config():
     runs = {r["method"]: r for r in dry_run(RunRequest.build({"methods": "magicnet,ga,tak,dhc,adsh,mean_teacher"}))}
     for m in ("magicnet", "ga", "tak"):
-        assert runs[m]["train"]["nesterov"] is False and runs[m]["hparams"]["init"] == "default"
+        assert runs[m]["hparams"]["init"] == "default"
+    # Nesterov: TAK-Semi yes; MagicNet, GALoss and SSL4MIS' mean teacher no; DHC's scripts yes
+    assert {m: runs[m]["train"]["nesterov"] for m in runs} == {"magicnet": False, "ga": False, "tak": True, "dhc": True,
+                                                              "adsh": True, "mean_teacher": False}
     for m in ("dhc", "mean_teacher"):
-        assert runs[m]["train"]["nesterov"] is True and runs[m]["hparams"]["init"] == "kaiming"
+        assert runs[m]["hparams"]["init"] == "kaiming"
     assert runs["adsh"]["hparams"]["init_b"] == "xavier" and runs["dhc"]["hparams"]["init_b"] == "kaiming"
     assert all(r["train"]["lr_horizon"] == "run" for r in runs.values())
-    assert runs["ga"]["hparams"]["consistency_epoch"] == 350 and runs["tak"]["hparams"]["pl_source"] == "teacher"
+    assert runs["ga"]["hparams"]["consistency_epoch"] == runs["magicnet"]["hparams"]["consistency_epoch"] == 350
+    assert runs["tak"]["hparams"]["consistency_epoch"] == "unlabeled_cases" and runs["tak"]["hparams"]["consistency_rampup_epochs"] == 160
+    assert runs["tak"]["hparams"]["pl_source"] == "teacher" and runs["tak"]["hparams"]["prior_norm"] == "encoder"
 
 
 def test_init_switch():
@@ -51,12 +56,14 @@ def test_lr_horizon_by_hand():
     assert poly_lr(0.01, 600, 600, 0.9) == 0.0 and poly_lr(0.01, 700, 600, 0.9) == 0.0
 
 
-def test_ga_consistency_weight_as_released():
-    ga = GA(tiny_context(patch=PATCH))
-    # 0.1 sigmoid_rampup(17000 // 350 = 48, 200) = 0.1 exp(-5 (1 - 48/200)^2) = 0.00557
-    assert ga.consistency_weight(17000) == pytest.approx(0.1 * math.exp(-5 * (1 - 48 / 200) ** 2))
-    assert ga.consistency_weight(17000) < 0.0056
-    mn = MagicNet(tiny_context(patch=PATCH))  # MagicNet: over the run
+@pytest.mark.parametrize("cls", [GA, MagicNet])
+def test_ga_and_magicnet_consistency_weight_as_released(cls):
+    m = cls(tiny_context(patch=PATCH))
+    # both releases: 0.1 sigmoid_rampup(17000 // 350 = 48, 200) = 0.1 exp(-5 (1 - 48/200)^2) = 0.00557
+    assert m.consistency_weight(17000) == pytest.approx(0.1 * math.exp(-5 * (1 - 48 / 200) ** 2))
+    assert m.consistency_weight(17000) < 0.0056
+    # the suite's earlier ramp over the run, one switch away
+    mn = MagicNet(tiny_context(patch=PATCH), consistency_epoch="run")
     assert mn.consistency_weight(mn.ctx.iterations) == pytest.approx(0.1)
 
 

@@ -109,7 +109,7 @@ def test_engine_modes_and_numbers(key, raw, value):
 @pytest.mark.parametrize("setting,expect", [
     ("overlap=-1", "overlap=-1: must be >= 0"), ("overlap=sometimes", "expected a number or protocol"),
     ("lr_horizon=0", "lr_horizon=0: must be >= 1"), ("tak.consistency_epoch=-1", "consistency_epoch=-1: must be >= 1"),
-    ("tak.consistency_epoch=often", "expected an integer or run or unlabeled"),
+    ("tak.consistency_epoch=often", "expected an integer or run or unlabeled_batches or unlabeled_cases"),
 ])
 def test_old_sentinels_are_refused_in_one_line(setting, expect):
     with pytest.raises(UserError, match=expect):
@@ -133,8 +133,10 @@ def test_lr_horizon_run_is_the_runs_length():
     ("run", 5, 0.1 * 0.2865047968601901),
     # n = 10: sigmoid_rampup(50 // 10, 200) = exp(-5 (1 - 5/200)^2)
     (10, 50, 0.1 * 0.008624700856245927),
-    # "unlabeled": an epoch of 8 unlabeled cases / 2 per batch = 4 steps; 50 // 4 = 12: exp(-5 (1 - 12/200)^2)
-    ("unlabeled", 50, 0.1 * 0.012058324833811468),
+    # "unlabeled_batches": an epoch of 8 unlabeled cases / 2 per batch = 4 steps; 50 // 4 = 12: exp(-5 (1 - 12/200)^2)
+    ("unlabeled_batches", 50, 0.1 * 0.012058324833811468),
+    # "unlabeled_cases" (TAK): an epoch of |U| = 8 steps; 50 // 8 = 6: exp(-5 (1 - 6/200)^2)
+    ("unlabeled_cases", 50, 0.1 * 0.009054440306439586),
 ])
 def test_consistency_ramp_modes_by_hand(mode, step, expect):
     from methods.magicnet import GA
