@@ -47,10 +47,14 @@ def default_protocol(dataset: str | None = None) -> Protocol:
 @register_protocol("dhc")
 def dhc_protocol(dataset: str | None = None) -> Protocol:
     """DHC's pipeline: clip [-75, 275] + min-max; Synapse H, W halved / AMOS 80x160x160; ASD in voxels; 0/128 rule."""
-    resample = ("shape", (80, 160, 160)) if _kind(dataset) == "amos" else ("scale", (1.0, 0.5, 0.5))
-    return Protocol(name="dhc", version="2", window=(-75.0, 275.0), norm="minmax", resample=resample,
-                    eval_grid="protocol", eval_shape=(72, 144, 144) if _kind(dataset) == "amos" else None, overlap=0.75,
-                    stride=(16, 32, 32), sw_mode="constant", fusion="softmax", distance_unit="voxel", empty_rule="dhc")
+    amos = _kind(dataset) == "amos"
+    resample = ("shape", (80, 160, 160)) if amos else ("scale", (1.0, 0.5, 0.5))
+    # AMOS: DHC resizes the raw HU to 80x160x160, then clips and min-max normalises
+    # (preprocess_amos.py:36-49, data_loaders.py:48-49); its Synapse order is not public (ours)
+    return Protocol(name="dhc", version="3" if amos else "2", window=(-75.0, 275.0), norm="minmax", resample=resample,
+                    eval_grid="protocol", eval_shape=(72, 144, 144) if amos else None, overlap=0.75,
+                    stride=(16, 32, 32), sw_mode="constant", fusion="softmax", distance_unit="voxel", empty_rule="dhc",
+                    order="resample_first" if amos else "normalize_first")
 
 
 @register_protocol("ga")

@@ -313,11 +313,17 @@ def legend(table: Table, baseline: str | None, alpha: float, ddof: int, missed_d
         parts.append("HD95 / ASD: mean over organs of the mean over cases; an organ the prediction missed gets the "
                      "diagonal of its case's evaluation grid (mm; voxels under voxel-unit protocols).")
     parts.append("Missed = (case, organ) pairs present in the label and absent from the prediction, per run, mean over seeds.")
+    measured = set(table.rows.loc[table.rows.kind == "measured", "protocol"])
+    if any(p.split("/")[0] in ("dhc", "ga") for p in measured):
+        parts.append("HD95 under the dhc / ga protocols is this suite's definition (95th percentile of the symmetric surface "
+                     "distances, in voxels): DHC's released evaluation reports none (its hd95 variable holds the ASD) and "
+                     "TAK / GA's test writes 0, so it has no published counterpart.")
     if baseline:
         parts.append(_significance_legend(baseline, alpha, comparisons))
     if reference:
-        parts.append("Reported rows (italic): the papers' numbers under their own protocols and spread conventions "
-                     "(DHC reports np.std, ddof=0); never ranked or tested.")
+        parts.append("Reported rows (italic): the papers' numbers under their own protocols; never ranked or tested. Their ± "
+                     "is the paper's own: np.std (ddof=0) over DHC's repeated runs for DHC's rows, as GenericSSL's paper gives "
+                     "it for its rows; TAK's rows carry none (TAK's released test prints a std over test cases, not seeds).")
     return " ".join(parts)
 
 

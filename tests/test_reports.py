@@ -411,3 +411,14 @@ def test_the_published_table_comes_from_the_records_dataset():
         load_reference("published", ["folder"], ["10%"])
     with pytest.raises(UserError, match="different published tables"):
         load_reference("published", ["synapse", "amos"], ["10%"])
+
+
+@pytest.mark.parametrize("protocol, named", [("dhc", True), ("ga", True), ("default", False)])
+def test_legend_names_the_suites_hd95_under_published_protocols(tmp_path, protocol, named):
+    from reports.table import legend
+
+    _run(tmp_path, "a", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5}, protocol=protocol)
+    table = build_table(collect(tmp_path))
+    text = legend(table, None, 0.05, 1, "exclude", reference=True)
+    assert ("HD95 under the dhc / ga protocols is this suite's definition" in text) is named
+    assert "np.std (ddof=0) over DHC's repeated runs" in text

@@ -225,3 +225,48 @@ def test_protocols_describe_every_field_and_hold_allowed_choices(name, dataset):
     for f in dataclasses.fields(Protocol):
         if typing.get_origin(hints[f.name]) is typing.Literal:
             assert getattr(p, f.name) in typing.get_args(hints[f.name]), f.name
+
+
+@pytest.mark.parametrize("order, expect", [
+    # resample the raw HU first: (-200 + 0) / 2 = -100 and 400 -> clip -75, 275 -> min-max 0, 1
+    ("resample_first", [0.0, 1.0]),
+    # clip and min-max first: -75, 0, 275, 275 -> 0, 75/350, 1, 1 -> pairs averaged: 75/700, 1
+    ("normalize_first", [75 / 700, 1.0]),
+])
+def test_dhc_amos_intensity_order_by_hand(order, expect):
+    import numpy as np
+
+    proto = Protocol(name="t", version="1", window=(-75.0, 275.0), norm="minmax", resample=("shape", (1, 1, 2)), order=order)
+    out = proto.prepare_image(np.array([[[-200.0, 0.0, 400.0, 400.0]]], dtype=np.float32))
+    assert out.shape == (1, 1, 2) and out.ravel().tolist() == pytest.approx(expect, abs=1e-6)
+
+
+def test_the_dhc_protocol_resamples_raw_hu_first_on_amos_only():
+    from bench.core.registry import PROTOCOLS
+
+    assert PROTOCOLS.get("dhc")("amos").order == "resample_first" and PROTOCOLS.get("dhc")("amos").version == "3"
+    assert PROTOCOLS.get("dhc")("synapse").order == "normalize_first"
+
+
+def test_released_all_background_rule_of_tak_and_ga(tmp_path):
+    """TAK / GA's released test scores an all-background prediction 0 on every metric; ours
+    scores each organ by the protocol's empty rule (a missed organ: Dice 0, distance 128)."""
+    import dataclasses
+
+    import numpy as np
+
+    from bench.core.protocol import ProtocolOptions
+    from bench.core.registry import PROTOCOLS
+    from bench.core.scoring import score_case
+
+    gt = np.zeros((8, 8, 8), dtype=np.int64)
+    gt[2:5, 2:5, 2:5] = 1  # organ a present, organ b absent
+    pred = np.zeros_like(gt)
+    base = dataclasses.replace(PROTOCOLS.get("ga")("synapse"), eval_shape=None, eval_grid="native")
+    ours = score_case(pred, gt, (1, 1, 1), base, ["a", "b"])
+    assert ours["a"]["dice"] == 0 and ours["a"]["hd95"] == 128 and ours["b"]["dice"] == 1.0
+    released = score_case(pred, gt, (1, 1, 1), base.with_options(ProtocolOptions(released_all_background=True)), ["a", "b"])
+    assert {o: (m["dice"], m["hd95"], m["asd"]) for o, m in released.items()} == {"a": (0, 0, 0), "b": (0, 0, 0)}
+    assert released["a"]["missed"] is True and released["b"]["missed"] is False
+    with pytest.raises(UserError, match="released_all_background applies to the ga protocol"):
+        PROTOCOLS.get("dhc")("synapse").with_options(ProtocolOptions(released_all_background=True))

@@ -22,6 +22,9 @@ class ProtocolOptions:
     #: score an organ absent from prediction and label as DHC's released evaluation does (Dice
     #: 0.01: 1 on its x100 scale) instead of 1.0; ``dhc`` protocol only (docs/fidelity.md)
     released_empty_dice: bool = False
+    #: score a prediction with no foreground at all 0 on every metric of every organ, as TAK's
+    #: and GA's released test does (utils/test_amos.py:42-43); ``ga`` protocol only
+    released_all_background: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,13 @@ class Protocol:
     fusion: Literal["logits", "softmax"] = "logits"
     distance_unit: Literal["mm", "voxel"] = "mm"
     empty_rule: Literal["nan", "dhc", "dhc_released"] = "nan"
+    #: the order of the intensity steps: "normalize_first" (clip and normalise on the native grid,
+    #: then resample; ours) or "resample_first" (resample the raw HU, then clip and normalise:
+    #: DHC's AMOS preprocessing, preprocess_amos.py:36-49)
+    order: Literal["normalize_first", "resample_first"] = "normalize_first"
+    #: a prediction with no foreground at all: "per_organ" (each organ by ``empty_rule``) or
+    #: "zero" (every metric of every organ 0: TAK / GA's released test)
+    all_background: Literal["per_organ", "zero"] = "per_organ"
 
     def with_options(self, options: ProtocolOptions) -> Protocol:
         """This protocol with the run's protocol options applied (:class:`ProtocolOptions`).
@@ -62,7 +72,13 @@ class Protocol:
         Raises:
             UserError: an option this protocol does not have.
         """
-        return self.released_empty_dice() if options.released_empty_dice else self
+        out = self.released_empty_dice() if options.released_empty_dice else self
+        if options.released_all_background:
+            if self.name != "ga":
+                raise UserError(f"released_all_background applies to the ga protocol (TAK's and GA's test), not to {self.name!r}; "
+                                "use --protocol ga or drop the switch")
+            out = dataclasses.replace(out, all_background="zero")
+        return out
 
     def released_empty_dice(self) -> Protocol:
         """This protocol scoring an organ absent from prediction and label as DHC's released
@@ -99,9 +115,14 @@ class Protocol:
         return tuple(float(sp) * s / n for sp, s, n in zip(spacing, shape, g))  # type: ignore[return-value]
 
     def prepare_image(self, image: np.ndarray, name: str = "image") -> np.ndarray:
-        """Normalised image on the protocol grid (D', H', W') float32."""
+        """Normalised image on the protocol grid (D', H', W') float32 (in the protocol's ``order``)."""
+        g = self.grid_shape(image.shape)
+        if self.order == "resample_first":
+            raw = np.asarray(image, dtype=np.float32)
+            if not np.isfinite(raw).all():
+                raise UserError(f"{name} contains NaN or infinite values; fix or re-export that image")
+            return self.normalize(raw if g == raw.shape else resize(raw, g, "trilinear"), name)
         img = self.normalize(image, name)
-        g = self.grid_shape(img.shape)
         return img if g == img.shape else resize(img, g, "trilinear")
 
     def prepare_label(self, label: np.ndarray) -> np.ndarray:
