@@ -16,6 +16,23 @@ from bench.core.store import atomic_save, atomic_write_text
 CHECKPOINT_KEYS = ("step", "modules", "scaler", "method_state", "best", "timing")
 
 
+#: what a run folder holds; none of them may be a symbolic link (a write would land where it points)
+RUN_FILES = ("config.json", "metrics.json", "timing.json", "log.jsonl", "checkpoint.pt", "best.pt", "predictions")
+
+
+def refuse_links(run_dir: Path) -> None:
+    """Refuse a run folder (or one of its files) that is a symbolic link: a planted link would
+    make the run write or append outside ``--out``.
+
+    Raises:
+        UserError: naming the link.
+    """
+    for p in [Path(run_dir), *(Path(run_dir) / n for n in RUN_FILES)]:
+        if p.is_symlink():
+            raise UserError(f"{p} is a symbolic link; a run folder holds no links (a write would land where it points): "
+                            f"remove it and run again")
+
+
 class Checkpointer:
     """Saves and restores one run's state; only rank 0 writes.
 
@@ -33,6 +50,7 @@ class Checkpointer:
     def __init__(self, run_dir: Path, device: torch.device, rank: int = 0):
         self.dir, self.device, self.rank = Path(run_dir), device, rank
         self.path, self.best_path, self.log_path = self.dir / "checkpoint.pt", self.dir / "best.pt", self.dir / "log.jsonl"
+        refuse_links(self.dir)
 
     def clean_temp(self) -> None:
         """Remove temporary files of a write killed midway (this process holds the run's claim)."""

@@ -365,11 +365,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf, "priors": cmd_priors}[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from bench.core.redact import safe_text
+
+        print(f"error: {safe_text(e)}", file=sys.stderr)  # no credential or control character reaches the terminal
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished runs and the last checkpoints are kept (run again to resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 2)  # SIGINT 2 -> 130, SIGTERM 15 -> 143 (the shell's convention)
+        print(f"interrupted (signal {signum}); finished runs and the last checkpoints are kept (run again to resume)", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # the output was piped into e.g. `head`, which stopped reading
         import os
 

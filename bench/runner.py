@@ -398,9 +398,9 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
                     results.append(read_record(d / "metrics.json", "metrics"))
                 continue
             if req.force and main:
-                for p in d.iterdir():
-                    if p.name != ".claim":
-                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+                for p in d.iterdir():  # never through a link: a planted link is removed, not followed
+                    if not p.name.startswith(".claim"):
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             tag = f" [{r.priors.prompts} x {r.priors.text_encoder}]" if r.priors and not r.priors.fixed else ""
             log(f"[{i}/{len(runs)}] {r.method}{tag} seed {r.seed} -> {d}")
             spec = make_spec(r, dataset, split, device, req.progress, save_predictions=req.save_predictions)

@@ -37,6 +37,14 @@ from datasets.splits import Split
 from methods.base import Method, MethodContext
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (SIGINT or SIGTERM) after saving a checkpoint; ``signum`` says which."""
+
+    def __init__(self, signum: int = 2):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
 class NonFiniteLoss(UserError):
     """A loss became NaN/inf; the run stops and keeps its last good checkpoint."""
 
@@ -168,6 +176,7 @@ class Trainer:
         """Resume from the latest checkpoint, if there is one."""
         state = self.checkpoints.load(self.method, self.train_step)
         if state is None:
+            self.checkpoints.truncate_log(0)  # a run killed before its first checkpoint starts a clean log
             return False
         self.best, self.step = state["best"], state["step"]
         self.step_times, self.data_times = list(state["timing"]["step"]), list(state["timing"]["data"])
@@ -178,8 +187,8 @@ class Trainer:
     def fit(self) -> None:
         """Train from the latest checkpoint (or step 0) to ``iterations`` (or ``stop_after`` more
         steps): validation every ``val_every`` steps, a checkpoint every ``ckpt_every`` and at the
-        end. Ctrl-C / SIGINT finishes the step in flight, saves a checkpoint and stops (raises
-        KeyboardInterrupt)."""
+        end. Ctrl-C / SIGINT and SIGTERM (what Slurm and Kubernetes send) finish the step in
+        flight, save a checkpoint and stop (raise :class:`Interrupted`: exit status 130 / 143)."""
         t, spec = self.t, self.spec
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints.clean_temp()
@@ -194,21 +203,21 @@ class Trainer:
         self.method.train(True)
         self.last_good = self.step
         interrupted: list = []
-        handler = None
+        handlers = {}
         if threading.current_thread() is threading.main_thread():
-            handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+            handlers = {s: signal.signal(s, lambda signum, _: interrupted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             while self.step < stop:
                 losses = self._train_one(loader)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(losses.total.detach()):.3f}", refresh=False)
                     bar.update(1)
-                self._after_step(stop, bool(interrupted))
+                self._after_step(stop, interrupted[0] if interrupted else 0)
             if self.world > 1:
                 distributed.check_in_sync(self.method.parameters())
         finally:
-            if handler is not None:
-                signal.signal(signal.SIGINT, handler)
+            for s, h in handlers.items():
+                signal.signal(s, h)
             loader.close()
             if bar is not None:
                 bar.close()
@@ -241,7 +250,7 @@ class Trainer:
             self.checkpoints.log({"step": step, **lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
         return losses
 
-    def _after_step(self, stop: int, interrupted: bool) -> None:
+    def _after_step(self, stop: int, interrupted: int) -> None:
         """Validation and checkpoint when due; stop after a checkpoint when interrupted."""
         t = self.t
         if self.rank == 0 and t.val_every > 0 and self.spec.split.eval and (self.step % t.val_every == 0 or self.step == t.iterations):
@@ -250,7 +259,7 @@ class Trainer:
             self.save_checkpoint()
             self.last_good = self.step
         if interrupted:
-            raise KeyboardInterrupt
+            raise Interrupted(interrupted)
 
     def _check_finite(self, losses, step: int) -> None:
         if torch.isfinite(losses.total.detach()).all():

@@ -22,8 +22,9 @@ from typing import Sequence
 
 import numpy as np
 
+from bench.core import owner
 from bench.core.errors import UserError
-from bench.core.store import process_alive, read_json, safe_name
+from bench.core.store import read_json, safe_name
 
 
 @dataclass
@@ -99,23 +100,39 @@ def _load_npy(path: Path) -> np.ndarray:
         raise UserError(f"unreadable array {path} ({e}); delete its dataset cache folder and run again")
 
 
+#: a temporary import folder untouched this long is an orphan whoever wrote it
+ORPHAN_AFTER_S = 24 * 3600.0
+
+
 def _remove_orphans(root: Path) -> None:
-    """Temporary folders of earlier writes of ``root`` whose process is gone (killed mid-write)."""
+    """Temporary folders of earlier writes of ``root`` whose writer is provably gone (same host,
+    boot and PID namespace: :mod:`bench.core.owner`) or that nobody touched for a day. A live
+    writer in another container or on another host is never judged by its pid."""
+    import time
+
     for tmp in root.parent.glob(f".{root.name}.tmp-*"):
+        if tmp.is_symlink() or not tmp.is_dir():
+            continue
         try:
-            pid = int(tmp.name[len(f".{root.name}.tmp-"):].split("-")[0])
-        except ValueError:
-            pid = -1
-        if pid != os.getpid() and (pid <= 0 or not process_alive(pid)):
+            info = json.loads((tmp / ".owner").read_text())
+        except (OSError, ValueError, RecursionError):
+            info = None
+        if owner.is_self(info):
+            continue
+        try:
+            idle = time.time() - max(p.stat().st_mtime for p in [tmp, *tmp.rglob("*")])
+        except OSError:
+            continue  # changing under us: its writer lives
+        if owner.is_dead(info) or idle > ORPHAN_AFTER_S:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 class DatasetWriter:
     """Writes a dataset into a temporary folder and moves it into place in one rename.
 
-    A crash midway leaves only the temporary folder (named with the writer's pid; removed by
-    the next writer of the same dataset once that process is gone); readers never see a
-    half-written dataset.
+    A crash midway leaves only the temporary folder (a random name, with the writer's identity
+    in ``.owner``; removed by the next writer of the same dataset once that writer is provably
+    gone or the folder was untouched for a day); readers never see a half-written dataset.
     """
 
     def __init__(self, root: Path, name: str, labels: Sequence[str]):
@@ -123,6 +140,7 @@ class DatasetWriter:
         self.root.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(self.root)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-{os.getpid()}-", dir=self.root.parent))
+        (self.tmp / ".owner").write_text(json.dumps(owner.identity()))  # who writes here, for other workers
         (self.tmp / "images").mkdir()
         (self.tmp / "labels").mkdir()
         self.meta: dict = {"name": name, "labels": list(labels), "cases": {}, "partition": {}}
@@ -139,6 +157,7 @@ class DatasetWriter:
     def commit(self, **extra: object) -> Dataset:
         self.meta.update(extra)
         (self.tmp / "dataset.json").write_text(json.dumps(self.meta, indent=1))
+        (self.tmp / ".owner").unlink(missing_ok=True)  # a finished dataset has no writer
         try:
             os.rename(self.tmp, self.root)
         except OSError:

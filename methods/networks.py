@@ -53,10 +53,10 @@ class VNet(nn.Module):
         n_filters: base width (DHC 32, MagicNet/TAK 16; CPU presets use less).
         normalization: ``batchnorm`` (DHC), ``instancenorm`` (MagicNet/TAK), ``groupnorm``, ``none``.
         dropout: Dropout3d(0.5) on the bottleneck and the last decoder map, in training.
-        init: weights of every (transposed) convolution: ``kaiming`` (Kaiming-normal, zero
-            biases: DHC's network A, SSL4MIS), ``xavier`` (Xavier-normal, zero biases: DHC's
-            network B of Adsh / CLD) or ``default`` (PyTorch's own: MagicNet, GALoss, TAK call
-            no initialiser).
+        init: the weights of every ``Conv3d``: ``kaiming`` (Kaiming-normal: DHC's network A,
+            SSL4MIS), ``xavier`` (Xavier-normal: DHC's network B of CPS, CReST, SimiS, DePL, Adsh,
+            CLD) or ``default`` (PyTorch's own: MagicNet, GALoss, TAK, UA-MT call no
+            initialiser). Biases and transposed convolutions keep PyTorch's default, as in DHC.
 
     Shapes: input (B, in_channels, D, H, W) with D, H, W divisible by 16; output
     (B, num_classes, D, H, W). :meth:`encode` returns the five encoder maps
@@ -137,14 +137,14 @@ INITS = ("kaiming", "xavier", "default")
 
 
 def init_weights(net: nn.Module, init: str) -> None:
-    """Re-initialise every (transposed) 3D convolution of ``net`` (see :class:`VNet`)."""
+    """Re-initialise the weight of every ``nn.Conv3d`` of ``net`` as DHC's
+    ``kaiming_normal_init_weight`` / ``xavier_normal_init_weight`` do (code/utils/__init__.py:22-37):
+    biases and transposed convolutions keep PyTorch's default init (see :class:`VNet`)."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, not {init!r}")
     if init == "default":
         return
     fn = nn.init.kaiming_normal_ if init == "kaiming" else nn.init.xavier_normal_
     for m in net.modules():
-        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+        if type(m) is nn.Conv3d:  # not ConvTranspose3d (a sibling class in torch, named here for the reader)
             fn(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from bench.core.errors import UserError
+from bench.core.redact import printable
 
 
 def add_parser(sub) -> None:
@@ -72,9 +73,9 @@ def run(args) -> int:
         classes = _labels(args.labels)
         texts = ps.texts_for(classes)
         for ci, cls in enumerate(classes):
-            print(f"{cls}:")
-            for vi, view in enumerate(ps.views):
-                print(f"  [{view}] {' / '.join(texts[vi][ci])}")
+            print(f"{printable(cls)}:")
+            for vi, view in enumerate(ps.views):  # texts may come from a server or a file: no escape sequence reaches the terminal
+                print(f"  [{printable(view)}] {printable(' / '.join(texts[vi][ci]))}")
         emb = prior_embeddings(ps, args.text_encoder, classes)
         sim = cosine_matrix(emb, len(classes)).numpy()
         names = [abbreviation(c) for c in classes]

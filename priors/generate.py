@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bench.core.errors import UserError
+from bench.core.redact import printable
 from bench.core.store import atomic_write_text
 from priors.prompts import FORMAT, PromptSet
 
@@ -59,15 +60,9 @@ def public_url(url: str) -> str:
 
 def masked(text: str, limit: int = 200) -> str:
     """Server text fit to print: one line, cut to ``limit``, anything key-like masked."""
-    import re
+    from bench.core.redact import safe_text
 
-    line = " ".join(str(text).split())
-    line = re.sub(r"(sk-|key-|Bearer\s+)[A-Za-z0-9_\-]{6,}", r"\1***", line)
-    key = os.environ.get("OPENAI_API_KEY", "")
-    if len(key) >= 6:
-        line = line.replace(key, "***")
-    line = re.sub(r"[A-Za-z0-9_\-]{32,}", "***", line)
-    return line[:limit] + ("..." if len(line) > limit else "")
+    return safe_text(text, limit, long_tokens=True)
 
 
 def _ask(client, model: str, organ: str, temperature: float) -> dict[str, str]:
@@ -98,7 +93,7 @@ def _ask(client, model: str, organ: str, temperature: float) -> dict[str, str]:
         data = json.loads(text[text.find("{") : text.rfind("}") + 1])
         if not all(isinstance(data.get(k), str) for k in keys):
             raise ValueError(f"each of {', '.join(keys)} must be a text")
-        out = {k: data[k].strip() for k in keys}
+        out = {k: printable(data[k]).strip() for k in keys}  # no escape sequence or control character is stored
         if not all(out.values()):
             raise ValueError("empty answer")
         if any(len(v) > MAX_ANSWER_CHARS for v in out.values()):

@@ -124,7 +124,18 @@ def to_csv(table: Table) -> str:
     for col in table.columns:
         df[f"{col}_mean"] = table.mean[col].values
         df[f"{col}_std"] = table.std[col].values
-    return df.to_csv(index=False, float_format="%.4f")
+    return neutral_csv(df).to_csv(index=False, float_format="%.4f")
+
+
+def neutral_csv(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells a spreadsheet would run as a formula neutralised (:func:`bench.core.redact.csv_cell`)."""
+    from bench.core.redact import csv_cell
+
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]):
+            out[c] = [csv_cell(v) for v in out[c]]
+    return out
 
 
 def to_html(table: Table, digits: int = 1) -> str:

@@ -20,7 +20,7 @@ from bench.core.errors import UserError
 from bench.core.store import atomic_write_text
 from reports import figures
 from reports.collect import check_one_label_set, collect
-from reports.render import latex_document, to_csv, to_html, to_latex, to_markdown
+from reports.render import latex_document, neutral_csv, to_csv, to_html, to_latex, to_markdown
 from reports.table import build_table, delta_table, legend, load_reference, significance, timing_frame
 
 FORMATS = ("markdown", "latex", "csv", "html")
@@ -127,7 +127,7 @@ def _results_part(req, runs, out, put, written):
     if "markdown" in req.formats and len(timing):
         put("timing.md", timing_markdown(timing) + "\n")
     if "csv" in req.formats and len(timing):
-        put("timing.csv", timing.to_csv(index=False))
+        put("timing.csv", neutral_csv(timing).to_csv(index=False))
     figs: list[Path] = []
     if req.figures:
         fdir = out / "figures"

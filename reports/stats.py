@@ -300,7 +300,8 @@ def to_csv(comparisons: Sequence[Comparison]) -> str:
     """significance.csv: one line per comparison."""
     import pandas as pd
 
+    from bench.core.redact import csv_cell
     from reports.collect import share_text
 
-    rows = [asdict(c) | {"group": share_text(c.group)} for c in comparisons]
+    rows = [{k: csv_cell(v) for k, v in (asdict(c) | {"group": share_text(c.group)}).items()} for c in comparisons]
     return pd.DataFrame(rows, columns=list(FIELDS)).to_csv(index=False, float_format="%.6g")

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,16 +164,28 @@ def test_result_files_are_readable_by_others_and_claims_hold_their_owner(tmp_pat
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644
     assert lock.claim(tmp_path / "run")
     info = json.loads((tmp_path / "run" / ".claim").read_text())  # never an empty claim
-    assert info["pid"] == os.getpid() and not list((tmp_path / "run").glob(".claim.*.tmp"))
+    assert info["owner"]["pid"] == os.getpid() and not list((tmp_path / "run").glob(".claim.*.tmp"))
 
 
 def test_orphaned_temp_files_and_folders_are_removed(tmp_path):
+    from bench.core import owner
     from datasets.base import DatasetWriter
 
-    orphan = tmp_path / ".ds.tmp-999999999-abc"  # a writer that was SIGKILLed (its pid is gone)
-    orphan.mkdir()
+    me = owner.identity()
+    dead = tmp_path / ".ds.tmp-999999999-abc"  # a writer on this machine that was SIGKILLed (its pid is gone)
+    dead.mkdir()
+    (dead / ".owner").write_text(json.dumps({**me, "pid": 999999999}))
+    # a live writer in another container (another PID namespace) with the same hostname
+    other = tmp_path / ".ds.tmp-7-def"
+    (other / "images").mkdir(parents=True)
+    (other / ".owner").write_text(json.dumps({**me, "pid": 7, "pidns": "pid:[4026539999]"}))
+    # an old-style folder (no owner) nobody touched for two days
+    stale = tmp_path / ".ds.tmp-8-ghi"
+    stale.mkdir()
+    two_days = time.time() - 2 * 86400
+    os.utime(stale, (two_days, two_days))
     w = DatasetWriter(tmp_path / "ds", "ds", ("background", "liver"))
-    assert not orphan.exists()
+    assert not dead.exists() and not stale.exists() and (other / "images").is_dir()
     w.abort()
 
 
@@ -261,3 +274,27 @@ def test_a_nan_text_prior_is_refused_when_loaded(tmp_path, capsys):
 def test_report_study_name_cannot_escape(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     _one_line(capsys, ["report", "--runs", str(tmp_path / "runs"), "--study", "../../evil", "--no-figures"], "cannot be a file name")
+
+
+def test_planted_links_in_a_run_folder_are_refused_and_force_never_deletes_through_them(tmp_path, capsys):
+    """Issue #31: `log.jsonl -> victim.txt` and `predictions -> victimdir` planted in a run folder
+    must not make a run append to or write into their targets; --force removes the links only."""
+    from bench.runner import RunRequest, plan
+
+    out = tmp_path / "runs"
+    req = RunRequest.build({"methods": "supervised", "preset": "tiny", "iterations": 2}, out=str(out), progress=False)
+    run = plan(req)[0][0].dir
+    run.mkdir(parents=True)
+    victim, victim_dir = tmp_path / "victim.txt", tmp_path / "victimdir"
+    victim.write_text("keep\n")
+    victim_dir.mkdir()
+    (run / "log.jsonl").symlink_to(victim)
+    (run / "predictions").symlink_to(victim_dir, target_is_directory=True)
+    args = ["run", *TINY, "--iterations", "2", "--out", str(out), "--save-predictions"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a symbolic link; a run folder holds no links" in err[0]
+    assert victim.read_text() == "keep\n" and not any(victim_dir.iterdir())
+    assert main([*args, "--force"]) == 0  # the links are removed, their targets are left alone
+    assert victim.read_text() == "keep\n" and not any(victim_dir.iterdir()) and victim_dir.is_dir()
+    assert not (run / "log.jsonl").is_symlink() and (run / "metrics.json").exists()

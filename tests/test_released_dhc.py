@@ -100,17 +100,11 @@ def check_stats(got: dict, exp: dict, keys=("m2_fan_in", "m2_fan_avg")):
     assert abs(got["mean"] - exp["mean"]) <= 0.02 + 0.1 * math.sqrt(exp["m2_fan_in"] / 8), ("mean", got["mean"], exp["mean"])
 
 
-_BIAS_ZERO = "suite zeroes conv biases (methods/networks.py init_weights); DHC's *_normal_init_weight keeps PyTorch's default bias"
-_CONVT = "suite re-initialises ConvTranspose3d too; DHC's *_normal_init_weight touches nn.Conv3d only (PyTorch default stays)"
 _INIT_CASES = []
 for _kind in ("kaiming", "xavier", "default"):
     for _t in sorted(G["init"]["stats"]["kaiming"]):
-        marks = []
-        if _kind != "default" and _t == "Conv3d.bias":
-            marks = [xfail(_BIAS_ZERO)]
-        elif _kind != "default" and _t.startswith("ConvTranspose3d"):
-            marks = [xfail(_CONVT)]
-        _INIT_CASES.append(pytest.param(_kind, _t, marks=marks, id=f"{_kind}-{_t}"))
+        # biases and ConvTranspose3d keep PyTorch's default since 2026-12-06, as DHC's initialisers do
+        _INIT_CASES.append(pytest.param(_kind, _t, id=f"{_kind}-{_t}"))
 
 
 @pytest.mark.parametrize("kind,layer", _INIT_CASES)

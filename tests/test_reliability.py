@@ -26,7 +26,8 @@ from tests.conftest import SHARED
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_save_a_checkpoint_and_exit_128_plus_the_signal(tmp_path, signum, status):
     out = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "bench", "run", "--methods", "supervised", "--preset", "tiny", "--iterations", "400",
@@ -41,16 +42,34 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
             break
         time.sleep(0.2)
     assert log is not None, proc.stderr.read() if proc.poll() is not None else "no progress"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
-    assert err.strip().splitlines()[-1].startswith("interrupted;") and "Traceback" not in err
+    assert proc.returncode == status
+    assert err.strip().splitlines()[-1].startswith(f"interrupted (signal {int(signum)});") and "Traceback" not in err
     ckpt = log.parent / "checkpoint.pt"
     assert ckpt.exists() and not (log.parent / "metrics.json").exists()
     import torch
 
     step = torch.load(ckpt, weights_only=False)["step"]
     assert 1 <= step < 400  # saved at the interruption, not at a periodic checkpoint (every 1000)
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_clean_log(tmp_path):
+    """SIGKILL before any checkpoint: the rerun starts at step 0 and its log has each step once."""
+    out = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "bench", "run", "--methods", "supervised", "--preset", "tiny", "--iterations", "60",
+           "--set", "ckpt_every=1000", "--set", "val_every=0", "--set", "log_every=1", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(p.read_text().count("\n") >= 3 for p in out.rglob("log.jsonl")):
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True).returncode == 0
+    (log,) = [p for p in out.rglob("log.jsonl")]
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if "loss" in json.loads(line)]
+    assert steps == sorted(set(steps)) and steps[0] == 0
 
 
 def test_writer_crashing_midway_leaves_no_half_file(tmp_path):

@@ -53,7 +53,8 @@ def _retry(make, attempts: int = 5):
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password."""
-    import re
+    """The URL fit to print: no user information, no password-like query parameter, no control
+    character (:mod:`bench.core.redact`)."""
+    from bench.core.redact import safe_text
 
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    return safe_text(url)
