@@ -87,12 +87,20 @@ def tune(req: TuneRequest, log=print):
     base = dataclasses.replace(base, out=str(out / "tune" / study_name))
     resolve(base)  # every setting checked before the study (or its database file) exists
     storage_url = req.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
+    if storage_url.split("?")[0] in ("sqlite://", "sqlite:///", "sqlite:///:memory:"):
+        raise UserError(f"--storage {safe_url(storage_url)} keeps the study in memory and loses it at exit; give a file, "
+                        f"e.g. sqlite:///runs/optuna.db")
     sampler = TrialSeededSampler(req.seed)
     study = _open_study(req, study_name, storage_url, sampler, opts.dataset)
-    budget = req.budget_iterations or study.user_attrs.get("budget_iterations")
+    stored = study.user_attrs.get("budget_iterations")
+    if req.budget_iterations and stored and req.budget_iterations != stored:
+        raise UserError(f"study '{study_name}' trains {stored} iterations per trial, not {req.budget_iterations}; "
+                        f"drop --budget-iterations to join it, or pick another --study-name")
+    budget = req.budget_iterations or stored
     if budget:  # a worker joining a study trains the study's budget
         base = dataclasses.replace(base, layers=[*base.layers, Layer("the study's budget", train={"iterations": budget})])
     (p0,) = resolve(base)
+    _check_definition(study, study_name, study_definition(p0, space_keys, opts))
     # trial 0 runs the defaults (method defaults, engine settings of the preset) of every searched
     # parameter; every later trial is drawn by a TPE sampler seeded from (study seed, trial number)
     defaults = {k: (getattr(p0.train, k) if k in train_fields() else p0.hparams.get(k)) for k in space_keys}
@@ -128,6 +136,37 @@ def _check_request(req: TuneRequest, cls) -> list[str]:
     if req.export and Path(req.export).is_dir():
         raise UserError(f"--export {req.export} is a folder; give a file name such as best.toml")
     return space_keys
+
+
+def study_definition(plan, space_keys, opts) -> dict:
+    """What defines a study's trials besides the searched parameters: dataset, split or labeled
+    share, protocol, preset, budget, and every engine setting and hyperparameter not searched."""
+    ident = plan.identity()
+    fixed = {**{f"train.{k}": v for k, v in ident["train"].items() if k not in space_keys},
+             **{k: v for k, v in ident["hparams"].items() if k not in space_keys}}
+    return {"dataset": opts.dataset, "data_root": opts.data_root, "dataset_opts": dict(opts.dataset_opts),
+            "split": opts.split, "labeled": None if opts.split else opts.labeled, "protocol": ident["protocol"]["name"],
+            "preset": opts.preset, "budget_iterations": plan.train.iterations, "fixed": json.loads(json.dumps(fixed, default=str))}
+
+
+def _check_definition(study, name: str, definition: dict) -> None:
+    """Record the study's definition when it is new; refuse to join it with another one (one line,
+    naming the first difference)."""
+    stored = study.user_attrs.get("definition")
+    if stored is None:
+        study.set_user_attr("definition", definition)
+        return
+    for key in definition:
+        a, b = stored.get(key), definition[key]
+        if key == "fixed":
+            diff = sorted(k for k in set(a or {}) | set(b) if (a or {}).get(k) != b.get(k))
+            if diff:
+                k = diff[0]
+                raise UserError(f"study '{name}' was run with {k}={(a or {}).get(k)!r}, this worker has {k}={b.get(k)!r}; "
+                                f"join it with the same settings, or pick another --study-name")
+        elif a != b:
+            raise UserError(f"study '{name}' was run with {key} {a!r}, this worker with {b!r}; join it with the same "
+                            f"{key}, or pick another --study-name")
 
 
 def _open_study(req: TuneRequest, study_name: str, storage_url: str, sampler, dataset: str):
@@ -265,18 +304,44 @@ def export_config(path: str, method: str, params: dict, opts, study: str, value:
     engine = {k: v for k, v in params.items() if k in train_fields()}
     hparams = {k: v for k, v in params.items() if k not in train_fields()}
 
-    def val(v: Any) -> str:
-        return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
-
-    lines = [f"# best trial of Optuna study '{study}' (eval Dice {100 * value:.2f}%)",
-             f"methods = [{json.dumps(method)}]", f"dataset = {json.dumps(opts.dataset)}", f"protocol = {json.dumps(opts.protocol)}"]
+    lines = [f"# best trial of Optuna study {toml_value(study)} (eval Dice {100 * value:.2f}%)",
+             f"methods = [{toml_value(method)}]", f"dataset = {toml_value(opts.dataset)}", f"protocol = {toml_value(opts.protocol)}"]
     if opts.split:
-        lines.append(f"split = {json.dumps(opts.split)}")
+        lines.append(f"split = {toml_value(opts.split)}")
     else:
-        lines.append(f"labeled = {json.dumps(opts.labeled)}")
-    lines.append(f"preset = {json.dumps(opts.preset)}")
+        lines.append(f"labeled = {toml_value(opts.labeled)}")
+    lines.append(f"preset = {toml_value(opts.preset)}")
     if engine:
-        lines += ["", "[train]"] + [f"{k} = {val(v)}" for k, v in engine.items()]
+        lines += ["", "[train]"] + [f"{k} = {toml_value(v)}" for k, v in engine.items()]
     if hparams:
-        lines += ["", f"[method.{method}]"] + [f"{k} = {val(v)}" for k, v in hparams.items()]
-    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+        lines += ["", f"[method.{toml_value(method) if not method.isidentifier() else method}]"] + [
+            f"{k} = {toml_value(v)}" for k, v in hparams.items()]
+    text = "\n".join(lines) + "\n"
+    import tomllib
+
+    tomllib.loads(text)  # what is written always parses (a bug here must not leave a broken file)
+    atomic_write_text(Path(path), text)
+
+
+def toml_value(v: Any) -> str:
+    """``v`` (text, number, bool or a list of them) as a TOML value: text as a basic string with
+    every non-printable or non-ASCII character escaped (a character TOML cannot hold, such as
+    the lone surrogate of a path that is not valid UTF-8, becomes "?")."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if isinstance(v, int) or math.isfinite(v) else ("nan" if v != v else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    out = []
+    for ch in str(v).encode("utf-8", "replace").decode("utf-8"):
+        o = ord(ch)
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif 0xD800 <= o <= 0xDFFF:
+            out.append("\\uFFFD")
+        else:
+            out.append(f"\\u{o:04X}" if o <= 0xFFFF else f"\\U{o:08X}")
+    return '"' + "".join(out) + '"'

@@ -86,6 +86,41 @@ def test_study_name_reused_for_another_method(tmp_path, capsys):
          "belongs to method 'supervised'")
 
 
+@pytest.mark.parametrize("change, expect", [
+    (["--labeled", "50%"], "was run with labeled 0.1, this worker with 0.5"),
+    (["--set", "labeled_bs=1"], "was run with train.labeled_bs=2, this worker has train.labeled_bs=1"),
+    (["--dataset", "phantom_amos"], "was run with dataset 'phantom', this worker with 'phantom_amos'"),
+    (["--budget-iterations", "3"], "trains 2 iterations per trial, not 3"),
+])
+def test_a_study_is_joined_only_with_what_defines_it(tmp_path, capsys, change, expect):
+    """Issue #31: a 50 % trial must not become the best trial of a 10 % study."""
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    common = ["tune", "--method", "supervised", "--trials", "1", "--storage", storage, "--study-name", "s", "--out", str(tmp_path)]
+    assert main([*common, *TINY]) == 0
+    tiny = list(TINY)
+    if change[0] == "--budget-iterations":
+        tiny[tiny.index("--budget-iterations") + 1] = change[1]
+        change = []
+    _bad(capsys, [*common, *tiny, *change], expect)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_storage_is_refused(tmp_path, capsys, url):
+    _bad(capsys, ["tune", "--method", "supervised", "--storage", url, "--out", str(tmp_path), *TINY], "keeps the study in memory")
+
+
+def test_exported_toml_is_valid_for_any_split_name(tmp_path):
+    import tomllib
+    from types import SimpleNamespace
+
+    from bench.tune import export_config
+
+    opts = SimpleNamespace(dataset="phantom", protocol="default", split="/data/splits/é\udcff\"x\\.json", labeled=0.1, preset="tiny")
+    export_config(str(tmp_path / "b.toml"), "mean_teacher", {"lr": 0.02, "ema_decay": 0.95}, opts, "s\u00e9", 0.5)
+    doc = tomllib.loads((tmp_path / "b.toml").read_text())
+    assert doc["split"].startswith("/data/splits/é") and doc["train"]["lr"] == 0.02 and doc["method"]["mean_teacher"]["ema_decay"] == 0.95
+
+
 def test_unreachable_storage(tmp_path, capsys):
     err = _bad(capsys, ["tune", "--method", "supervised", "--storage", "postgresql://u:secret@127.0.0.1:1/none", *TINY], "is not reachable")
     assert "secret" not in err
