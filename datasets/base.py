@@ -147,6 +147,14 @@ class DatasetWriter:
 
     def add(self, case_id: str, image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float], affine=None) -> None:
         safe_name(case_id, "case id", "rename the case's files")
+        sp = [float(s) for s in spacing]
+        if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+            raise UserError(f"case '{case_id}': voxel spacing {sp} is not three positive finite numbers; fix the image header")
+        if label is not None and np.asarray(label).size:
+            lo, hi = np.min(label), np.max(label)
+            if lo < 0 or hi > 255:
+                raise UserError(f"case '{case_id}': label values {lo}..{hi} do not fit 0..255 (stored as uint8, a value 260 "
+                                f"would become 4); map them with --label-map")
         np.save(self.tmp / "images" / f"{case_id}.npy", np.ascontiguousarray(image, dtype=np.float32))
         if label is not None:
             np.save(self.tmp / "labels" / f"{case_id}.npy", np.ascontiguousarray(label, dtype=np.uint8))

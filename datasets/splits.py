@@ -132,8 +132,18 @@ def draw_split(
     fraction: float,
     seed: int = 0,
 ) -> Split:
-    """Draw ``round(fraction * len(train))`` labeled cases (at least one) from the seed."""
-    n = max(1, int(round(fraction * len(train_ids))))
+    """Draw ``round(fraction * len(train))`` labeled cases from the seed.
+
+    Raises:
+        UserError: a share that labels no case (below half a case), or a draw that would label
+            every training case while the share is below 1.
+    """
+    n = int(round(fraction * len(train_ids)))
+    if n < 1 or (n >= len(train_ids) and fraction < 1):
+        pct = 100 / max(len(train_ids), 1)
+        raise UserError(f"--labeled {round(100 * fraction, 6):g}% of {len(train_ids)} training cases labels {n} of them "
+                        f"({round(100 * n / max(len(train_ids), 1), 3):g}%); give a share between {pct:.3g}% (one case) "
+                        f"and 100% (all), e.g. --labeled {pct:.3g}%")
     order = np.random.default_rng(seed).permutation(len(train_ids))
     chosen = sorted(order[:n].tolist())
     labeled = [train_ids[i] for i in chosen]

@@ -89,12 +89,21 @@ def _read(path: Path, kind: str, skip_broken: bool):
 
 
 def collect(runs_dir: str | Path, skip_broken: bool = False) -> list[Run]:
-    """Every finished run under ``runs_dir`` (a folder with a ``metrics.json``), sorted by path."""
+    """Every finished run under ``runs_dir``, sorted by path: a ``metrics.json`` in a folder named
+    ``seed_<n>`` (a run folder). Others - ``bench evaluate`` output in a run's predictions/, a
+    backup copy ``seed_0.bak`` - are not runs: each is named on stderr and left out."""
+    import re
+
     root = Path(runs_dir)
+    if not str(runs_dir).strip():
+        raise UserError("--runs is empty; give the folder that `bench run --out` wrote")
     if not root.exists():
         raise UserError(f"--runs {root} does not exist; point it at the folder that `bench run --out` wrote")
     out = []
     for mpath in sorted(root.rglob("metrics.json")):
+        if not re.fullmatch(r"seed_\d+", mpath.parent.name):
+            print(f"warning: skipped {mpath}: not in a run folder (seed_<n>)", file=sys.stderr)
+            continue
         metrics = _read(mpath, "metrics", skip_broken)
         if metrics is None:
             continue

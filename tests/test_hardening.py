@@ -298,3 +298,46 @@ def test_planted_links_in_a_run_folder_are_refused_and_force_never_deletes_throu
     assert main([*args, "--force"]) == 0  # the links are removed, their targets are left alone
     assert victim.read_text() == "keep\n" and not any(victim_dir.iterdir()) and victim_dir.is_dir()
     assert not (run / "log.jsonl").is_symlink() and (run / "metrics.json").exists()
+
+
+def test_only_run_folders_count_as_seeds(tmp_path, capsys):
+    """Issue #31: `bench evaluate` output in a run's predictions/ and a backup copy seed_0.bak are
+    not runs: they are named and left out, never a fake row or a second seed."""
+    import shutil
+
+    from reports.collect import collect
+    from tests.test_reports import _run
+
+    run = _run(tmp_path, "a", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5})
+    (run / "predictions").mkdir()
+    shutil.copy(run / "metrics.json", run / "predictions" / "metrics.json")
+    shutil.copytree(run, run.with_name("seed_0.bak"))
+    runs = collect(tmp_path)
+    assert [r.path.name for r in runs] == ["seed_0"]
+    err = capsys.readouterr().err
+    assert err.count("not in a run folder (seed_<n>)") == 3
+
+
+@pytest.mark.parametrize("labeled, expect", [("1e-9", "labels 0 of them"), ("95%", "labels 6 of them")])
+def test_a_labeled_share_that_rounds_to_no_case_or_all_is_refused(tmp_path, capsys, labeled, expect):
+    assert main(["run", *TINY, "--labeled", labeled, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "give a share between" in err
+
+
+@pytest.mark.parametrize("spacing, label, expect", [
+    ((0.0, 1.0, 1.0), None, "voxel spacing [0.0, 1.0, 1.0] is not three positive finite numbers"),
+    ((float("nan"), 1.0, 1.0), None, "is not three positive finite numbers"),
+    ((1.0, 1.0, 1.0), 260, "label values 0..260 do not fit 0..255"),
+])
+def test_impossible_spacing_and_labels_are_refused_when_imported(tmp_path, spacing, label, expect):
+    from bench.core.errors import UserError
+    from datasets.base import DatasetWriter
+
+    w = DatasetWriter(tmp_path / "ds", "ds", ("background", "liver"))
+    lab = np.zeros((2, 2, 2), dtype=np.int64)
+    if label:
+        lab[0, 0, 0] = label
+    with pytest.raises(UserError, match=expect.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
+        w.add("case_1", np.zeros((2, 2, 2), dtype=np.float32), lab, spacing)
+    w.abort()

@@ -147,7 +147,7 @@ def test_records_round_trip_and_refuse_a_future_schema(tmp_path):
 
 
 def test_report_refuses_a_future_record_in_one_line(tmp_path, capsys):
-    d = tmp_path / "runs" / "x"
+    d = tmp_path / "runs" / "x" / "seed_0"
     d.mkdir(parents=True)
     data = _record(labeled_fraction=0.1).to_dict() | {"schema_version": 99}
     (d / "metrics.json").write_text(json.dumps(data))
