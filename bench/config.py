@@ -173,10 +173,13 @@ def parse_set(items: list[str], flag: str = "--set") -> dict[str, str]:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The parsed TOML document (read once); a missing, unreadable or invalid file is one line."""
+    from bench.core.store import check_depth, read_bounded
+
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            return tomllib.load(f)
+        return check_depth(tomllib.loads(read_bounded(p, f"config file {p}").decode("utf-8")), f"config file {p}")
+    except RecursionError:
+        raise UserError(f"config file {p} nests too deeply; it is not a config this suite reads")
     except FileNotFoundError:
         raise UserError(f"config file {p} does not exist; check the path given to --config")
     except IsADirectoryError:

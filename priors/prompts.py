@@ -108,14 +108,10 @@ class PromptSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "PromptSet":
+        from bench.core.store import read_json
+
         p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"prompt file {p} does not exist")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"prompt file {p} is not valid JSON ({e})")
-        return cls.from_dict(data, str(p))
+        return cls.from_dict(read_json(p, f"prompt file {p}"), str(p))
 
     def to_dict(self) -> dict:
         out = {"format": FORMAT, "name": self.name, "label_sets": list(self.label_sets), "views": list(self.views),

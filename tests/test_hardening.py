@@ -341,3 +341,37 @@ def test_impossible_spacing_and_labels_are_refused_when_imported(tmp_path, spaci
     with pytest.raises(UserError, match=expect.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         w.add("case_1", np.zeros((2, 2, 2), dtype=np.float32), lab, spacing)
     w.abort()
+
+
+@pytest.mark.parametrize("field, value", [("method", 123), ("mean", None), ("seed", "abc"), ("per_organ", []), ("organs", "liver"),
+                                          ("cases", 5), ("labeled_fraction", "10%"), ("dataset", ["x"])])
+def test_records_of_the_wrong_type_are_one_line_and_skippable(tmp_path, capsys, field, value):
+    from tests.test_reports import _run
+
+    _run(tmp_path, "a", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5})
+    bad = _run(tmp_path, "b", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5})
+    data = json.loads((bad / "metrics.json").read_text())
+    data[field] = value
+    (bad / "metrics.json").write_text(json.dumps(data))
+    assert main(["report", "--runs", str(tmp_path), "--no-figures", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"field '{field}'" in err[0] and "metrics.json" in err[0]
+    assert main(["report", "--runs", str(tmp_path), "--no-figures", "--out", str(tmp_path / "rep"), "--skip-broken"]) == 0
+
+
+@pytest.mark.parametrize("name, body", [("deep.json", "[" * 5000 + "]" * 5000), ("deep.toml", "a = " + "[" * 5000 + "]" * 5000)])
+def test_deeply_nested_files_are_one_line(tmp_path, capsys, name, body):
+    path = tmp_path / name
+    path.write_text(body)
+    if name.endswith(".toml"):
+        args = ["run", *TINY, "--config", str(path), "--out", str(tmp_path / "o")]
+    else:
+        args = ["run", *TINY, "--split", str(path), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("nests" in err[0] or "not valid" in err[0]) and "Traceback" not in err[0]
+
+
+def test_a_config_from_a_device_is_refused_not_read_forever(tmp_path, capsys):
+    assert main(["run", *TINY, "--config", "/dev/zero", "--out", str(tmp_path)]) == 2
+    assert "not a regular file" in capsys.readouterr().err

@@ -58,8 +58,55 @@ def _known_fields(cls, data: Any, path: Path | str, what: str, defaults: dict) -
     kw = {k: v for k, v in data.items() if k in known}
     for k, v in defaults.items():
         kw.setdefault(k, v)
+    _check_types(cls, kw, path, what)
     kw["schema_version"] = SCHEMA_VERSION
     return kw
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether a parsed JSON ``value`` has the kind ``annotation`` asks for (containers by their
+    outer kind only; ``null`` where the field allows None, or for a number: NaN is stored so)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    base = origin or annotation
+    if base is float:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if base is bool:
+        return isinstance(value, bool)
+    if base is str:
+        return isinstance(value, str)
+    if base in (dict, list):
+        return isinstance(value, base)
+    if base in (Sequence,):
+        return isinstance(value, list)
+    return True
+
+
+def _check_types(cls, kw: dict, path: Path | str, what: str) -> None:
+    """One line naming the file and the first field of the wrong kind (a record written by hand
+    or damaged): ``method: 123``, ``mean: null``, ``seed: "abc"``, ``per_organ: []``, ..."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for k, v in kw.items():
+        if k in hints and not _accepts(hints[k], v):
+            raise UserError(f"{path}: field '{k}' holds {json_kind(v)}, not what a bench {what} stores; "
+                            f"delete it or pass --skip-broken")
+
+
+def json_kind(v: Any) -> str:
+    """A parsed JSON value's kind in words (``null``, ``a number``, ``a list``, ...)."""
+    if v is None:
+        return "null"
+    return {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list", dict: "an object"}.get(type(v), "a value")
 
 
 def _nan(v: Any) -> Any:

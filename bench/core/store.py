@@ -108,21 +108,75 @@ def _umask() -> int:
     return mask
 
 
+#: the largest settings, label, split, prompt or record file read (bytes): far above any real one
+MAX_TEXT_BYTES = 64 * 2**20
+#: the deepest nesting of a JSON or TOML document read (real ones nest 4 levels)
+MAX_DEPTH = 64
+
+
+def read_bounded(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    """The bytes of a small file, read at most ``limit`` + 1 of them: a device (``/dev/zero``) or
+    a huge file is refused instead of read forever.
+
+    Raises:
+        UserError: not a regular file, or larger than ``limit``.
+    """
+    from bench.core.errors import UserError
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise UserError(f"{what} cannot be read ({e.strerror or type(e).__name__}); check the path")
+    if p.is_dir():
+        raise IsADirectoryError(str(p))
+    import stat as stat_
+
+    if not stat_.S_ISREG(st.st_mode):
+        raise UserError(f"{what} is not a regular file (a device or pipe); give a file")
+    with p.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserError(f"{what} is larger than {limit // 2**20} MiB; it is not a file this suite writes or reads")
+    return data
+
+
+def check_depth(value: Any, what: str, limit: int = MAX_DEPTH) -> Any:
+    """``value`` (parsed JSON / TOML) if it nests at most ``limit`` levels, else one line."""
+    from bench.core.errors import UserError
+
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if d > limit:
+            raise UserError(f"{what} nests deeper than {limit} levels; it is not a file this suite writes or reads")
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return value
+
+
 def read_json(path: Path, what: str, missing_hint: str = "", corrupt_hint: str = "") -> Any:
-    """Parse a JSON file; a missing or invalid file is a :class:`UserError` naming it.
+    """Parse a JSON file (bounded in size and nesting); a missing or invalid file is a
+    :class:`UserError` naming it.
 
     ``what`` names the file for the user (e.g. "split file x.json"); the hints say how to fix it.
     """
     from bench.core.errors import UserError
 
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return check_depth(json.loads(read_bounded(Path(path), what).decode("utf-8")), what)
     except FileNotFoundError:
         raise UserError(f"{what} does not exist{'; ' + missing_hint if missing_hint else ''}")
     except IsADirectoryError:
         raise UserError(f"{what} is a folder; give the JSON file")
     except PermissionError:
         raise UserError(f"{what} cannot be read (permission denied)")
+    except RecursionError:
+        raise UserError(f"{what} nests deeper than {MAX_DEPTH} levels; it is not a file this suite writes or reads")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f" ({e.msg} at line {e.lineno})" if isinstance(e, json.JSONDecodeError) else ""
         raise UserError(f"{what} is not valid JSON{where}{'; ' + corrupt_hint if corrupt_hint else ''}")
