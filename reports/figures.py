@@ -26,9 +26,17 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # names come from records: a "$" in one must print as itself, not start math text
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _label(name: object, limit: int = 40) -> str:
+    """A legend or tick label: a name from a record cut to ``limit`` characters."""
+    s = str(name)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -66,7 +74,7 @@ def dice_per_organ(table: Table, runs: Sequence, out: Path) -> list[Path]:
     for k, row in enumerate(rows):
         m = table.mean.loc[row, organs].to_numpy(dtype=float)
         s = table.std.loc[row, organs].to_numpy(dtype=float)
-        ax.bar(x + (k - (len(rows) - 1) / 2) * width, np.nan_to_num(m), width, yerr=np.where(np.isfinite(s), s, 0), label=row, capsize=2)
+        ax.bar(x + (k - (len(rows) - 1) / 2) * width, np.nan_to_num(m), width, yerr=np.where(np.isfinite(s), s, 0), label=_label(row), capsize=2)
     shares = {o: nanmean([r.metrics.labeled_voxel_share.get(o) for r in runs]) for o in organs}
     ax.set_xticks(x, [f"{abbreviation(o)}\n{100 * shares[o]:.1f}%" if not math.isnan(shares[o]) else abbreviation(o) for o in organs])
     ax.set_ylabel("Dice (%)")
@@ -89,7 +97,7 @@ def dice_vs_labeled(table: Table, out: Path) -> list[Path]:
     for name, pts in series.items():
         pts.sort()
         xs, ys, ss = zip(*pts)
-        ax.errorbar(xs, ys, yerr=[s if np.isfinite(s) else 0 for s in ss], marker="o", capsize=3, label=name)
+        ax.errorbar(xs, ys, yerr=[s if np.isfinite(s) else 0 for s in ss], marker="o", capsize=3, label=_label(name))
     ax.set_xlabel("labeled share (%)")
     ax.set_ylabel("mean Dice (%)")
     ax.legend(fontsize=7)
@@ -118,9 +126,9 @@ def training_curves(runs: Sequence, out: Path) -> list[Path]:
                 vdice.append(100 * rec["val_dice"])
         label = f"{r.variant} s{r.seed}"
         if steps:
-            a1.plot(steps, loss, lw=1, label=label)
+            a1.plot(steps, loss, lw=1, label=_label(label))
         if vsteps:
-            a2.plot(vsteps, vdice, marker=".", lw=1, label=label)
+            a2.plot(vsteps, vdice, marker=".", lw=1, label=_label(label))
     a1.set_xlabel("step")
     a1.set_ylabel("training loss")
     a2.set_xlabel("step")
@@ -134,7 +142,7 @@ def time_memory(runs: Sequence, out: Path) -> list[Path]:
     plt = _plt()
     df = timing_frame(runs)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    labels = [f"{m}\n{d}" for m, d in zip(df["Method"], df["Device"])]
+    labels = [f"{_label(m)}\n{_label(d)}" for m, d in zip(df["Method"], df["Device"])]
     for ax, col in zip(axes, ("Train s/iter", "Infer s/case", "Peak MB")):
         ax.bar(range(len(df)), df[col].fillna(0))
         ax.set_xticks(range(len(df)), labels, rotation=60, ha="right", fontsize=6)

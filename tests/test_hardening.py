@@ -375,3 +375,16 @@ def test_deeply_nested_files_are_one_line(tmp_path, capsys, name, body):
 def test_a_config_from_a_device_is_refused_not_read_forever(tmp_path, capsys):
     assert main(["run", *TINY, "--config", "/dev/zero", "--out", str(tmp_path)]) == 2
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_dollar_signs_and_long_names_in_figures(tmp_path):
+    """A method named with "$" (math text) or 10,000 characters still gives every figure."""
+    from reports.report import ReportRequest, make_report
+    from tests.test_reports import _run
+
+    _run(tmp_path / "runs", "cost_$5_$x^2", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5})
+    long = _run(tmp_path / "runs", "m", 0, {"spleen": 0.8, "liver": 0.9, "gallbladder": 0.4})  # a folder name cannot be that long
+    data = json.loads((long / "metrics.json").read_text())
+    (long / "metrics.json").write_text(json.dumps({**data, "method": "m" * 10_000}))
+    written = make_report(ReportRequest(runs=str(tmp_path / "runs"), out=str(tmp_path / "rep"), formats=("markdown", "html")))
+    assert "report.html" in written and any(k.endswith(".png") for k in written)
