@@ -232,6 +232,9 @@ def cmd_run(args) -> int:
     from reports.render import to_markdown
     from reports.table import summary_table
 
+    if not args.out.strip():
+        raise UserError("--out is empty; give a folder for the results, e.g. --out runs")
+
     flags = {"methods": args.methods, "dataset": args.dataset, "data_root": args.data_root, "protocol": args.protocol,
              "split": args.split, "labeled": args.labeled, "seeds": args.seeds, "preset": args.preset, "prompts": args.prompts,
              "text_encoder": args.text_encoder, "iterations": args.iterations, "label_map": args.label_map,
@@ -335,8 +338,12 @@ def cmd_perf(args) -> int:
 
 def cmd_report(args) -> int:
     """``bench report``: tables and figures from stored runs."""
-    from reports.report import ReportRequest, make_report
+    from reports.report import FORMATS, ReportRequest, make_report
 
+    if not split_names(args.format):
+        raise UserError(f"--format is empty; choose any of {','.join(FORMATS)}")
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty; give a folder for the report (or leave --out out: <runs>/report)")
     make_report(ReportRequest(
         runs=args.runs, out=args.out, formats=tuple(split_names(args.format)), reference=args.reference, baseline=args.baseline,
         delta_against=args.delta_against, skip_broken=args.skip_broken, allow_mixed_protocols=args.allow_mixed_protocols,

@@ -385,7 +385,9 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
     for i, r in enumerate(runs, 1):
         d: Path = r.dir
         if distributed.agree(is_finished(d) and not req.force):
-            log(f"[{i}/{len(runs)}] {r.method} seed {r.seed}: finished earlier, skipped ({d})")
+            log(f"[{i}/{len(runs)}] {r.method} seed {r.seed}: finished earlier, skipped ({d})"
+                + ("; its predictions were not saved then: add --force to run it again and save them"
+                   if req.save_predictions and not (d / "predictions").is_dir() else ""))
             if main:
                 results.append(read_record(d / "metrics.json", "metrics"))
             continue

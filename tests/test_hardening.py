@@ -388,3 +388,21 @@ def test_dollar_signs_and_long_names_in_figures(tmp_path):
     (long / "metrics.json").write_text(json.dumps({**data, "method": "m" * 10_000}))
     written = make_report(ReportRequest(runs=str(tmp_path / "runs"), out=str(tmp_path / "rep"), formats=("markdown", "html")))
     assert "report.html" in written and any(k.endswith(".png") for k in written)
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["run", *TINY, "--out", ""], "--out is empty"),
+    (["report", "--runs", "", "--no-figures"], "--runs is empty"),
+    (["report", "--runs", ".", "--format", "", "--no-figures"], "--format is empty"),
+])
+def test_empty_paths_and_formats_are_refused(capsys, args, expect):
+    assert main(args) == 2
+    assert expect in capsys.readouterr().err
+
+
+def test_save_predictions_on_a_finished_run_says_so(tmp_path, capsys):
+    args = ["run", *TINY, "--iterations", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--save-predictions"]) == 0
+    assert "its predictions were not saved then: add --force" in capsys.readouterr().out
