@@ -24,7 +24,12 @@ def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple
     if not path.exists():
         raise UserError(f"{path} does not exist; check --data-root and the dataset's file list")
     try:
-        source = nib.load(str(path))
+        source = nib.load(str(path))  # the header only: the data is read below, once checked
+    except Exception as e:
+        raise UserError(f"{path} is not a readable NIfTI file ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+                        f"re-export or re-download it")
+    _check_promise(path, source)
+    try:
         _SOURCE_AFFINES[str(path)] = np.asarray(source.affine, dtype=np.float64)
         img = nib.as_closest_canonical(source)
         data = np.asarray(img.dataobj)
@@ -43,6 +48,33 @@ def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple
     if layout == "xyz":
         return data, zooms  # type: ignore[return-value]
     return np.ascontiguousarray(data.transpose(2, 1, 0)), (zooms[2], zooms[1], zooms[0])
+
+
+def _check_promise(path: Path, img) -> None:
+    """Refuse, from the header alone, a volume that could not be held in memory (a small
+    .nii.gz may expand to many GB) or whose affine is not finite."""
+    import math
+
+    shape = tuple(int(s) for s in img.shape)
+    itemsize = max(int(np.dtype(img.get_data_dtype()).itemsize), 4)  # scaled or converted data is float32 or wider
+    need = 2 * math.prod(shape) * itemsize  # the array and its reoriented copy
+    have = available_memory()
+    if have is not None and need > have:
+        raise UserError(f"{path} promises a {'x'.join(map(str, shape))} volume ({need / 2**30:.1f} GB to read), more than the "
+                        f"{have / 2**30:.1f} GB of memory available; check the file (a corrupt or hostile header) or crop it")
+    if not np.isfinite(np.asarray(img.affine, dtype=np.float64)).all():
+        raise UserError(f"{path} has a NaN or infinite affine; fix its header (qform / sform)")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 #: affine (after reorientation) of the files read last, for image/label consistency checks

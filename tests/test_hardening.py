@@ -406,3 +406,34 @@ def test_save_predictions_on_a_finished_run_says_so(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--save-predictions"]) == 0
     assert "its predictions were not saved then: add --force" in capsys.readouterr().out
+
+
+def _hostile_nifti(path: Path, dims=(30000, 30000, 30000), affine_nan: bool = False) -> Path:
+    """A 2x2x2 NIfTI whose header promises ``dims`` (a small file that would expand to terabytes)."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), dtype=np.uint8), np.eye(4)), str(path))
+    raw = bytearray(path.read_bytes())
+    if affine_nan:  # sform srow_x (byte 280) and qform off (byte 252): nibabel cannot write a NaN affine itself
+        raw[280:284] = np.array([np.nan], dtype="<f4").tobytes()
+        raw[252:254] = np.array([0], dtype="<i2").tobytes()
+    else:  # dim[0..7] (byte 40)
+        raw[40:56] = np.array([3, *dims, 1, 1, 1, 1], dtype="<i2").tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_header_promising_more_memory_than_there_is_is_refused_before_reading(tmp_path):
+    from bench.core.errors import UserError
+    from datasets.nifti import read_nifti
+
+    with pytest.raises(UserError, match=r"promises a 30000x30000x30000 volume .* more than the .* GB of memory available"):
+        read_nifti(_hostile_nifti(tmp_path / "big.nii"))
+
+
+def test_a_nan_affine_is_named(tmp_path):
+    from bench.core.errors import UserError
+    from datasets.nifti import read_nifti
+
+    with pytest.raises(UserError, match="NaN or infinite affine"):
+        read_nifti(_hostile_nifti(tmp_path / "nan.nii", affine_nan=True))
