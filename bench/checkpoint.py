@@ -53,11 +53,23 @@ class Checkpointer:
         refuse_links(self.dir)
 
     def clean_temp(self) -> None:
-        """Remove temporary files of a write killed midway (this process holds the run's claim)."""
-        if self.rank == 0:
-            for tmp in self.dir.glob(".*.tmp"):
-                if not tmp.name.startswith(".claim"):
-                    tmp.unlink(missing_ok=True)
+        """Remove temporary files of a write killed midway (this process holds the run's claim):
+        the run folder's and predictions/' own, and claim temporaries a minute old (a live
+        worker's claim temporaries exist for milliseconds)."""
+        if self.rank != 0:
+            return
+        import time
+
+        for tmp in [*self.dir.glob(".*.tmp"), *(self.dir / "predictions").glob(".*.tmp"), *self.dir.glob(".claim.dead.*")]:
+            if tmp.is_symlink() or not tmp.is_file():
+                continue
+            if tmp.name.startswith(".claim"):
+                try:
+                    if time.time() - tmp.lstat().st_mtime < 60:
+                        continue
+                except FileNotFoundError:
+                    continue
+            tmp.unlink(missing_ok=True)
 
     def save(self, step: int, method, train_step, best: dict, timing: dict) -> None:
         """Write the latest state (atomically) and refresh the run's claim."""

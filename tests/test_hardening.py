@@ -437,3 +437,23 @@ def test_a_nan_affine_is_named(tmp_path):
 
     with pytest.raises(UserError, match="NaN or infinite affine"):
         read_nifti(_hostile_nifti(tmp_path / "nan.nii", affine_nan=True))
+
+
+def test_leftover_temporaries_are_swept_on_resume(tmp_path):
+    """Temp files under predictions/ and stale claim temporaries survive no resume (issue #31)."""
+    import torch
+
+    from bench.checkpoint import Checkpointer
+
+    run = tmp_path / "run"
+    (run / "predictions").mkdir(parents=True)
+    old = time.time() - 3600
+    left = [run / ".metrics.json.abc.tmp", run / "predictions" / ".case_1.nii.gz.xyz.tmp", run / ".claim.0123.tmp",
+            run / ".claim.dead.42"]
+    for p in left:
+        p.write_text("x")
+        os.utime(p, (old, old))
+    fresh = run / ".claim.4567.tmp"  # a live worker's, milliseconds old: kept
+    fresh.write_text("x")
+    Checkpointer(run, torch.device("cpu")).clean_temp()
+    assert not any(p.exists() for p in left) and fresh.exists()
