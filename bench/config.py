@@ -39,7 +39,7 @@ from typing import Annotated, Any, Literal
 from bench.core.errors import UserError
 from bench.core.plan import EXECUTION_ONLY, TrainConfig
 from bench.core.protocol import ProtocolOptions
-from bench.core.settings import NAMES, SEEDS, SHARE, convert, convert_field, describe_type, field_types, setting
+from bench.core.settings import NAMES, SEEDS, SHARE, convert, convert_field, describe_type, field_types, setting, split_names
 
 #: the preset used when none is given
 DEFAULT_PRESET = "demo"
@@ -104,12 +104,6 @@ class RunOptions:
 def run_option_names() -> list[str]:
     """The run options (the top-level keys of a config file)."""
     return [f.name for f in dataclasses.fields(RunOptions)]
-
-
-def split_names(value: Any) -> list[str]:
-    """Names from ``"a, b"`` or a list, stripped, empty ones left out."""
-    items = value if isinstance(value, list) else str(value).split(",")
-    return [str(v).strip() for v in items if str(v).strip()]
 
 
 # -- layers --------------------------------------------------------------------------------

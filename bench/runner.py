@@ -121,13 +121,9 @@ def _available_memory(device) -> int | None:
         import torch
 
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    from bench.core.store import available_memory
+
+    return available_memory()
 
 
 def _git_commit() -> str | None:

@@ -55,6 +55,8 @@ def _check_promise(path: Path, img) -> None:
     .nii.gz may expand to many GB) or whose affine is not finite."""
     import math
 
+    from bench.core.store import available_memory
+
     shape = tuple(int(s) for s in img.shape)
     itemsize = max(int(np.dtype(img.get_data_dtype()).itemsize), 4)  # scaled or converted data is float32 or wider
     need = 2 * math.prod(shape) * itemsize  # the array and its reoriented copy
@@ -64,17 +66,6 @@ def _check_promise(path: Path, img) -> None:
                         f"{have / 2**30:.1f} GB of memory available; check the file (a corrupt or hostile header) or crop it")
     if not np.isfinite(np.asarray(img.affine, dtype=np.float64)).all():
         raise UserError(f"{path} has a NaN or infinite affine; fix its header (qform / sform)")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available now (Linux MemAvailable), or None where unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 #: affine (after reorientation) of the files read last, for image/label consistency checks

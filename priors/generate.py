@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from bench.core.errors import UserError
-from bench.core.redact import printable
+from bench.core.redact import printable, redact
 from bench.core.store import atomic_write_text
 from priors.prompts import FORMAT, PromptSet
 
@@ -52,10 +52,11 @@ MAX_ANSWER_CHARS = 4000
 
 
 def public_url(url: str) -> str:
-    """A URL without the user name and password it may carry (``http://user:secret@host`` -> ``http://host``)."""
+    """A URL fit to store: without the user name and password it may carry (``http://user:secret@host``
+    -> ``http://host``), its other credentials masked (:func:`bench.core.redact.redact`)."""
     import re
 
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url)
+    return redact(re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1", url))
 
 
 def masked(text: str, limit: int = 200) -> str:

@@ -141,10 +141,12 @@ def test_init_conv_weights_by_method(method, script, net, rnet):
 W = G["weighting"]
 
 
-def test_distdw_init_and_updates():
-    s = DistDW(C, momentum=0.99)
-    close(s.init(ri.labeled_counts()), W["distdw_init"])
-    for b, exp in zip(ri.weighting_batches(), W["distdw"]):
+@pytest.mark.parametrize("cls, key", [(DistDW, "distdw"), (CReST, "crest")])
+def test_unlabeled_weighting_init_and_updates(cls, key):
+    """DistDW and CReST: initialised from the labeled counts, updated from unlabeled logits."""
+    s = cls(C, momentum=0.99)
+    close(s.init(ri.labeled_counts()), W[f"{key}_init"])
+    for b, exp in zip(ri.weighting_batches(), W[key]):
         close(s.update(b["logits_u"]), exp)
 
 
@@ -157,13 +159,6 @@ def test_diffdw_updates_and_state():
         close(s.learn, exp["learn"])
         close(s.unlearn, exp["unlearn"])
         close(s.dice_weight, exp["dice_weight"])
-
-
-def test_crest_init_and_updates():
-    s = CReST(C, momentum=0.99)
-    close(s.init(ri.labeled_counts()), W["crest_init"])
-    for b, exp in zip(ri.weighting_batches(), W["crest"]):
-        close(s.update(b["logits_u"]), exp)
 
 
 def test_simis_init_and_updates():

@@ -73,21 +73,21 @@ def parse_share(raw: Any) -> float:
     return value
 
 
+def split_names(value: Any) -> list[str]:
+    """Names from ``"a, b"`` or a list, stripped, empty ones left out."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
 def parse_names(raw: Any) -> tuple[str, ...]:
     """Names from ``"a, b"`` or a list: stripped, each once, empty ones left out; at least one.
 
     Raises:
         ValueError: no name, or a list holding something other than text.
     """
-    if isinstance(raw, (list, tuple)):
-        if not all(isinstance(v, str) for v in raw):
-            raise ValueError(raw)
-        items = list(raw)
-    elif isinstance(raw, str):
-        items = raw.split(",")
-    else:
+    if not isinstance(raw, (list, tuple, str)) or (not isinstance(raw, str) and not all(isinstance(v, str) for v in raw)):
         raise ValueError(raw)
-    out = tuple(dict.fromkeys(v.strip() for v in items if v.strip()))
+    out = tuple(dict.fromkeys(split_names(raw)))
     if not out:
         raise ValueError(raw)
     return out

@@ -91,6 +91,17 @@ def atomic_save(path: Path, save: Callable[[Any], None]) -> None:
         raise
 
 
+def available_memory() -> int | None:
+    """Bytes of host memory available now (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def process_alive(pid: int) -> bool:
     """Whether a process with this pid runs on this host (one we may not signal counts as alive)."""
     try:
