@@ -23,8 +23,11 @@ from bench.core.plan import TrainConfig
 from methods.base import Losses
 
 
-def amp_dtype(device: torch.device) -> torch.dtype:
-    """The autocast dtype: bf16 where the GPU supports it, else fp16 (CUDA only)."""
+def amp_dtype(device: torch.device, amp: bool | str = True) -> torch.dtype:
+    """The autocast dtype: fp16 for ``amp="fp16"`` (the released scripts' autocast with a
+    GradScaler), else bf16 where the GPU supports it and fp16 where not (CUDA only)."""
+    if amp == "fp16":
+        return torch.float16
     return torch.bfloat16 if (device.type == "cuda" and torch.cuda.is_bf16_supported()) else torch.float16
 
 
@@ -71,7 +74,7 @@ class TrainStep:
         average: ``average(params)`` after backward (distributed gradient averaging).
     """
 
-    def __init__(self, method, optimizers: torch.optim.Optimizer | Optimizers, device: torch.device, amp: bool = True,
+    def __init__(self, method, optimizers: torch.optim.Optimizer | Optimizers, device: torch.device, amp: bool | str = True,
                  grad_clip: float = 0.0, check: Callable | None = None, average: Callable | None = None):
         self.method, self.device = method, device
         if isinstance(optimizers, torch.optim.Optimizer):
@@ -79,7 +82,7 @@ class TrainStep:
         self.optimizers = {k: o for k, (o, _) in optimizers.items()}
         self.schedules = {k: f for k, (_, f) in optimizers.items()}
         self.amp = amp_enabled(device, amp)
-        self.dtype = amp_dtype(device)
+        self.dtype = amp_dtype(device, amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.dtype == torch.float16)
         self.grad_clip, self.check, self.average = grad_clip, check, average
 

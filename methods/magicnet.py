@@ -66,7 +66,7 @@ from methods.cube_mixing import (
 )
 from methods.ema import ema_update, make_teacher, teacher_noise
 from methods.ga_loss import ga_ce, ga_dice
-from methods.networks import VNet
+from methods.networks import VNet, kaiming_all
 from methods.ramps import sigmoid_rampup
 
 
@@ -201,9 +201,11 @@ class MagicNet(Method):
         dist_update_every: int = setting(20, ge=1)
         T_dist: float = setting(1.0, gt=0.0)
         loss: Literal["ga", "dice_ce"] = "dice_ce"
-        #: backbone initialisation: the released MagicNet / GALoss / TAK call no initialiser
-        #: (PyTorch's default; TAK defines a Kaiming init and never calls it)
-        init: Literal["kaiming", "xavier", "default"] = "default"
+        #: initialisation: the released MagicNet / GALoss / TAK call no initialiser (PyTorch's
+        #: default); "kaiming" / "xavier" re-initialise the backbone's Conv3d weights as DHC's
+        #: initialisers do; "kaiming_all" does what TAK's defined-but-unused
+        #: kaiming_normal_init_weight would do to the whole network (every Conv3d, zero biases)
+        init: Literal["kaiming", "xavier", "default", "kaiming_all"] = "default"
         #: who decodes the unlabeled cubes into the cube-wise pseudo-label: the released MagicNet
         #: and GALoss call get_mix_pl(model, ...) (the student); TAK passes its EMA teacher
         pl_source: Literal["student", "teacher"] = "student"
@@ -235,7 +237,19 @@ class MagicNet(Method):
 
     def build_network(self) -> MagicNetwork:
         """The student network (the teacher is its copy); variants replace the head or add parts."""
-        return MagicNetwork(self.ctx.num_classes, self.ctx.width, self.cube, self.n_cubes, init=self.hp.init)
+        return self.initialised(MagicNetwork(self.ctx.num_classes, self.ctx.width, self.cube, self.n_cubes, init=self.backbone_init))
+
+    @property
+    def backbone_init(self) -> str:
+        """The init the backbone is built with (``kaiming_all`` is applied to the whole network
+        once built, by :meth:`initialised`)."""
+        return "default" if self.hp.init == "kaiming_all" else self.hp.init
+
+    def initialised(self, net: MagicNetwork) -> MagicNetwork:
+        """``net`` after the whole-network init ``kaiming_all`` where chosen."""
+        if self.hp.init == "kaiming_all":
+            kaiming_all(net)
+        return net
 
     @classmethod
     def check_settings(cls, hp: "MagicNet.Hparams", train) -> None:

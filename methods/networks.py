@@ -148,3 +148,15 @@ def init_weights(net: nn.Module, init: str) -> None:
     for m in net.modules():
         if type(m) is nn.Conv3d:  # not ConvTranspose3d (a sibling class in torch, named here for the reader)
             fn(m.weight)
+
+
+def kaiming_all(net: nn.Module) -> None:
+    """What TAK's defined-but-never-called ``kaiming_normal_init_weight`` does to a whole network
+    (TAK-Semi train_AMOS_MagicNet_GA_TAK.py:67-72): every ``nn.Conv3d`` - backbone, head,
+    controller, projections - gets Kaiming-normal weights and zero biases; ``Linear``,
+    ``ConvTranspose3d`` and norm layers keep their init."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)

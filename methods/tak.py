@@ -147,7 +147,9 @@ class TAK(GA):
         if self.ctx.priors is None:
             raise ValueError("tak needs text priors: the runner passes them (--prompts, --text-encoder)")
         prior = scale_prior(self.ctx.priors(), self.hp.prior_norm)
-        return TAKNetwork(self.ctx.num_classes, self.ctx.width, self.cube, self.n_cubes, prior, self.use_contrast, self.hp.init)
+        return self.initialised(
+            TAKNetwork(self.ctx.num_classes, self.ctx.width, self.cube, self.n_cubes, prior, self.use_contrast, self.backbone_init)
+        )
 
     def pl_condition(self, net, teacher, cond):
         """TAK decodes the pseudo-label cubes with the student's class embedding (detached),

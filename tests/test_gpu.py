@@ -38,6 +38,19 @@ def test_amp_training_on_cuda(tiny_dataset, tmp_path, method):
     assert timing["amp"] is True and timing["peak_memory_kind"] == "cuda_allocator"
 
 
+def test_released_fp16_amp_uses_a_grad_scaler(tiny_dataset, tmp_path):
+    """amp="fp16" (the released scripts' autocast): fp16 with a GradScaler; a run finishes."""
+    from bench.step import TrainStep
+    from bench.train import run_one
+
+    sgd = torch.optim.SGD([torch.zeros(1, device="cuda", requires_grad=True)], lr=0.1)
+    ts = TrainStep(None, sgd, torch.device("cuda"), amp="fp16")
+    assert ts.dtype == torch.float16 and ts.scaler.is_enabled()
+    assert not TrainStep(None, sgd, torch.device("cuda"), amp=True).scaler.is_enabled() or not torch.cuda.is_bf16_supported()
+    metrics = run_one(_cuda_spec(tiny_dataset, "mean_teacher", tmp_path / "r", amp="fp16"))
+    assert 0.0 <= metrics.mean["dice"] <= 1.0
+
+
 def test_same_seed_within_tolerance_on_cuda(tiny_dataset, tmp_path):
     from bench.train import run_one
 

@@ -369,21 +369,35 @@ def test_default_init_statistics_match_release(golden, seed):
     assert not _init_check(_stats(net), golden["init"][f"default_seed{seed}"], shapes)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="init='kaiming' is not TAK's defined-but-unused kaiming_normal_init_weight: that one "
-                                       "re-initialises every Conv3d (the head's controller, GAP, precls and the voxel "
-                                       "projections too) and no ConvTranspose3d; the suite's the backbone's Conv3d and "
-                                       "ConvTranspose3d (issue #30, item 4)")
-def test_kaiming_init_statistics_match_the_releases_unused_initialiser(golden):
+def test_kaiming_all_matches_the_releases_unused_initialiser(golden):
+    """init="kaiming_all" = TAK's defined-but-unused kaiming_normal_init_weight: every Conv3d
+    (controller, GAP, precls and voxel projections too) Kaiming-normal with zero bias, no
+    ConvTranspose3d; per parameter the same values / spread as the release's."""
+    from methods.networks import kaiming_all
     from methods.tak import TAKNetwork
 
     torch.manual_seed(0)
-    net = TAKNetwork(C, 16, 32, 27, torch.zeros(2 * C, 512), True, "kaiming")
+    net = TAKNetwork(C, 16, 32, 27, torch.zeros(2 * C, 512), True, "default")
+    kaiming_all(net)
     want = golden["init"]["kaiming_normal_init_weight_seed0"]
     got = _stats(net)
     bad = [n for n, w in want.items() if w["std"] == 0.0 and (got[n]["min"], got[n]["max"]) != (w["min"], w["max"])]
     bad += [n for n, w in want.items() if w["std"] > 0.0 and w["numel"] >= 256
             and abs(got[n]["std"] / w["std"] - 1) > 4 / math.sqrt(w["numel"])]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("init", ["kaiming", "xavier"])
+def test_backbone_inits_are_not_the_releases_unused_initialiser(golden, init):
+    """DHC's backbone initialisers leave the head's Conv3d biases (and the controller) as PyTorch
+    draws them: not what kaiming_normal_init_weight does (use kaiming_all for that)."""
+    from methods.tak import TAKNetwork
+
+    torch.manual_seed(0)
+    net = TAKNetwork(C, 16, 32, 27, torch.zeros(2 * C, 512), True, init)
+    want = golden["init"]["kaiming_normal_init_weight_seed0"]
+    zero_biases = [n for n, w in want.items() if n.endswith(".bias") and w["std"] == 0.0 and w["max"] == 0.0 and w["numel"] > 1]
+    assert zero_biases and any(_stats(net)[n]["std"] > 0 for n in zero_biases)
 
 
 # -- cube machinery --------------------------------------------------------------------------------------

@@ -104,3 +104,24 @@ def test_a_non_finite_loss_stops_before_its_backward_pass(tiny_dataset, tmp_path
             trainer.fit()
     finally:
         SegmenterAndCritic.nan_at = None
+
+
+@pytest.mark.parametrize("amp, want", [("fp16", torch.float16), (True, None)])
+def test_amp_dtype_by_setting(amp, want):
+    """amp="fp16" is the released scripts' fp16 (with a GradScaler on CUDA); amp=true bf16 where
+    the GPU supports it. On CPU autocast stays off either way (fp32)."""
+    from bench.step import amp_dtype, amp_enabled
+
+    cuda = torch.device("cuda")
+    assert amp_dtype(cuda, amp) == (want or (torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16))
+    assert amp_enabled(torch.device("cpu"), amp) is False and amp_enabled(cuda, amp) is True
+
+
+def test_amp_setting_parses_fp16():
+    from bench.config import TrainConfig
+    from bench.core.settings import convert_field
+
+    assert convert_field("--set", TrainConfig, "amp", "fp16") == "fp16"
+    assert convert_field("--set", TrainConfig, "amp", "false") is False
+    with pytest.raises(Exception):
+        convert_field("--set", TrainConfig, "amp", "fp8")

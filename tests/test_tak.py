@@ -163,3 +163,31 @@ def test_tak_prior_enters_the_head_at_the_encoders_scale_or_the_released_tensors
     # scaled to the released tensor's mean row norm with prior_norm=4.785
     head = TAK(_ctx(), **setting).networks["net"].head
     assert head.prior.norm(dim=1).mean().item() == pytest.approx(norm, rel=1e-5)
+
+
+def test_kaiming_all_reaches_the_head_and_projections():
+    """tak with init="kaiming_all": every Conv3d of student and teacher (backbone, head controller,
+    projections) has zero bias; the Linear text projections keep PyTorch's init."""
+    import torch.nn as nn
+
+    m = TAK(_ctx(), init="kaiming_all")
+    for net in (m.networks["net"], m.teachers["teacher"]):
+        convs = [mod for mod in net.modules() if isinstance(mod, nn.Conv3d)]
+        assert convs and all(c.bias is None or not c.bias.any() for c in convs)
+        assert any(isinstance(mod, nn.Linear) and mod.bias.abs().sum() > 0 for mod in net.modules())
+    head = m.networks["net"].head.controller
+    assert abs(head.weight.std().item() / (2 / head.weight[0].numel()) ** 0.5 - 1) < 0.1
+
+
+@pytest.mark.parametrize("width, shared", [(16, [False, False, True]), (8, [False, False, False])])
+def test_contrastive_branch_shares_text_to_256_at_the_released_width(width, shared):
+    """At TAK's width 16 the x5 scale (256 channels) uses the head's own text projection, as
+    released (``text_to_256``); at width 8 every scale has its own."""
+    import torch.nn as nn
+
+    from methods.tak import TAKNetwork
+
+    net = TAKNetwork(14, width, 32, 8, torch.randn(2 * 14, 384), True)
+    assert [isinstance(p, nn.Identity) for p in net.text_proj] == shared
+    if width == 16:
+        assert torch.equal(net.text_embeddings()[2], net.head.text_hidden())

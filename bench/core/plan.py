@@ -39,7 +39,9 @@ class TrainConfig:
     patch: tuple[int, int, int] = (32, 64, 64)
     width: int = setting(8, ge=1)
     grad_clip: float = setting(0.0, ge=0.0)
-    amp: bool = True
+    #: autocast on CUDA (CPU runs stay fp32): true = bf16 where the GPU supports it (the
+    #: suite's); "fp16" = fp16 with a GradScaler, as the released scripts' torch.cuda.amp
+    amp: bool | Literal["fp16"] = True
     val_every: int = setting(100, ge=0)
     val_overlap: float = setting(0.25, ge=0.0, lt=1.0)
     #: test-time sliding-window overlap; "protocol" = the protocol's overlap or stride
