@@ -45,14 +45,16 @@ def match_cases(preds: dict[str, Path], gts: dict[str, Path]) -> dict[str, tuple
     return out
 
 
-def _check_labels(arr: np.ndarray, path: Path, n: int) -> np.ndarray:
+def _check_labels(arr: np.ndarray, path: Path, n: int, labels_json: str | None = None) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise UserError(f"{path} holds non-integer values; a label map must hold class ids")
         arr = arr.astype(np.int64)
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= n:
-        raise UserError(f"{path} holds label {hi if hi >= n else lo}, outside 0..{n - 1} of the label set; pass --labels dataset.json")
+        fix = (f"the label set of --labels {labels_json} has {n} ids: check that it belongs to these files" if labels_json
+               else "the default label set is BTCV's 13 organs: pass --labels dataset.json with yours")
+        raise UserError(f"{path} holds label {hi if hi >= n else lo}, outside 0..{n - 1} of the label set; {fix}")
     return arr
 
 
@@ -99,7 +101,8 @@ def evaluate_folders(pred: str, gt: str, labels_json: str | None, protocol: str 
         if not np.allclose(p_spacing, spacing, rtol=1e-3, atol=1e-3) or not same_grid(ppath, gpath):
             raise UserError(f"case '{cid}': {ppath} is not on the voxel grid of {gpath} (spacing {p_spacing} vs {spacing}); "
                             f"resample the prediction onto its label's grid")
-        cases[cid] = score_case(_check_labels(p, ppath, len(labels)), _check_labels(g, gpath, len(labels)), spacing, proto, organs)
+        cases[cid] = score_case(_check_labels(p, ppath, len(labels), labels_json), _check_labels(g, gpath, len(labels), labels_json),
+                                 spacing, proto, organs)
         penalty[cid] = penalty_distance(g.shape, spacing, proto)
     record = MetricsRecord.build(method=pdir.name, dataset=gdir.name, protocol=proto, split="evaluate", seed=0,
                                  organs=organs, cases=cases, penalty_distance=penalty)

@@ -32,7 +32,7 @@ from bench.core.errors import UserError
 from bench.core.plan import DatasetChoice, PriorChoice, RunPlan, SplitChoice
 from bench.core.records import MetricsRecord, read_record
 from bench.core.registry import DATASETS, METHODS, PROTOCOLS
-from bench.core.store import inside, is_finished, safe_name
+from bench.core.store import absent, inside, is_finished, safe_name
 
 
 @dataclass
@@ -158,7 +158,7 @@ def load_dataset(name: str, preset: str, data_root: str | None, progress: bool =
     if data_root is not None:
         root = Path(data_root)
         if not root.exists():
-            raise UserError(f"--data-root {root} does not exist; point it at the dataset folder")
+            raise UserError(f"--data-root {root} {absent(root)}; point it at the dataset folder")
         if root.is_dir() and not any(root.iterdir()):
             raise UserError(f"--data-root {root} is empty; point it at the folder that holds the dataset")
     import inspect
@@ -312,7 +312,8 @@ def _check_priors(prompt_list, encoder_list) -> None:
         if not (p.endswith(".json") or "/" in p):
             PROMPTS.get(p)
     for e in encoder_list:
-        encoder_class(e)
+        _, arg, cls = encoder_class(e)
+        cls.check_spec(arg)
 
 
 def _priors_fn(prompts: str, encoder: str, class_names, device: str):

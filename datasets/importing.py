@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bench.core.errors import UserError
-from bench.core.labels import LABEL_SETS, canonical_organ
+from bench.core.labels import LABEL_SETS, canonical_organ, check_label_count
 from bench.core.store import cache_root, inside, read_json, safe_name
 from datasets.base import Dataset, DatasetWriter
 from datasets.nifti import as_label, read_nifti, same_grid, source_affine
@@ -57,6 +57,7 @@ class LabelMap:
             raise UserError(f"label map {path} is not a bench-label-map/1 file (needs 'format', 'target', 'map'); {fix}")
         target = data.get("target")
         labels = LABEL_SETS.get(str(target).lower()) if isinstance(target, str) else tuple(target or ())
+        check_label_count(f"label map {path}: target", len(labels))
         if not labels:
             raise UserError(f"label map {path}: unknown target '{target}'; use one of {', '.join(LABEL_SETS)} or a list of names")
         unmapped = data.get("unmapped", "background")
@@ -69,6 +70,8 @@ class LabelMap:
                 value = int(src)
             except ValueError:
                 raise UserError(f"label map {path}: source value {src!r} is not an integer")
+            if not 0 <= value < 2**31:
+                raise UserError(f"label map {path}: source value {value} is outside 0..2^31-1; a label map maps non-negative label ids")
             key = canonical_organ(str(organ))
             if key not in index:
                 raise UserError(f"label map {path}: organ '{organ}' is not in the target label set ({', '.join(labels[1:])})")
@@ -76,18 +79,17 @@ class LabelMap:
         return cls(name=str(path), labels=tuple(labels), table=table, unmapped=unmapped)
 
     def apply(self, label: np.ndarray, source: str) -> np.ndarray:
-        values = np.unique(label)
-        lut_size = int(max(values.max(initial=0), max(self.table, default=0))) + 1
-        if values.min(initial=0) < 0:
+        """``label`` (any shape, integer ids) -> uint8 class indices; the lookup is sized by the
+        distinct values present, never by the largest value (a label 2^31 costs no memory)."""
+        values, inverse = np.unique(label, return_inverse=True)
+        if values.size and values.min() < 0:
             raise UserError(f"{source} holds negative label {int(values.min())}; a label map must hold class ids >= 0")
-        lut = np.zeros(lut_size, dtype=np.uint8)
-        for src, dst in self.table.items():
-            lut[src] = dst
         if self.unmapped == "error":
             extra = sorted(int(v) for v in values if v != 0 and int(v) not in self.table)
             if extra:
                 raise UserError(f"{source} holds label(s) {extra[:5]} that the label map {self.name} does not map; add them or set \"unmapped\": \"background\"")
-        return lut[label.astype(np.int64)]
+        mapped = np.array([self.table.get(int(v), 0) for v in values], dtype=np.uint8)
+        return mapped[inverse].reshape(label.shape)
 
     def digest(self) -> str:
         return json.dumps({"labels": self.labels, "table": sorted(self.table.items()), "unmapped": self.unmapped})

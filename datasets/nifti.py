@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.core.errors import UserError
+from bench.core.store import absent
 
 
 def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -21,8 +22,8 @@ def read_nifti(path: str | Path, layout: str = "dhw") -> tuple[np.ndarray, tuple
     import nibabel as nib
 
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; check --data-root and the dataset's file list")
+    if not path.is_file():
+        raise UserError(f"{path} {absent(path)}; check --data-root and the dataset's file list")
     try:
         source = nib.load(str(path))  # the header only: the data is read below, once checked
     except Exception as e:

@@ -22,6 +22,7 @@ import numpy as np
 
 from bench.core.errors import UserError
 from bench.core.registry import register_encoder
+from bench.core.store import absent
 
 
 def _file_digest(path: Path, limit: int | None = None) -> str:
@@ -52,6 +53,11 @@ class TextEncoder:
     @property
     def weights_id(self) -> str:
         return self.encoder_id
+
+    @classmethod
+    def check_spec(cls, arg: str) -> None:
+        """Refuse a spec argument that cannot work (e.g. a missing file) without loading
+        anything; runs before any run starts. Nothing to check by default."""
 
     def encode(self, texts: Sequence[str]):
         raise NotImplementedError
@@ -119,18 +125,27 @@ class MiniLMEncoder(TextEncoder):
 class OpenClipEncoder(TextEncoder):
     """An open_clip text tower: ``clip:<model>[:<pretrained tag or checkpoint path>]``."""
 
-    def __init__(self, spec: str = "ViT-B-32:openai", device: str = "cpu"):
+    @staticmethod
+    def parse(spec: str) -> tuple[str, str | None, bool]:
+        """(model, pretrained tag or checkpoint path, whether that is a local file) of a spec."""
         if spec.startswith("hf-hub:"):
-            model, pretrained = spec, None
-        else:
-            model, _, pretrained = spec.partition(":")
-            pretrained = pretrained or None
+            return spec, None, False
+        model, _, pretrained = spec.partition(":")
+        local = bool(pretrained) and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
+        return model, pretrained or None, local
+
+    @classmethod
+    def check_spec(cls, arg: str) -> None:
+        model, pretrained, local = cls.parse(arg or "ViT-B-32:openai")
         if not model:
             raise UserError("text encoder 'clip:' needs a model name, e.g. clip:ViT-B-32:openai or clip:ViT-B-32:/path/ckpt.pt")
-        self.model_name, self.pretrained, self.device = model, pretrained, device
-        local = pretrained is not None and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
         if local and not Path(pretrained).is_file():
-            raise UserError(f"text encoder 'clip:{spec}': checkpoint file {pretrained} does not exist")
+            raise UserError(f"text encoder 'clip:{arg}': checkpoint file {pretrained} {absent(pretrained)}")
+
+    def __init__(self, spec: str = "ViT-B-32:openai", device: str = "cpu"):
+        self.check_spec(spec)
+        model, pretrained, local = self.parse(spec)
+        self.model_name, self.pretrained, self.device = model, pretrained, device
         self._weights_id = _file_digest(Path(pretrained)) if local else (pretrained or "random-init")
         self.encoder_id = f"clip:{model}"
         import logging
@@ -175,12 +190,16 @@ class FileEncoder(TextEncoder):
 
     precomputed = True
 
-    def __init__(self, spec: str = "", device: str = "cpu"):
-        if not spec:
+    @classmethod
+    def check_spec(cls, arg: str) -> None:
+        if not arg:
             raise UserError("text encoder 'file:' needs a path, e.g. file:/path/amos_embedding_shape_location.pth")
+        if not Path(arg).is_file():
+            raise UserError(f"text encoder 'file:{arg}': {arg} {absent(arg)}")
+
+    def __init__(self, spec: str = "", device: str = "cpu"):
+        self.check_spec(spec)
         self.path = Path(spec)
-        if not self.path.is_file():
-            raise UserError(f"text encoder 'file:{spec}': {self.path} does not exist")
         import torch
 
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.core.errors import UserError
 from bench.core.records import ConfigRecord, FutureRecordError, MetricsRecord, TimingRecord, read_record
+from bench.core.store import absent
 
 
 @dataclass
@@ -98,7 +99,7 @@ def collect(runs_dir: str | Path, skip_broken: bool = False) -> list[Run]:
     if not str(runs_dir).strip():
         raise UserError("--runs is empty; give the folder that `bench run --out` wrote")
     if not root.exists():
-        raise UserError(f"--runs {root} does not exist; point it at the folder that `bench run --out` wrote")
+        raise UserError(f"--runs {root} {absent(root)}; point it at the folder that `bench run --out` wrote")
     out = []
     for mpath in sorted(root.rglob("metrics.json")):
         if not re.fullmatch(r"seed_\d+", mpath.parent.name):

@@ -457,3 +457,84 @@ def test_leftover_temporaries_are_swept_on_resume(tmp_path):
     fresh.write_text("x")
     Checkpointer(run, torch.device("cpu")).clean_temp()
     assert not any(p.exists() for p in left) and fresh.exists()
+
+
+# -- label sets and label maps: bounded by what uint8 storage can hold (issue #31, item 7) ----------
+@pytest.mark.parametrize("labels, expect", [
+    ({"background": 0, "liver": 10**12}, "label id 1000000000000"),
+    ({"0": "background", "300": "liver"}, "label id 300"),
+    ([f"organ{i}" for i in range(10_000)], "10000 labels"),
+])
+def test_label_sets_beyond_uint8_are_refused_at_once(tmp_path, capsys, labels, expect):
+    """A --labels file with an id of 10^12 or 10,000 names: one line, before anything is sized by
+    it (earlier: 1 TiB asked for, or 4 GB in 9 s)."""
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"labels": labels}))
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    start = time.perf_counter()
+    err = _one_line(capsys, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", str(path)], expect)
+    assert "0..255" in err and time.perf_counter() - start < 5
+
+
+def test_label_map_sizes_its_lookup_by_the_values_present(tmp_path):
+    """A label value of 2^31 - 1 costs no memory (the lookup was sized by the largest value); a
+    source value out of range in the map file is one line."""
+    from bench.core.errors import UserError
+    from datasets.importing import LabelMap
+
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({"format": "bench-label-map/1", "target": "btcv", "map": {"2147483647": "liver", "5": "spleen"}}))
+    lmap = LabelMap.load(str(path))
+    raw = np.array([[[0, 5], [2147483647, 7]]], dtype=np.int64)
+    out = lmap.apply(raw, "case x")
+    assert out.dtype == np.uint8 and out.tolist() == [[[0, lmap.labels.index("spleen")], [lmap.labels.index("liver"), 0]]]
+    path.write_text(json.dumps({"format": "bench-label-map/1", "target": "btcv", "map": {str(2**40): "liver"}}))
+    with pytest.raises(UserError, match="outside 0..2"):
+        LabelMap.load(str(path))
+
+
+def test_evaluate_names_the_labels_file_it_was_given(tmp_path, capsys):
+    """A label beyond the set of the --labels file given: the message names that file, not "pass
+    --labels" (which it was)."""
+    import nibabel as nib
+
+    for d in ("pred", "gt"):
+        (tmp_path / d).mkdir()
+        nib.save(nib.Nifti1Image(np.full((4, 4, 4), 40, np.uint8), np.eye(4)), str(tmp_path / d / "a.nii.gz"))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    err = _one_line(capsys, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--labels", str(labels)],
+                    "outside 0..1")
+    assert f"--labels {labels} has 2 ids" in err and "pass --labels" not in err
+    err = _one_line(capsys, ["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")], "outside 0..13")
+    assert "pass --labels dataset.json" in err
+
+
+@pytest.mark.parametrize("kind, expect", [("loop", "is a symbolic link loop"), ("dangling", "is a symbolic link to a missing file"),
+                                          ("missing", "does not exist")])
+@pytest.mark.parametrize("flag", ["--split", "--data-root", "--runs", "--text-encoder"])
+def test_links_that_lead_nowhere_are_named(tmp_path, capsys, kind, expect, flag):
+    """A symbolic-link loop or a dangling link is said to be one, not "does not exist"."""
+    path = tmp_path / "x.json"
+    if kind == "loop":
+        path.symlink_to(path)
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "gone")
+    argv = {"--split": ["run", *TINY, "--split", str(path), "--out", str(tmp_path / "o")],
+            "--data-root": ["run", *TINY, "--dataset", "folder", "--data-root", str(path), "--out", str(tmp_path / "o")],
+            "--runs": ["report", "--runs", str(path), "--no-figures"],
+            "--text-encoder": ["run", "--methods", "tak", "--preset", "tiny", "--no-progress", "--text-encoder", f"file:{path}",
+                               "--out", str(tmp_path / "o")]}[flag]
+    _one_line(capsys, argv, f"{path} {expect}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_nifti_that_is_a_device_is_named(tmp_path):
+    from bench.core.errors import UserError
+    from datasets.nifti import read_nifti
+
+    link = tmp_path / "case.nii.gz"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(UserError, match="is a device or pipe, not a file"):
+        read_nifti(link)

@@ -123,5 +123,7 @@ def test_amp_setting_parses_fp16():
 
     assert convert_field("--set", TrainConfig, "amp", "fp16") == "fp16"
     assert convert_field("--set", TrainConfig, "amp", "false") is False
-    with pytest.raises(Exception):
+    from bench.core.errors import UserError
+
+    with pytest.raises(UserError, match="fp8"):
         convert_field("--set", TrainConfig, "amp", "fp8")

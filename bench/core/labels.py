@@ -127,6 +127,21 @@ def abbreviation(name: str) -> str:
     return ABBREVIATIONS.get(canonical_organ(name), name)
 
 
+#: label maps are stored as uint8: ids 0..255
+MAX_LABELS = 256
+
+
+def check_label_count(origin: str, count: int, highest: int = 0, lowest: int = 0) -> None:
+    """Refuse a label set that cannot be stored as uint8 (more than 256 ids, or an id outside
+    0..255) before anything is sized by it."""
+    from bench.core.errors import UserError
+
+    if count > MAX_LABELS or highest >= MAX_LABELS or lowest < 0:
+        what = f"{count} labels" if count > MAX_LABELS else f"label id {highest if highest >= MAX_LABELS else lowest}"
+        raise UserError(f"{origin}: {what} - label maps are stored as uint8, so ids must be 0..{MAX_LABELS - 1} "
+                        f"(at most {MAX_LABELS} classes, background included); merge or drop classes")
+
+
 def names_by_id(raw: dict, origin: str) -> tuple[str, ...]:
     """Label names in id order from an nnU-Net / MSD ``labels`` mapping: ``{"0": "background",
     "1": "liver"}`` (v1, id -> name) or ``{"background": 0, "liver": 1}`` (v2, name -> id).
@@ -142,6 +157,7 @@ def names_by_id(raw: dict, origin: str) -> tuple[str, ...]:
                 pairs[int(k)] = str(v)  # v1: id -> name
         except (TypeError, ValueError):
             raise UserError(f"{origin}: label entry {k!r}: {v!r} is neither 'id': 'name' nor 'name': id (region lists are not supported)")
+    check_label_count(origin, len(pairs), max(pairs, default=0), min(pairs, default=0))
     n = max(pairs) + 1
     missing = [i for i in range(n) if i not in pairs]
     if missing:
@@ -164,6 +180,7 @@ def read_labels_json(path: str | None) -> tuple[str, ...]:
     if not labels:
         raise UserError(f"--labels {p} has no 'labels' entry; write {{\"labels\": {{\"background\": 0, \"liver\": 1, ...}}}}")
     if isinstance(labels, list):
+        check_label_count(f"--labels {p}", len(labels))
         return tuple(str(x) for x in labels)
     if not isinstance(labels, dict):
         raise UserError(f"--labels {p}: 'labels' must map names to integers (nnU-Net style)")

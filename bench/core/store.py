@@ -125,6 +125,24 @@ MAX_TEXT_BYTES = 64 * 2**20
 MAX_DEPTH = 64
 
 
+def absent(path: Path | str) -> str:
+    """Why ``path`` is not there, for a message: "does not exist", or what a link or special
+    file is instead (``Path.exists`` answers False for a symbolic-link loop too)."""
+    import errno
+    import stat as stat_
+
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return "is a symbolic link to a missing file" if p.is_symlink() else "does not exist"
+    if stat_.S_ISDIR(mode):
+        return "is a folder"
+    return "is a device or pipe, not a file" if not stat_.S_ISREG(mode) else "exists"
+
+
 def read_bounded(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
     """The bytes of a small file, read at most ``limit`` + 1 of them: a device (``/dev/zero``) or
     a huge file is refused instead of read forever.
@@ -140,6 +158,8 @@ def read_bounded(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
     except FileNotFoundError:
         raise
     except OSError as e:
+        if absent(p).startswith("is a symbolic link"):
+            raise UserError(f"{what} {absent(p)}; check the path")
         raise UserError(f"{what} cannot be read ({e.strerror or type(e).__name__}); check the path")
     if p.is_dir():
         raise IsADirectoryError(str(p))
@@ -181,7 +201,7 @@ def read_json(path: Path, what: str, missing_hint: str = "", corrupt_hint: str =
     try:
         return check_depth(json.loads(read_bounded(Path(path), what).decode("utf-8")), what)
     except FileNotFoundError:
-        raise UserError(f"{what} does not exist{'; ' + missing_hint if missing_hint else ''}")
+        raise UserError(f"{what} {absent(path)}{'; ' + missing_hint if missing_hint else ''}")
     except IsADirectoryError:
         raise UserError(f"{what} is a folder; give the JSON file")
     except PermissionError:
