@@ -12,6 +12,7 @@ memory, on the protocol grid, so that sampling a patch never waits on the disk.)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -34,7 +35,10 @@ class Dataset:
     ``root/dataset.json`` holds ``name``, ``labels`` (names in label order, background
     first), ``cases`` (``{id: {"spacing": [...], "shape": [...]}}``) and ``partition``
     (``train`` / ``eval`` / ``test`` id lists, where the dataset defines them);
-    ``root/images/<id>.npy`` and ``root/labels/<id>.npy`` hold the arrays.
+    ``root/images/<id>.npy`` and ``root/labels/<id>.npy`` hold the arrays; ``checksums``
+    (``{id: {"image": sha256, "label": sha256}}``, written by :class:`DatasetWriter`) are checked
+    the first time a process loads each array, so a cache file changed since it was written is
+    refused instead of used.
     """
 
     name: str
@@ -42,18 +46,26 @@ class Dataset:
     labels: tuple[str, ...]
     cases: dict[str, dict]
     partition: dict[str, list[str]] = field(default_factory=dict)
+    checksums: dict[str, dict[str, str]] = field(default_factory=dict)
+    key: str | None = None
 
     @classmethod
-    def open(cls, root: Path) -> "Dataset":
+    def open(cls, root: Path, key: str | None = None) -> "Dataset":
+        """The dataset in ``root``; with ``key``, the import key its ``dataset.json`` must carry
+        (a folder renamed or replaced by another import is refused)."""
         meta_path = Path(root) / "dataset.json"
         fix = f"the dataset folder is incomplete or corrupt: delete {root} and run again"
         meta = read_json(meta_path, str(meta_path), fix, fix)
+        if key is not None and meta.get("key", key) != key:  # caches written before keys were stored carry none
+            raise UserError(f"cached dataset {root} was written for import key {meta.get('key')!r}, not {key!r}; {fix}")
         return cls(
             name=meta["name"],
             root=Path(root),
             labels=tuple(meta["labels"]),
             cases=meta["cases"],
             partition=meta.get("partition", {}),
+            checksums=meta.get("checksums", {}),
+            key=meta.get("key"),
         )
 
     @property
@@ -83,12 +95,36 @@ class Dataset:
     def load_image(self, case_id: str) -> np.ndarray:
         """Image (D, H, W) float32 in HU, memory-mapped."""
         self._check(case_id)
-        return _load_npy(self.root / "images" / f"{case_id}.npy")
+        return self._load(case_id, "image", self.root / "images" / f"{case_id}.npy")
 
     def load_label(self, case_id: str) -> np.ndarray:
         """Label map (D, H, W) uint8, memory-mapped; values in ``[0, num_classes)``."""
         self._check(case_id)
-        return _load_npy(self.root / "labels" / f"{case_id}.npy")
+        return self._load(case_id, "label", self.root / "labels" / f"{case_id}.npy")
+
+    def _load(self, case_id: str, kind: str, path: Path) -> np.ndarray:
+        want = self.checksums.get(case_id, {}).get(kind)
+        if want is not None and (str(path), want) not in _VERIFIED:
+            try:
+                got = file_sha256(path)
+            except FileNotFoundError:
+                got = None
+            if got is not None and got != want:
+                raise UserError(f"{path} differs from the array written at import (sha256 {got[:12]} != {want[:12]}); "
+                                f"delete {self.root} and run again to re-import")
+            if got is not None:
+                _VERIFIED.add((str(path), want))
+        return _load_npy(path)
+
+
+#: (path, sha256) pairs this process has verified: each array is hashed once per process
+_VERIFIED: set[tuple[str, str]] = set()
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (read in chunks)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -143,7 +179,7 @@ class DatasetWriter:
         (self.tmp / ".owner").write_text(json.dumps(owner.identity()))  # who writes here, for other workers
         (self.tmp / "images").mkdir()
         (self.tmp / "labels").mkdir()
-        self.meta: dict = {"name": name, "labels": list(labels), "cases": {}, "partition": {}}
+        self.meta: dict = {"name": name, "labels": list(labels), "cases": {}, "partition": {}, "checksums": {}}
 
     def add(self, case_id: str, image: np.ndarray, label: np.ndarray | None, spacing: Sequence[float], affine=None) -> None:
         safe_name(case_id, "case id", "rename the case's files")
@@ -156,8 +192,10 @@ class DatasetWriter:
                 raise UserError(f"case '{case_id}': label values {lo}..{hi} do not fit 0..255 (stored as uint8, a value 260 "
                                 f"would become 4); map them with --label-map")
         np.save(self.tmp / "images" / f"{case_id}.npy", np.ascontiguousarray(image, dtype=np.float32))
+        sums = self.meta["checksums"][case_id] = {"image": file_sha256(self.tmp / "images" / f"{case_id}.npy")}
         if label is not None:
             np.save(self.tmp / "labels" / f"{case_id}.npy", np.ascontiguousarray(label, dtype=np.uint8))
+            sums["label"] = file_sha256(self.tmp / "labels" / f"{case_id}.npy")
         self.meta["cases"][case_id] = {"spacing": [float(s) for s in spacing], "shape": list(image.shape)}
         if affine is not None:  # the source file's stored affine: predictions are written back onto it
             self.meta["cases"][case_id]["affine"] = np.asarray(affine, dtype=np.float64).tolist()
@@ -171,7 +209,7 @@ class DatasetWriter:
         except OSError:
             # another process finished first: keep its copy, drop ours
             shutil.rmtree(self.tmp, ignore_errors=True)
-        return Dataset.open(self.root)
+        return Dataset.open(self.root, self.meta.get("key"))
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)

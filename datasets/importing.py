@@ -34,7 +34,7 @@ from bench.core.store import cache_root, inside, read_json, safe_name
 from datasets.base import Dataset, DatasetWriter
 from datasets.nifti import as_label, read_nifti, same_grid, source_affine
 
-IMPORT_VERSION = 2  # 2: dataset.json keeps each source image's affine; DHC npy arrays are no longer transposed
+IMPORT_VERSION = 3  # 2: dataset.json keeps each source image's affine; DHC npy arrays are no longer transposed; 3: import key and per-array sha256 stored
 LABEL_MAP_DIR = Path(__file__).parent / "label_maps"
 
 
@@ -169,7 +169,7 @@ def import_dataset(
     safe_name(name, "dataset name", "fix 'name' in the dataset's dataset.json")
     root = inside(cache_root() / "imported" / f"{name}-{key}", cache_root(), "dataset cache folder")
     if (root / "dataset.json").exists():
-        return Dataset.open(root)
+        return Dataset.open(root, key)
     writer = DatasetWriter(root, name, labels)
     it = cases
     if progress:
@@ -196,7 +196,7 @@ def import_dataset(
                 label = check_label(raw, len(labels), src, labels)
             affine = None if callable(case.image) else source_affine(case.image)
             writer.add(case.case_id, image.astype(np.float32), label, spacing, affine)
-        return writer.commit(partition=partition or {}, source=name, options=options or {},
+        return writer.commit(key=key, partition=partition or {}, source=name, options=options or {},
                              label_map=label_map.name if label_map else None)
     except BaseException:
         writer.abort()

@@ -316,7 +316,7 @@ def build_phantom(variant: str = "btcv", preset: str = "quick", seed: int = 0, p
         raise UserError(f"unknown phantom preset '{preset}'; choose one of {', '.join(PHANTOM_SIZES)}")
     root = _phantom_root(variant, preset, seed)
     if (root / "dataset.json").exists():
-        return Dataset.open(root)
+        return Dataset.open(root, root.name)
     spec = PHANTOM_SIZES[preset]
     labels = AMOS_15 if variant == "amos" else BTCV_13
     name = "phantom" if variant == "btcv" else "phantom_amos"
@@ -336,6 +336,7 @@ def build_phantom(variant: str = "btcv", preset: str = "quick", seed: int = 0, p
         writer.abort()
         raise
     return writer.commit(
+        key=root.name,
         partition={
             "train": ids[: spec.n_train],
             "eval": ids[spec.n_train : spec.n_train + spec.n_eval],

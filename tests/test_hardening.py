@@ -538,3 +538,28 @@ def test_a_nifti_that_is_a_device_is_named(tmp_path):
     link.symlink_to("/dev/zero")
     with pytest.raises(UserError, match="is a device or pipe, not a file"):
         read_nifti(link)
+
+
+def test_a_cached_array_changed_after_import_is_refused(tmp_path, monkeypatch):
+    """Cached imports carry their key and each array's sha256: an array changed after it was
+    written (another writer, a disk error, a hand edit) is refused the first time it is loaded,
+    and a cache folder holding another import's dataset.json is refused on open."""
+    from bench.core.errors import UserError
+    from datasets import base
+    from datasets.base import Dataset
+    from datasets.phantom import build_phantom
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    ds = build_phantom("btcv", "tiny", seed=0)
+    cid = ds.case_ids()[0]
+    assert set(ds.checksums[cid]) == {"image", "label"} and ds.key == ds.root.name
+    assert ds.load_label(cid).dtype == np.uint8
+    path = ds.root / "labels" / f"{cid}.npy"
+    arr = np.load(path)
+    arr.flat[0] = (int(arr.flat[0]) + 1) % ds.num_classes
+    np.save(path, arr)
+    monkeypatch.setattr(base, "_VERIFIED", set())  # a new process
+    with pytest.raises(UserError, match=f"{cid}.npy differs from the array written at import.*delete"):
+        Dataset.open(ds.root, ds.root.name).load_label(cid)
+    with pytest.raises(UserError, match="was written for import key"):
+        Dataset.open(ds.root, "another-key")
