@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.core.store import scratch_dir
 from bench.core.threads import current_threads
 from bench.timing import StepTimer, device_description
 
@@ -86,8 +87,6 @@ def harness_overhead(method: str, preset: str, dataset, device, iterations: int 
     the method's own engine defaults), with text priors from hash vectors (no encoder weights)
     and no validation or checkpoints inside the timed steps.
     """
-    import tempfile
-
     from bench.runner import RunRequest, bind, make_spec, resolve
     from bench.train import Trainer
     from datasets.splits import draw_split
@@ -95,7 +94,7 @@ def harness_overhead(method: str, preset: str, dataset, device, iterations: int 
     p = dataset.partition
     split = draw_split(p["train"], p["eval"], p["test"], 0.2, seed=0)
     sets = {"val_every": 0, "ckpt_every": 10**9, "log_every": 10**9, "timing_warmup": 1}
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("perf") as tmp:
         req = RunRequest.build({"methods": [method], "preset": preset, "iterations": iterations, "text_encoder": "hash:512"}, sets,
                                device=str(device), out=tmp, progress=False)
         (plan,) = bind(resolve(req), split, tmp)

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -136,31 +135,9 @@ def _load_npy(path: Path) -> np.ndarray:
         raise UserError(f"unreadable array {path} ({e}); delete its dataset cache folder and run again")
 
 
-#: a temporary import folder untouched this long is an orphan whoever wrote it
-ORPHAN_AFTER_S = 24 * 3600.0
-
-
 def _remove_orphans(root: Path) -> None:
-    """Temporary folders of earlier writes of ``root`` whose writer is provably gone (same host,
-    boot and PID namespace: :mod:`bench.core.owner`) or that nobody touched for a day. A live
-    writer in another container or on another host is never judged by its pid."""
-    import time
-
-    for tmp in root.parent.glob(f".{root.name}.tmp-*"):
-        if tmp.is_symlink() or not tmp.is_dir():
-            continue
-        try:
-            info = json.loads((tmp / ".owner").read_text())
-        except (OSError, ValueError, RecursionError):
-            info = None
-        if owner.is_self(info):
-            continue
-        try:
-            idle = time.time() - max(p.stat().st_mtime for p in [tmp, *tmp.rglob("*")])
-        except OSError:
-            continue  # changing under us: its writer lives
-        if owner.is_dead(info) or idle > ORPHAN_AFTER_S:
-            shutil.rmtree(tmp, ignore_errors=True)
+    """Temporary folders of earlier writes of ``root`` whose writer is gone (:func:`owner.sweep_orphans`)."""
+    owner.sweep_orphans(root.parent, f".{root.name}.tmp-*")
 
 
 class DatasetWriter:
@@ -175,8 +152,7 @@ class DatasetWriter:
         self.root = Path(root)
         self.root.parent.mkdir(parents=True, exist_ok=True)
         _remove_orphans(self.root)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.tmp-{os.getpid()}-", dir=self.root.parent))
-        (self.tmp / ".owner").write_text(json.dumps(owner.identity()))  # who writes here, for other workers
+        self.tmp = owner.make_owned_dir(self.root.parent, f".{self.root.name}.tmp-{os.getpid()}-")  # .owner: for other workers
         (self.tmp / "images").mkdir()
         (self.tmp / "labels").mkdir()
         self.meta: dict = {"name": name, "labels": list(labels), "cases": {}, "partition": {}, "checksums": {}}

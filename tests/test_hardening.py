@@ -563,3 +563,30 @@ def test_a_cached_array_changed_after_import_is_refused(tmp_path, monkeypatch):
         Dataset.open(ds.root, ds.root.name).load_label(cid)
     with pytest.raises(UserError, match="was written for import key"):
         Dataset.open(ds.root, "another-key")
+
+
+def test_a_killed_perf_leaves_no_scratch_behind(tmp_path, monkeypatch):
+    """`bench perf` trains in a scratch folder under the cache: a process SIGKILLed inside it
+    leaves it behind (earlier: a 38 MB checkpoint in the system temp folder forever); the next
+    scratch user removes it once its writer is provably gone, and never a live writer's."""
+    import subprocess
+    import sys
+
+    from bench.core.store import scratch_dir
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    code = ("import os, signal; from bench.core.store import scratch_dir\n"
+            "with scratch_dir('perf') as d:\n"
+            "    (d / 'checkpoint.pt').write_bytes(b'x' * 1000); print(d, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, cwd=Path(__file__).parent.parent)
+    left = Path(res.stdout.strip())
+    assert res.returncode == -9 and (left / "checkpoint.pt").exists()
+    with scratch_dir("perf") as mine:
+        assert not left.exists() and mine.exists()
+        live = subprocess.Popen([sys.executable, "-c", "import sys; from bench.core.store import scratch_dir\n"
+                                 "with scratch_dir('perf') as d:\n    print(d, flush=True); sys.stdin.read()"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        theirs = Path(live.stdout.readline().strip())
+        assert theirs.exists() and mine.exists()  # the second user swept; neither live folder went
+        live.communicate("")
+    assert not mine.exists() and not theirs.exists()

@@ -74,3 +74,47 @@ def is_dead(info: Any) -> bool:
 def is_self(info: Any) -> bool:
     """Whether ``info`` records this very process."""
     return isinstance(info, dict) and same_machine(info) and info.get("pid") == os.getpid() and info.get("start") == start_time(os.getpid())
+
+
+#: a temporary folder untouched this long is an orphan whoever wrote it
+ORPHAN_AFTER_S = 24 * 3600.0
+
+
+def make_owned_dir(parent: Path, prefix: str) -> Path:
+    """A new folder ``parent/<prefix><random>`` holding this process' :func:`identity` in
+    ``.owner``, so that :func:`sweep_orphans` can tell when its writer is gone."""
+    import json
+    import tempfile
+
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    (tmp / ".owner").write_text(json.dumps(identity()))
+    return tmp
+
+
+def sweep_orphans(parent: Path, pattern: str, after_s: float = ORPHAN_AFTER_S) -> list[Path]:
+    """Remove the folders ``parent/<pattern>`` whose writer is provably gone (same host, boot and
+    PID namespace: :func:`is_dead`) or that nobody touched for ``after_s`` seconds; a live writer
+    in another container or on another host is never judged by its pid. Returns what was removed."""
+    import json
+    import shutil
+    import time
+
+    removed = []
+    for tmp in parent.glob(pattern):
+        if tmp.is_symlink() or not tmp.is_dir():
+            continue
+        try:
+            info = json.loads((tmp / ".owner").read_text())
+        except (OSError, ValueError, RecursionError):
+            info = None
+        if is_self(info):
+            continue
+        try:
+            idle = time.time() - max(p.stat().st_mtime for p in [tmp, *tmp.rglob("*")])
+        except OSError:
+            continue  # changing under us: its writer lives
+        if is_dead(info) or idle > after_s:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed

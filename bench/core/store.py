@@ -11,14 +11,16 @@ half a file. A run whose ``metrics.json`` exists is finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def cache_root() -> Path:
@@ -258,3 +260,19 @@ def run_dir(out: Path, dataset: str, protocol: str, split: str, method: str, cha
 def is_finished(path: Path) -> bool:
     """A run is finished when its ``metrics.json`` exists (written last)."""
     return (Path(path) / "metrics.json").exists()
+
+
+@contextlib.contextmanager
+def scratch_dir(kind: str) -> Iterator[Path]:
+    """A temporary folder under the cache (``<cache>/scratch/<kind>-<random>``), removed on exit.
+    A process killed inside leaves it behind; the next ``scratch_dir(kind)`` removes such
+    folders once their writer is provably gone (:func:`bench.core.owner.sweep_orphans`)."""
+    from bench.core import owner
+
+    parent = cache_root() / "scratch"
+    owner.sweep_orphans(parent, f"{kind}-*")
+    tmp = owner.make_owned_dir(parent, f"{kind}-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
