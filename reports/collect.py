@@ -3,6 +3,7 @@ of each run folder). Reports are built from these files alone; nothing here impo
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,24 @@ def _read(path: Path, kind: str, skip_broken: bool):
         raise UserError(f"{e}; or pass --skip-broken")
 
 
+def _metrics_files(root: Path) -> list[Path]:
+    """Every ``metrics.json`` under ``root``, sorted; symbolic links to folders are followed (runs
+    kept on another disk and linked in count), each real folder once: a link back to a folder
+    already visited (a loop) is named on stderr and not entered."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            print(f"warning: skipped {top}: a link to {real}, already read (a symbolic-link loop or a second link)", file=sys.stderr)
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        if "metrics.json" in files:
+            found.append(Path(top) / "metrics.json")
+    return sorted(found)
+
+
 def collect(runs_dir: str | Path, skip_broken: bool = False) -> list[Run]:
     """Every finished run under ``runs_dir``, sorted by path: a ``metrics.json`` in a folder named
     ``seed_<n>`` (a run folder). Others - ``bench evaluate`` output in a run's predictions/, a
@@ -101,7 +120,7 @@ def collect(runs_dir: str | Path, skip_broken: bool = False) -> list[Run]:
     if not root.exists():
         raise UserError(f"--runs {root} {absent(root)}; point it at the folder that `bench run --out` wrote")
     out = []
-    for mpath in sorted(root.rglob("metrics.json")):
+    for mpath in _metrics_files(root):
         if not re.fullmatch(r"seed_\d+", mpath.parent.name):
             print(f"warning: skipped {mpath}: not in a run folder (seed_<n>)", file=sys.stderr)
             continue

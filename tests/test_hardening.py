@@ -318,6 +318,23 @@ def test_only_run_folders_count_as_seeds(tmp_path, capsys):
     assert err.count("not in a run folder (seed_<n>)") == 3
 
 
+def test_symlinked_run_folders_are_followed_once(tmp_path, capsys):
+    """A method folder linked in from another disk counts (it was silently left out); a link
+    back up the tree (a loop) is named on stderr and read once."""
+    from reports.collect import collect
+    from tests.test_reports import _run
+
+    other = tmp_path / "other_disk"
+    _run(other, "b", 0, {"spleen": 0.8, "liver": 0.9, "gallbladder": 0.4})
+    runs_dir = tmp_path / "runs"
+    _run(runs_dir, "a", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5})
+    (runs_dir / "linked").symlink_to(other, target_is_directory=True)
+    (runs_dir / "loop").symlink_to(runs_dir, target_is_directory=True)
+    runs = collect(runs_dir)
+    assert sorted(r.metrics.method for r in runs) == ["a", "b"]
+    assert "a symbolic-link loop or a second link" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("labeled, expect", [("1e-9", "labels 0 of them"), ("95%", "labels 6 of them")])
 def test_a_labeled_share_that_rounds_to_no_case_or_all_is_refused(tmp_path, capsys, labeled, expect):
     assert main(["run", *TINY, "--labeled", labeled, "--out", str(tmp_path)]) == 2
