@@ -3,9 +3,13 @@
 * ``dice_per_organ``: per-organ Dice bars per method, organs ordered by their voxel share in
   the labeled training data (largest first) - the imbalance made visible;
 * ``dice_vs_labeled``: mean Dice against the labeled share, one line per method;
-* ``training_curves``: training loss and validation Dice against the step, one line per run
-  (from each run folder's ``log.jsonl``);
+* ``training_curves``: training loss and validation Dice against the step, one line per
+  variant (the mean over its seeds, at the steps every seed logged; from ``log.jsonl``);
 * ``time_memory``: train s/iter, inference s/case and peak memory per method.
+
+A figure shows at most :data:`MAX_SERIES` rows / methods / variants (:data:`MAX_BARS` bars in
+``time_memory``): the first ones in table order, and its title says "k of n" when it leaves
+some out; the tables always hold every row. Thousands of runs give figures of fixed size.
 """
 
 from __future__ import annotations
@@ -31,6 +35,19 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+#: most series (bar groups, lines) one figure shows; the table holds the rest
+MAX_SERIES = 12
+#: most bars of the time / memory panels
+MAX_BARS = 30
+
+
+def _first(items: list, limit: int, what: str) -> tuple[list, str]:
+    """The first ``limit`` of ``items`` and a title suffix saying how many were left out."""
+    if len(items) <= limit:
+        return items, ""
+    return items[:limit], f" (first {limit} of {len(items)} {what}; every one is in the table)"
 
 
 def _label(name: object, limit: int = 40) -> str:
@@ -67,7 +84,7 @@ def dice_per_organ(table: Table, runs: Sequence, out: Path) -> list[Path]:
     """Bar chart of per-organ Dice of every measured row (organs ordered by voxel share); PNG and PDF."""
     plt = _plt()
     organs = organ_order(runs)
-    rows = [i for i in table.mean.index if table.rows.at[i, "kind"] == "measured"]
+    rows, cut = _first([i for i in table.mean.index if table.rows.at[i, "kind"] == "measured"], MAX_SERIES, "rows")
     fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(organs) * max(1, len(rows)) / 2), 4))
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(organs))
@@ -79,7 +96,7 @@ def dice_per_organ(table: Table, runs: Sequence, out: Path) -> list[Path]:
     ax.set_xticks(x, [f"{abbreviation(o)}\n{100 * shares[o]:.1f}%" if not math.isnan(shares[o]) else abbreviation(o) for o in organs])
     ax.set_ylabel("Dice (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Per-organ Dice; organs by labeled voxel share (largest first)")
+    ax.set_title("Per-organ Dice; organs by labeled voxel share (largest first)" + cut, fontsize=9 if cut else None)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, out, "dice_per_organ")
 
@@ -94,45 +111,71 @@ def dice_vs_labeled(table: Table, out: Path) -> list[Path]:
         name = label.split(" @")[0]
         if isinstance(row["group"], (int, float)):  # runs of an unknown share are left out
             series.setdefault(name, []).append((100 * row["group"], table.mean.at[label, "Dice"], table.std.at[label, "Dice"]))
-    for name, pts in series.items():
-        pts.sort()
+    names, cut = _first(list(series), MAX_SERIES, "methods")
+    for name in names:
+        pts = sorted(series[name])
         xs, ys, ss = zip(*pts)
         ax.errorbar(xs, ys, yerr=[s if np.isfinite(s) else 0 for s in ss], marker="o", capsize=3, label=_label(name))
     ax.set_xlabel("labeled share (%)")
     ax.set_ylabel("mean Dice (%)")
+    if cut:
+        ax.set_title(cut.strip(" ()"), fontsize=7)
     ax.legend(fontsize=7)
     return _save(fig, out, "dice_vs_labeled")
 
 
+def _curves(path: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """(step -> training loss, step -> validation Dice %) of one ``log.jsonl``."""
+    loss, val = {}, {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            continue
+        if isinstance(rec.get("loss"), (int, float)):
+            loss[rec["step"]] = float(rec["loss"])
+        if isinstance(rec.get("val_dice"), (int, float)):
+            val[rec["step"]] = 100 * float(rec["val_dice"])
+    return loss, val
+
+
+def _mean_curve(curves: list[dict[int, float]]) -> tuple[list[int], list[float]]:
+    """The mean of several step -> value curves at the steps all of them have."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return [], []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return steps, [float(np.mean([c[s] for c in curves])) for s in steps]
+
+
 def training_curves(runs: Sequence, out: Path) -> list[Path]:
-    """Training loss and validation Dice over steps of every run (from log.jsonl); PNG and PDF."""
+    """Training loss and validation Dice over steps, one line per variant (the mean over its
+    seeds' ``log.jsonl``, labelled with the seed count); PNG and PDF."""
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    by_variant: dict[str, list] = {}
     for r in runs:
-        path = r.path / "log.jsonl"
-        if not path.exists():
+        by_variant.setdefault(r.variant, []).append(r)
+    variants, cut = _first(list(by_variant), MAX_SERIES, "variants")
+    for variant in variants:
+        logs = [_curves(r.path / "log.jsonl") for r in by_variant[variant] if (r.path / "log.jsonl").exists()]
+        if not logs:
             continue
-        steps, loss, vsteps, vdice = [], [], [], []
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "loss" in rec:
-                steps.append(rec["step"])
-                loss.append(rec["loss"])
-            if "val_dice" in rec:
-                vsteps.append(rec["step"])
-                vdice.append(100 * rec["val_dice"])
-        label = f"{r.variant} s{r.seed}"
+        label = _label(f"{variant} ({len(logs)} seed{'s' if len(logs) > 1 else ''})")
+        steps, loss = _mean_curve([lg[0] for lg in logs])
+        vsteps, vdice = _mean_curve([lg[1] for lg in logs])
         if steps:
-            a1.plot(steps, loss, lw=1, label=_label(label))
+            a1.plot(steps, loss, lw=1, label=label)
         if vsteps:
-            a2.plot(vsteps, vdice, marker=".", lw=1, label=_label(label))
+            a2.plot(vsteps, vdice, marker=".", lw=1, label=label)
     a1.set_xlabel("step")
-    a1.set_ylabel("training loss")
+    a1.set_ylabel("training loss (mean over seeds)")
     a2.set_xlabel("step")
-    a2.set_ylabel("validation Dice (%)")
+    a2.set_ylabel("validation Dice (%, mean over seeds)")
+    if cut:
+        fig.suptitle(cut.strip(" ()"), fontsize=8)
     a2.legend(fontsize=6)
     return _save(fig, out, "training_curves")
 
@@ -141,7 +184,13 @@ def time_memory(runs: Sequence, out: Path) -> list[Path]:
     """Train s/iter, inference s/case and peak memory per method and device; PNG and PDF."""
     plt = _plt()
     df = timing_frame(runs)
+    cut = ""
+    if len(df) > MAX_BARS:
+        cut = f"first {MAX_BARS} of {len(df)} rows; every one is in timing.csv"
+        df = df.iloc[:MAX_BARS]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    if cut:
+        fig.suptitle(cut, fontsize=8)
     labels = [f"{_label(m)}\n{_label(d)}" for m, d in zip(df["Method"], df["Device"])]
     for ax, col in zip(axes, ("Train s/iter", "Infer s/case", "Peak MB")):
         ax.bar(range(len(df)), df[col].fillna(0))

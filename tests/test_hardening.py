@@ -607,3 +607,33 @@ def test_a_killed_perf_leaves_no_scratch_behind(tmp_path, monkeypatch):
         assert theirs.exists() and mine.exists()  # the second user swept; neither live folder went
         live.communicate("")
     assert not mine.exists() and not theirs.exists()
+
+
+def test_figures_of_many_methods_keep_their_size(tmp_path):
+    """40 methods x 2 seeds: every figure shows the first MAX_SERIES rows / variants (the curves as
+    one mean line per variant) and stays a few thousand pixels at most (1,000 runs made a
+    45,938-pixel-wide bar chart and a 17,451-pixel-high curve figure)."""
+    import matplotlib.image as mpimg
+
+    from reports.figures import MAX_SERIES, _first
+    from reports.report import ReportRequest, make_report
+    from tests.test_reports import _run
+
+    for m in range(40):
+        for s in range(2):
+            _run(tmp_path / "runs", f"method_{m:02d}", s, {"spleen": 0.5 + m / 100, "liver": 0.9, "gallbladder": 0.3 + s / 10})
+    written = make_report(ReportRequest(runs=str(tmp_path / "runs"), out=str(tmp_path / "rep"), formats=("html",)))
+    pngs = [k for k in written if k.endswith(".png")]
+    assert len(pngs) == 4
+    for name in pngs:
+        h, w = mpimg.imread(tmp_path / "rep" / name).shape[:2]
+        assert h < 2000 and w < 3000, (name, h, w)
+    assert _first(list(range(40)), MAX_SERIES, "rows") == (list(range(MAX_SERIES)),
+                                                           f" (first {MAX_SERIES} of 40 rows; every one is in the table)")
+
+
+def test_training_curve_is_the_mean_over_seeds_at_common_steps():
+    from reports.figures import _mean_curve
+
+    assert _mean_curve([{10: 1.0, 20: 3.0, 30: 5.0}, {10: 3.0, 20: 5.0}]) == ([10, 20], [2.0, 4.0])
+    assert _mean_curve([{}, {}]) == ([], [])

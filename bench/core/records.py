@@ -21,6 +21,7 @@ fields may mean something this code does not know. Versions:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -90,12 +91,19 @@ def _accepts(annotation: Any, value: Any) -> bool:
     return True
 
 
+@functools.cache
+def _hints(cls) -> dict:
+    """The resolved field annotations of a record class (once per class: a report reads
+    thousands of records)."""
+    import typing
+
+    return typing.get_type_hints(cls)
+
+
 def _check_types(cls, kw: dict, path: Path | str, what: str) -> None:
     """One line naming the file and the first field of the wrong kind (a record written by hand
     or damaged): ``method: 123``, ``mean: null``, ``seed: "abc"``, ``per_organ: []``, ..."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     for k, v in kw.items():
         if k in hints and not _accepts(hints[k], v):
             raise UserError(f"{path}: field '{k}' holds {json_kind(v)}, not what a bench {what} stores; "
