@@ -46,6 +46,8 @@ CASES = [
     ("shard-bad", ["run", *TINY, "--shard", "3/2", "--out", "{out}"], "i must lie in 1..n"),
     ("evaluate-out-dir", ["evaluate", "--pred", "{tmp}/pred", "--gt", "{tmp}/gt", "--out", "{tmp}/pred"], "is a folder"),
     ("evaluate-labels-dir", ["evaluate", "--pred", "{tmp}/pred", "--gt", "{tmp}/gt", "--labels", "{tmp}/pred"], "is a folder"),
+    ("evaluate-labels-device", ["evaluate", "--pred", "{tmp}/pred", "--gt", "{tmp}/gt", "--labels", "/dev/zero"], "is not a regular file"),
+    ("config-labeled-nan", ["run", *TINY, "--config", "{tmp}/nan.toml", "--out", "{out}"], "labeled = nan: expected a labeled share"),
     ("tune-budget", ["tune", "--method", "supervised", "--budget-iterations", "-3", "--out", "{out}"], "at least 1 training iteration"),
     ("tune-trials", ["tune", "--method", "supervised", "--trials", "0", "--out", "{out}"], "at least 1 trial"),
     ("tune-export-dir", ["tune", "--method", "supervised", "--export", "{tmp}", "--out", "{out}"], "is a folder"),
@@ -59,6 +61,7 @@ CASES = [
 def test_catalogue(tmp_path, capsys, monkeypatch, argv, expect):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
     (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "nan.toml").write_text("labeled = nan\n")
     for d in ("pred", "gt"):
         (tmp_path / d).mkdir()
     argv = [a.replace("{out}", str(tmp_path / "out")).replace("{tmp}", str(tmp_path)) for a in argv]
@@ -637,3 +640,18 @@ def test_training_curve_is_the_mean_over_seeds_at_common_steps():
 
     assert _mean_curve([{10: 1.0, 20: 3.0, 30: 5.0}, {10: 3.0, 20: 5.0}]) == ([10, 20], [2.0, 4.0])
     assert _mean_curve([{}, {}]) == ([], [])
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_a_cache_that_is_a_file_or_read_only_is_one_line(tmp_path, capsys, monkeypatch, kind):
+    cache = tmp_path / "cache"
+    if kind == "file":
+        cache.write_text("")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        cache.mkdir()
+        cache.chmod(0o555)
+    monkeypatch.setenv("BENCH_CACHE", str(cache))
+    _one_line(capsys, ["run", *TINY, "--out", str(tmp_path / "o")], "set BENCH_CACHE to a folder")
+    assert not (tmp_path / "o").exists()

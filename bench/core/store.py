@@ -24,8 +24,23 @@ from typing import Any, Callable, Iterator
 
 
 def cache_root() -> Path:
-    """Where generated and preprocessed data live (``$BENCH_CACHE`` or ``~/.cache/bench``)."""
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+    """Where generated and preprocessed data live (``$BENCH_CACHE`` or ``~/.cache/bench``).
+
+    Raises:
+        UserError: the path (or its nearest existing parent) is a file, or is not writable.
+    """
+    from bench.core.errors import UserError
+
+    root = Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "bench"))
+    probe = root
+    while not probe.exists() and probe != probe.parent and not probe.is_symlink():
+        probe = probe.parent
+    name = "BENCH_CACHE" if "BENCH_CACHE" in os.environ else "the cache folder"
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{name} {root}: {probe} is a file, not a folder; set BENCH_CACHE to a folder")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{name} {root}: {probe} is not writable; set BENCH_CACHE to a folder you can write in")
+    return root
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
