@@ -85,7 +85,7 @@ def dice_per_organ(table: Table, runs: Sequence, out: Path) -> list[Path]:
     plt = _plt()
     organs = organ_order(runs)
     rows, cut = _first([i for i in table.mean.index if table.rows.at[i, "kind"] == "measured"], MAX_SERIES, "rows")
-    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(organs) * max(1, len(rows)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(min(24, max(8, 0.7 * len(organs) * max(1, len(rows)) / 2)), 4))
     width = 0.8 / max(1, len(rows))
     x = np.arange(len(organs))
     for k, row in enumerate(rows):
