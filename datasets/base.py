@@ -136,8 +136,10 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _remove_orphans(root: Path) -> None:
-    """Temporary folders of earlier writes of ``root`` whose writer is gone (:func:`owner.sweep_orphans`)."""
-    owner.sweep_orphans(root.parent, f".{root.name}.tmp-*")
+    """Temporary folders of earlier writes next to ``root`` whose writer is gone
+    (:func:`owner.sweep_orphans`): of this dataset and of any other key (a killed import whose
+    source files changed since would otherwise stay forever)."""
+    owner.sweep_orphans(root.parent, ".*.tmp-*")
 
 
 class DatasetWriter:

@@ -187,8 +187,12 @@ def test_orphaned_temp_files_and_folders_are_removed(tmp_path):
     stale.mkdir()
     two_days = time.time() - 2 * 86400
     os.utime(stale, (two_days, two_days))
+    # a killed import of an earlier key of the same dataset (a source file changed since)
+    earlier = tmp_path / ".ds-0123456789ab.tmp-999999998-jkl"
+    earlier.mkdir()
+    (earlier / ".owner").write_text(json.dumps({**me, "pid": 999999998}))
     w = DatasetWriter(tmp_path / "ds", "ds", ("background", "liver"))
-    assert not dead.exists() and not stale.exists() and (other / "images").is_dir()
+    assert not dead.exists() and not stale.exists() and not earlier.exists() and (other / "images").is_dir()
     w.abort()
 
 
@@ -655,3 +659,35 @@ def test_a_cache_that_is_a_file_or_read_only_is_one_line(tmp_path, capsys, monke
     monkeypatch.setenv("BENCH_CACHE", str(cache))
     _one_line(capsys, ["run", *TINY, "--out", str(tmp_path / "o")], "set BENCH_CACHE to a folder")
     assert not (tmp_path / "o").exists()
+
+
+_DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize("kind", ["labels", "prompts", "label-map", "dataset.json", "metrics.json"])
+def test_deeply_nested_inputs_of_every_kind_are_one_line(tmp_path, capsys, monkeypatch, kind):
+    """JSON nested 5,000 deep (a RecursionError traceback before) in each file the suite reads:
+    one line naming the file; a metrics.json is also skipped by --skip-broken."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))
+    deep = tmp_path / "deep.json"
+    deep.write_text(_DEEP)
+    if kind == "metrics.json":
+        from tests.test_reports import _run
+
+        _run(tmp_path / "runs", "a", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5})
+        bad = _run(tmp_path / "runs", "b", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5})
+        (bad / "metrics.json").write_text(_DEEP)
+        _one_line(capsys, ["report", "--runs", str(tmp_path / "runs"), "--no-figures", "--out", str(tmp_path / "rep")], "nests deeper")
+        assert main(["report", "--runs", str(tmp_path / "runs"), "--no-figures", "--out", str(tmp_path / "rep"), "--skip-broken"]) == 0
+        return
+    if kind == "dataset.json":
+        root = tmp_path / "data"
+        root.mkdir()
+        (root / "dataset.json").write_text(_DEEP)
+        argv = ["run", *TINY, "--dataset", "folder", "--data-root", str(root), "--out", str(tmp_path / "o")]
+    else:
+        argv = {"labels": ["evaluate", "--pred", str(tmp_path), "--gt", str(tmp_path), "--labels", str(deep)],
+                "prompts": ["priors", "show", str(deep), "--text-encoder", "hash"],
+                "label-map": ["run", *TINY, "--dataset", "folder", "--data-root", str(tmp_path), "--label-map", str(deep),
+                              "--out", str(tmp_path / "o")]}[kind]
+    _one_line(capsys, argv, "nests deeper")

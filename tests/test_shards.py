@@ -68,7 +68,7 @@ def test_claims_and_stale_recovery(tmp_path):
         sleeper.kill()
     # a dead owner's claim on this machine is stale at once; so is a reused pid (another start time)
     sleeper.wait()
-    for text in (_claim_of(sleeper.pid), _claim_of(os.getppid(), start="1")):
+    for text in (_claim_of(sleeper.pid), _claim_of(os.getppid(), start="1"), _claim_of(-1), _claim_of(0)):
         (d / ".claim").write_text(text)
         assert lock.claim(d)
         lock.release(d)
