@@ -691,3 +691,24 @@ def test_deeply_nested_inputs_of_every_kind_are_one_line(tmp_path, capsys, monke
                 "label-map": ["run", *TINY, "--dataset", "folder", "--data-root", str(tmp_path), "--label-map", str(deep),
                               "--out", str(tmp_path / "o")]}[kind]
     _one_line(capsys, argv, "nests deeper")
+
+
+def test_the_catalogue_names_only_tests_that_exist():
+    """docs/hardening.md maps each case of the attack to a test: every test it names exists
+    (``path::name`` or ``::name`` after a path in the same cell), and every row names one."""
+    import re
+
+    root = Path(__file__).parent.parent
+    rows = [line for line in (root / "docs" / "hardening.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| case") and not line.startswith("|---")]
+    assert len(rows) >= 40
+    last_file = None
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[-1]
+        if cell == "same test":
+            continue
+        names = re.findall(r"`(tests/[\w/]+\.py)?::(\w+)`", cell)
+        assert names, row
+        for path, name in names:
+            last_file = path or last_file
+            assert re.search(rf"^def {name}\(", (root / last_file).read_text(), re.M), (last_file, name)
