@@ -60,7 +60,8 @@ def make_optimizers(method, train: TrainConfig) -> Optimizers:
             raise ValueError(f"{type(method).__name__}.optimizers() returned no optimiser")
         return dict(custom)
     horizon = train.horizon
-    return {"main": (make_optimizer(method.parameters(), train), lambda step: poly_lr(train.lr, step, horizon, train.poly_power))}
+    return {"main": (make_optimizer(method.parameters(), train),
+                     lambda step: poly_lr(train.lr, method.schedule_step(step), horizon, train.poly_power))}
 
 
 class TrainStep:

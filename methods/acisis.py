@@ -29,6 +29,7 @@ teacher copies the student for the whole first epoch); the step is used here, as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,11 @@ class ACISIS(MeanTeacher):
         update_iter: int = setting(0, ge=0)  # 0 = one epoch of unlabeled batches (DHC)
         #: DHC's record_data pairs every image with every label map (a released bug, see the module docstring)
         released_acisis_broadcast: bool = False
+        #: not SSL4MIS' mean-teacher loop: DHC's script copies no such staircase, second init or
+        #: lr lag (its own per-epoch schedule lag is listed open in docs/fidelity.md)
+        consistency_epoch: int | Literal["run"] = setting("run", ge=1)
+        teacher_init: Literal["independent", "copy"] = "copy"
+        lr_lag: int = setting(0, ge=0)
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

@@ -190,6 +190,11 @@ class Method:
         momentum, weight decay, Nesterov and poly schedule. Checkpointed and resumed by name."""
         return None
 
+    def schedule_step(self, step: int) -> int:
+        """The step whose learning rate the default poly schedule gives step ``step`` (itself by
+        default; a release that sets the lr after the step runs one step behind)."""
+        return step
+
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int, opt: Any = None) -> Losses:
         """One step's losses. ``labeled``: image (B, 1, D, H, W) and label (B, D, H, W);
         ``unlabeled``: image only, or None; ``opt``: the engine's step control with

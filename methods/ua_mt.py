@@ -72,6 +72,11 @@ class UAMT(MeanTeacher):
         #: (``update_ema_variables(..., epoch_num)``): the teacher copies the student for the
         #: whole first epoch; "step" counts steps (SSL4MIS, the suite's earlier behaviour)
         ema_warmup: Literal["epoch", "step"] = "epoch"
+        #: not SSL4MIS' mean-teacher loop: DHC's script copies no such staircase, second init or
+        #: lr lag (its own per-epoch schedule lag is listed open in docs/fidelity.md)
+        consistency_epoch: int | Literal["run"] = setting("run", ge=1)
+        teacher_init: Literal["independent", "copy"] = "copy"
+        lr_lag: int = setting(0, ge=0)
 
     def after_step(self, step: int) -> None:
         # MeanTeacher's EMA update, its warm start counted in epochs or steps

@@ -63,8 +63,17 @@ def test_sigmoid_rampup_hand_values():
     assert sigmoid_rampup(200, 100) == 1.0
 
 
+def test_consistency_weight_is_ssl4mis_staircase_by_default():
+    """0.1 sigmoid_rampup(step // 150, 200): constant within an epoch of 150 steps; hand value at
+    step 15,000 (epoch 100, phase 0.5): 0.1 exp(-5 0.25) = 0.0286505."""
+    m = MeanTeacher(tiny_context())
+    assert m.consistency_weight(0) == m.consistency_weight(149) < m.consistency_weight(150)
+    assert m.consistency_weight(15_000) == pytest.approx(0.1 * math.exp(-1.25), rel=1e-12)
+    assert m.consistency_weight(30_000) == 0.1 and m.schedule_step(0) == 0 and m.schedule_step(5) == 4
+
+
 def test_consistency_weight_ramps_over_the_run():
     ctx = tiny_context()
-    m = MeanTeacher(ctx)  # consistency 0.1, ramp over all iterations (10)
+    m = MeanTeacher(ctx, consistency_epoch="run")  # consistency 0.1, ramp over all iterations (10)
     assert m.consistency_weight(10) == 0.1
     assert m.consistency_weight(0) < 0.001
