@@ -10,13 +10,16 @@ TAK = GA (MagicNet + GA loss, ``methods/magicnet.py``) + two text parts:
   (``--set prior_norm=4.785`` rescales any prior to the released tensor's mean row norm:
   docs/fidelity.md);
 * a voxel-text supervised contrastive loss (``methods/contrastive.py``) at 1/4, 1/8 and 1/16
-  scale, weight 0.1, switched on after ``contrast_start`` of the run (TAK: epoch 20 of 160).
+  scale, weight 0.1, switched on once the epoch (|U| iterations) exceeds ``contrast_start_epoch``
+  = 20, i.e. from epoch 21 (TAK train:206).
   Voxel labels: ground truth for the labeled-derived maps (the labeled images, their
   cross-image recovered and within-image cube maps), the teacher's argmax for the
   unlabeled images and their recovered maps, the blended pseudo-label for their cube maps;
   unlabeled voxels whose (teacher / blended) entropy exceeds
-  ``ln 2 (0.75 + 0.25 sigmoid_rampup(t, entropy_rampup T))`` are ignored
-  (TAK: ``entropy_max_epoch`` 100 of 160 -> 0.625). Up to 4/2/1 x ``sample_num`` (10)
+  ``ln 2 (0.75 + 0.25 sigmoid_rampup(epoch, entropy_rampup_epochs = 100))`` are ignored (TAK
+  train:288, per epoch). ``schedule_unit="run"`` gives the suite's earlier schedules instead:
+  contrast after ``contrast_start`` (0.125) of the run, the threshold ramped per step over
+  ``entropy_rampup`` (0.625) of it. Up to 4/2/1 x ``sample_num`` (10)
   voxels per class and image at each scale; τ = 0.07.
 
 Where paper and code differ, the code is followed: softmax over classes with CE + Dice (the
@@ -114,6 +117,14 @@ class TAK(GA):
     class Hparams(GA.Hparams):
         text_head: bool = True
         contrast_weight: float = setting(0.1, ge=0.0)
+        #: the contrastive loss is on once the epoch (|U| iterations) exceeds this (TAK train:206)
+        contrast_start_epoch: int = setting(20, ge=0)
+        #: the entropy threshold ramps per epoch over this many epochs (TAK train:288)
+        entropy_rampup_epochs: float = setting(100.0, gt=0.0)
+        #: "epoch": the two schedules above, in TAK's epochs, as released; "run": the suite's
+        #: earlier ones - contrast after contrast_start of the run, the threshold ramped per step
+        #: over entropy_rampup of it
+        schedule_unit: Literal["epoch", "run"] = "epoch"
         contrast_start: float = setting(0.125, ge=0.0, le=1.0)
         entropy_rampup: float = setting(0.625, ge=0.0)
         sample_num: int = setting(10, ge=1)
@@ -158,12 +169,26 @@ class TAK(GA):
             return None
         return cond.detach() if self.hp.pl_class_embedding == "student" else teacher.head_condition()
 
+    def tak_epoch(self, step: int) -> int:
+        """TAK's epoch of ``step``: one pass of |U| iterations (train:56-57)."""
+        return step // max(1, self.ctx.n_unlabeled)
+
     def entropy_threshold(self, step: int) -> float:
-        return math.log(2) * (0.75 + 0.25 * sigmoid_rampup(step, self.hp.entropy_rampup * self.ctx.iterations))
+        if self.hp.schedule_unit == "run":
+            return math.log(2) * (0.75 + 0.25 * sigmoid_rampup(step, self.hp.entropy_rampup * self.ctx.iterations))
+        return math.log(2) * (0.75 + 0.25 * sigmoid_rampup(self.tak_epoch(step), self.hp.entropy_rampup_epochs))
+
+    def contrast_on(self, step: int) -> bool:
+        """Whether step ``step`` adds the contrastive term (the variant has it and it has started)."""
+        if not self.use_contrast:
+            return False
+        if self.hp.schedule_unit == "run":
+            return step >= self.hp.contrast_start * self.ctx.iterations
+        return self.tak_epoch(step) > self.hp.contrast_start_epoch
 
     def extra_losses(self, step: int, net: TAKNetwork, views: Views, targets: Targets) -> dict:  # type: ignore[override]
-        """The voxel-text contrastive term (after ``contrast_start`` of the run)."""
-        if not self.use_contrast or step < self.hp.contrast_start * self.ctx.iterations:
+        """The voxel-text contrastive term (once :meth:`contrast_on`)."""
+        if not self.contrast_on(step):
             return {}
         n_l = targets.labels.shape[0]
         vox = []

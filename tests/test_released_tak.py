@@ -55,6 +55,8 @@ GOLDEN_FILE = Path(__file__).parent / "golden" / "released" / "tak.json"
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tak_amos_5p.toml"
 TAK_PRIOR_FILE = SHARED / "reference" / "tak_official" / "amos_embedding_shape_location.pth"
 NET_RTOL = 1e-4
+#: intra-op threads the network golden was computed with
+GOLDEN_THREADS = 2
 C = 16
 
 
@@ -111,6 +113,11 @@ def network_run(golden, plan):
     g = golden["network"]
     net = _tak(golden, plan, (32, 32, 32)).networks["net"]
     net.train()
+    # the golden was made with 2 intra-op threads (this machine's default); one thread takes
+    # other CPU kernels whose float32 rounding the InstanceNorm over 2^3 voxels of block five
+    # amplifies to ~1e-2 relative in a few gradient elements
+    threads = torch.get_num_threads()
+    torch.set_num_threads(GOLDEN_THREADS)
     shapes = {released_name(n): list(p.shape) for n, p in net.named_parameters()}
     x, y = build(g["inputs"]["x"]), build(g["inputs"]["y"])
     feats = net.encode(x)
@@ -123,6 +130,7 @@ def network_run(golden, plan):
     emb = sum((f * fixed(f.shape, w)).mean() for f, w in zip(f_emb, g["inputs"]["feature_weights"]))
     emb = emb + sum((t * fixed(t.shape, w)).mean() for t, w in zip(t_emb, g["inputs"]["text_weights"]))
     (ce + dice + emb).backward()
+    torch.set_num_threads(threads)
     return {"shapes": shapes, "feats": feats, "cond": cond, "dec": dec, "logits": logits, "f_emb": f_emb, "t_emb": t_emb,
             "loss": {"ga_ce": ce.item(), "ga_dice": dice.item(), "embeddings": emb.item()},
             "grads": {released_name(n): p.grad for n, p in net.named_parameters()}}
@@ -231,23 +239,29 @@ def test_consistency_weight_is_the_releases(golden, plan, share):
         assert m.consistency_weight(row["iter"]) == pytest.approx(row["consistency"], rel=1e-12), row
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the suite ramps the entropy threshold per step over 0.625 of the run; the release "
-                                       "per epoch over 100 epochs (np.log(2) (0.75 + 0.25 sigmoid_rampup(epoch_num, 100)))")
-@pytest.mark.parametrize("share", ["5p"])
+@pytest.mark.parametrize("share", ["2p", "5p", "10p"])
 def test_entropy_threshold_is_the_releases(golden, plan, share):
+    """np.log(2) (0.75 + 0.25 sigmoid_rampup(epoch_num, 100)), per epoch of |U| iterations (train:288)."""
     m = _share_tak(golden, plan, share)
     for row in golden["schedules"][share]["rows"]:
         assert m.entropy_threshold(row["iter"]) == pytest.approx(row["entropy_threshold"], rel=1e-9), row
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the suite switches the contrastive loss on at 0.125 of the run (20.1 epochs of "
-                                       "161); the release when epoch_num > 20, i.e. from epoch 21")
-@pytest.mark.parametrize("share", ["5p"])
+@pytest.mark.parametrize("share", ["2p", "5p", "10p"])
 def test_contrast_switch_is_the_releases(golden, plan, share):
+    """The contrastive loss is on when epoch_num > 20, i.e. from epoch 21 (train:206)."""
     m = _share_tak(golden, plan, share)
     for row in golden["schedules"][share]["rows"]:
-        on = row["iter"] >= m.hp.contrast_start * m.ctx.iterations
-        assert on == row["contrast"], row
+        assert m.contrast_on(row["iter"]) == row["contrast"], row
+
+
+def test_run_schedules_move_away_from_the_release(golden, plan):
+    """schedule_unit="run" (the suite's earlier per-run schedules) differs from the release."""
+    s = golden["schedules"]["5p"]
+    m = _tak(golden, plan, (32, 32, 32), iterations=s["iterations"], n_unlabeled=s["n_unlabeled"], width=4, weights=False,
+             schedule_unit="run")
+    assert any(m.contrast_on(r["iter"]) != r["contrast"] for r in s["rows"])
+    assert any(m.entropy_threshold(r["iter"]) != pytest.approx(r["entropy_threshold"], rel=1e-9) for r in s["rows"])
 
 
 # -- losses on fixed inputs ------------------------------------------------------------------------------
@@ -505,8 +519,8 @@ def _first_voxels(features: torch.Tensor, labels: torch.Tensor, n_view: int, ign
 
 
 def test_contrastive_term_of_the_step_matches_release(golden, plan, monkeypatch):
-    """``TAK.extra_losses`` at step 150 of 960 (the release's epoch 25 of 100 for the entropy ramp,
-    contrast on) from fixed encoder maps of 2 labeled + 2 unlabeled 96^3 images: voxel projections
+    """``TAK.extra_losses`` at step 25 x 206 (the release's epoch 25 with |U| = 206: the entropy
+    ramp's epoch 25 of 100, contrast on) from fixed encoder maps of 2 labeled + 2 unlabeled 96^3 images: voxel projections
     of the whole, mixed (recovered) and cube (recovered, released_cube_order=true) maps, the
     12-map order, labels, entropy masks, text anchors, weight 0.1 - against the script's own
     statements on the same maps."""
@@ -518,7 +532,8 @@ def test_contrastive_term_of_the_step_matches_release(golden, plan, monkeypatch)
     net = m.networks["net"]
     used = [(n, p) for n, p in net.named_parameters() if n.startswith(("voxel_proj.", "text_proj.", "head.text_to_hidden."))]
     fill(used, tag="student", rename=released_name)
-    assert m.entropy_threshold(150) == pytest.approx(g["entropy_threshold"], rel=1e-12)
+    step = 25 * m.ctx.n_unlabeled
+    assert m.tak_epoch(step) == 25 and m.entropy_threshold(step) == pytest.approx(g["entropy_threshold"], rel=1e-12)
     assert m.hp.sample_num == g["sample_num"]
     whole = [build(r).requires_grad_(True) for r in i["whole"]]
     mixed = [build(r).requires_grad_(True) for r in i["mixed"]]
@@ -528,7 +543,7 @@ def test_contrastive_term_of_the_step_matches_release(golden, plan, monkeypatch)
     targets = Targets(build(i["labels"])[:2], build(i["pseudo"])[:, 0], build(i["blended"]), build(i["entropy"]),
                       build(i["blended_entropy"]))
     monkeypatch.setattr(methods.contrastive, "sample_anchors", _first_voxels)
-    weight, loss = m.extra_losses(150, net, views, targets)["contrast"]
+    weight, loss = m.extra_losses(step, net, views, targets)["contrast"]
     assert weight == g["contrast_w"]
     loss.backward()
     assert loss.item() == pytest.approx(g["loss"], rel=NET_RTOL)
@@ -539,4 +554,8 @@ def test_contrastive_term_of_the_step_matches_release(golden, plan, monkeypatch)
             assert_matches(cubes[b][k].grad, g["cube_grads"][b][k], f"gradient of image {b}'s cube maps, scale {k}", NET_RTOL, atol=1e-10)
     grads = {released_name(n): p.grad for n, p in used}
     for name, want in g["param_grads"].items():
+        weight = g["param_grads"].get(name[: -len("bias")] + "weight") if name.endswith(".bias") else None
+        if weight is not None and _mean_abs(want) < 1e-5 * _mean_abs(weight):  # a bias before InstanceNorm: rounding noise
+            assert float(grads[name].abs().max()) < 1e-4 * _mean_abs(weight), f"{name}: not zero here"
+            continue
         assert_matches(grads[name], want, f"gradient of {name}", NET_RTOL, atol=1e-10)
