@@ -23,7 +23,9 @@ SMOOTH = 1e-10
 def ga_dice(probs: torch.Tensor, target: torch.Tensor, gradient_aware: bool = True) -> torch.Tensor:
     """GADice of probabilities ``probs`` (B, C, D, H, W) against labels ``target`` (B, D, H, W).
 
-    With ``gradient_aware=False`` absent classes contribute 0 (plain Dice over present classes).
+    With ``gradient_aware=False`` it is MagicNet's ``DiceLoss`` (utils/losses.py:26-33): the same
+    term for every class, so a class absent from the target scores ``1 - s / (Σ p² + s)`` ~ 1
+    (s = 1e-10) with a gradient of order s.
     """
     c = probs.shape[1]
     if target.dim() == probs.dim():
@@ -41,7 +43,7 @@ def ga_dice(probs: torch.Tensor, target: torch.Tensor, gradient_aware: bool = Tr
         n_background = (1 - y).sum(dims).clamp_min(1)
         suppress = (probs.detach() * probs).sum(dims) / n_background
     else:
-        suppress = torch.zeros_like(dice_term)
+        return dice_term.sum() / c
     return torch.where(present, dice_term, suppress).sum() / c
 
 
