@@ -42,6 +42,10 @@ class CoTraining(Method):
     class Hparams(BackboneHparams):
         cps_w: float = setting(0.1, ge=0.0)
         cps_rampup: float = setting(1.0, ge=0.0)
+        #: "epoch": as DHC's loops, lr and cps weight change once per epoch (one pass over the
+        #: unlabeled batches) and epoch e runs with the values of epoch e - 1, set at the end of
+        #: e - 1 (train_dhc.py:359-362); "step": each step's own value (the suite's earlier)
+        schedule: Literal["epoch", "step"] = "epoch"
         #: initialisation of network B (network A: ``init``); DHC: Kaiming for both, except Adsh / CLD
         init_b: Literal["kaiming", "xavier", "default"] = "kaiming"
         weighted_dice: bool = True
@@ -59,8 +63,16 @@ class CoTraining(Method):
         """Hook: update the strategies from this batch (before the losses). The first ``n_l``
         images of ``out_A`` / ``out_B`` (B, C, ...) are labeled, the rest unlabeled."""
 
+    def schedule_step(self, step: int) -> int:
+        """The step whose lr and cps weight are in force at ``step``: with ``schedule="epoch"`` the
+        first step of the previous epoch (of the first epoch during epochs 0 and 1)."""
+        if self.hp.schedule == "step":
+            return step
+        length = self.ctx.epoch_length
+        return max(step // length - 1, 0) * length
+
     def cps_weight(self, step: int) -> float:
-        return self.hp.cps_w * sigmoid_rampup(step, self.hp.cps_rampup * self.ctx.iterations)
+        return self.hp.cps_w * sigmoid_rampup(self.schedule_step(step), self.hp.cps_rampup * self.ctx.iterations)
 
     def training_step(self, labeled: dict, unlabeled: dict | None, step: int) -> Losses:
         y = labeled["label"]

@@ -14,7 +14,12 @@ Rewrite the goldens only for an intended change of behaviour, and say so in the 
     python -m tests.test_regression_golden --write [method ...]
 
 Rewritten: tak on 2026-12-06 (issue #30: its prior at the encoder's scale and TAK's own
-consistency ramp, 160 epochs of |U| iterations).
+consistency ramp, 160 epochs of |U| iterations); dhc, mean_teacher and tak again later that day
+(issue #30: DHC's per-epoch schedules one epoch late; SSL4MIS' staircase ramp, lr lag and
+independent teacher; TAK's per-epoch contrastive start and entropy ramp). Before each rewrite
+the old goldens were reproduced to 1e-6 with the old behaviour's settings (dhc schedule=step;
+mean_teacher consistency_epoch=run, lr_lag=0, teacher_init=copy; tak schedule_unit=run), so the
+changes are exactly the intended ones.
 """
 
 from __future__ import annotations

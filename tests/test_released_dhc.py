@@ -297,12 +297,15 @@ def test_poly_lr(e):
     close(poly_lr(S["base_lr"], e, S["max_epoch"], 0.9), S["poly_lr"][e], rtol=1e-12)
 
 
-def _cps(iterations: int):
-    return METHODS.get("dhc")(context(iterations=iterations), cps_w=S["cps_w"], cps_rampup=1.0)
+def _cps(iterations: int, schedule: str = "epoch"):
+    m = METHODS.get("dhc")(context(iterations=iterations), cps_w=S["cps_w"], cps_rampup=1.0, schedule=schedule)
+    assert m.ctx.epoch_length == 1  # one step per epoch: steps count epochs
+    return m
 
 
 def test_consistency_weight_curve():
-    m = _cps(S["max_epoch"])
+    """get_current_consistency_weight(e) itself (schedule="step": each step's own value)."""
+    m = _cps(S["max_epoch"], schedule="step")
     close([m.cps_weight(e) for e in S["epochs"]], S["consistency_weight"], rtol=1e-12)
 
 
@@ -310,12 +313,21 @@ _LAG = ("DHC's loops set lr and cps_w at the END of epoch e from e (train_dhc.py
         "poly_lr(e - 1) and rampup(e - 1); the suite uses step t's own value (one epoch earlier)")
 
 
-@xfail(_LAG)
 def test_schedules_in_force_per_epoch():
-    """One step per epoch: the suite's lr and cps_w at step e against the released values in force in epoch e."""
+    """One step per epoch: the suite's lr and cps_w at step e against the released values in force
+    in epoch e (schedule="epoch", the default)."""
     m = _cps(S["max_epoch"])
-    got = [(poly_lr(S["base_lr"], r["epoch"], S["max_epoch"], 0.9), m.cps_weight(r["epoch"])) for r in S["in_force"]]
+    got = [(poly_lr(S["base_lr"], m.schedule_step(r["epoch"]), S["max_epoch"], 0.9), m.cps_weight(r["epoch"])) for r in S["in_force"]]
     close(got, [(r["lr"], r["cps_w"]) for r in S["in_force"]], rtol=1e-9)
+    late = _cps(S["max_epoch"], schedule="step")
+    assert [late.cps_weight(r["epoch"]) for r in S["in_force"]] != pytest.approx([r["cps_w"] for r in S["in_force"]], rel=1e-9)
+
+
+def test_epoch_schedule_is_a_staircase_one_epoch_late():
+    """Epoch length 3: steps 0-5 use step 0's values, steps 6-8 step 3's, ..."""
+    m = METHODS.get("dhc")(context(iterations=30, n_unlabeled=6, unlabeled_bs=2))
+    assert m.ctx.epoch_length == 3
+    assert [m.schedule_step(t) for t in range(12)] == [0] * 6 + [3] * 3 + [6] * 3
 
 
 def test_uamt_uncertainty_threshold():
