@@ -39,6 +39,7 @@ from bench.core.settings import setting
 from methods.base import Losses, MethodContext, RunningState
 from methods.losses import dhc_dc_ce_loss
 from methods.mean_teacher import MeanTeacher
+from methods.ramps import dhc_schedule_step
 
 P_FR = 0.632  # penalty rank
 P_CCF = 0.0  # penalty confidence factor
@@ -136,11 +137,21 @@ class ACISIS(MeanTeacher):
         update_iter: int = setting(0, ge=0)  # 0 = one epoch of unlabeled batches (DHC)
         #: DHC's record_data pairs every image with every label map (a released bug, see the module docstring)
         released_acisis_broadcast: bool = False
-        #: not SSL4MIS' mean-teacher loop: DHC's script copies no such staircase, second init or
-        #: lr lag (its own per-epoch schedule lag is listed open in docs/fidelity.md)
+        #: not SSL4MIS' mean-teacher loop: DHC's script has no iter // 150 staircase, second
+        #: init or one-step lr lag; it sets lr and consistency weight once per epoch, one epoch
+        #: late (``schedule``, as the DHC family)
         consistency_epoch: int | Literal["run"] = setting("run", ge=1)
         teacher_init: Literal["independent", "copy"] = "copy"
         lr_lag: int = setting(0, ge=0)
+        schedule: Literal["epoch", "step"] = "epoch"
+
+    def schedule_step(self, step: int) -> int:
+        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)
+
+    def consistency_weight(self, step: int) -> float:
+        """DHC's get_current_consistency_weight of the epoch in force (continuous over the run
+        with ``schedule="step"``)."""
+        return super().consistency_weight(self.schedule_step(step))
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

@@ -26,7 +26,7 @@ from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
 from methods.class_weighting import CReST, DiffDW, DistDW, SimiS, Weighting
 from methods.losses import dhc_dc_ce_loss
-from methods.ramps import sigmoid_rampup
+from methods.ramps import dhc_schedule_step, sigmoid_rampup
 from methods.supervised import BackboneHparams, build_vnet
 
 
@@ -66,10 +66,7 @@ class CoTraining(Method):
     def schedule_step(self, step: int) -> int:
         """The step whose lr and cps weight are in force at ``step``: with ``schedule="epoch"`` the
         first step of the previous epoch (of the first epoch during epochs 0 and 1)."""
-        if self.hp.schedule == "step":
-            return step
-        length = self.ctx.epoch_length
-        return max(step // length - 1, 0) * length
+        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)
 
     def cps_weight(self, step: int) -> float:
         return self.hp.cps_w * sigmoid_rampup(self.schedule_step(step), self.hp.cps_rampup * self.ctx.iterations)

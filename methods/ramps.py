@@ -15,3 +15,16 @@ def sigmoid_rampup(current: float, length: float) -> float:
         return 1.0
     t = min(max(current, 0.0), length) / length
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+def dhc_schedule_step(step: int, epoch_length: int, schedule: str = "epoch") -> int:
+    """The step whose lr / consistency weight DHC's loops have in force at ``step``: they set
+    both once per epoch, at the end of epoch e - 1 from e - 1 (train_dhc.py:359-362 and every
+    train_*.py of DHC), so epochs 0 and 1 run with epoch 0's values. ``schedule="step"``: ``step``.
+
+    >>> [dhc_schedule_step(t, 3) for t in range(10)]
+    [0, 0, 0, 0, 0, 0, 3, 3, 3, 6]
+    """
+    if schedule == "step":
+        return step
+    return max(step // epoch_length - 1, 0) * epoch_length

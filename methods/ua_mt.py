@@ -35,7 +35,7 @@ from methods.base import Losses
 from methods.ema import teacher_noise
 from methods.losses import DiceVariant, ssl4mis_dice_ce_loss
 from methods.mean_teacher import MeanTeacher
-from methods.ramps import sigmoid_rampup
+from methods.ramps import dhc_schedule_step, sigmoid_rampup
 
 
 def mean_entropy(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -72,11 +72,21 @@ class UAMT(MeanTeacher):
         #: (``update_ema_variables(..., epoch_num)``): the teacher copies the student for the
         #: whole first epoch; "step" counts steps (SSL4MIS, the suite's earlier behaviour)
         ema_warmup: Literal["epoch", "step"] = "epoch"
-        #: not SSL4MIS' mean-teacher loop: DHC's script copies no such staircase, second init or
-        #: lr lag (its own per-epoch schedule lag is listed open in docs/fidelity.md)
+        #: not SSL4MIS' mean-teacher loop: DHC's script has no iter // 150 staircase, second
+        #: init or one-step lr lag; it sets lr and consistency weight once per epoch, one epoch
+        #: late (``schedule``, as the DHC family)
         consistency_epoch: int | Literal["run"] = setting("run", ge=1)
         teacher_init: Literal["independent", "copy"] = "copy"
         lr_lag: int = setting(0, ge=0)
+        schedule: Literal["epoch", "step"] = "epoch"
+
+    def schedule_step(self, step: int) -> int:
+        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)
+
+    def consistency_weight(self, step: int) -> float:
+        """DHC's get_current_consistency_weight of the epoch in force (continuous over the run
+        with ``schedule="step"``)."""
+        return super().consistency_weight(self.schedule_step(step))
 
     def after_step(self, step: int) -> None:
         # MeanTeacher's EMA update, its warm start counted in epochs or steps

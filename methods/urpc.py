@@ -20,6 +20,7 @@ the other baselines) rather than DHC's separate 3D U-Net, so that backbone capac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
 from methods.losses import DiceVariant, ssl4mis_dice_ce_loss
 from methods.networks import VNet
-from methods.ramps import sigmoid_rampup
+from methods.ramps import dhc_schedule_step, sigmoid_rampup
 from methods.supervised import BackboneHparams
 
 DROPOUT = (0.5, 0.3, 0.2, 0.1)  # coarse (1/8) to fine (1)
@@ -83,6 +84,9 @@ class URPC(Method):
     class Hparams(BackboneHparams):
         consistency: float = setting(0.1, ge=0.0)
         consistency_rampup: float = setting(1.0, ge=0.0)
+        #: lr and consistency weight once per epoch, one epoch late, as DHC's train_urpc.py
+        #: (:319-320); "step": each step's own value (the suite's earlier)
+        schedule: Literal["epoch", "step"] = "epoch"
         #: DHC's train_urpc.py: SoftDiceLoss(smooth=1e-8), foreground classes only
         dice: DiceVariant = "foreground"
 
@@ -98,8 +102,15 @@ class URPC(Method):
         if unlabeled is None:
             return Losses(sup, {"sup": sup})
         cons = rectified_consistency([torch.softmax(o[n_l:].float(), 1) for o in outs])
-        w = self.hp.consistency * sigmoid_rampup(step, self.hp.consistency_rampup * self.ctx.iterations)
+        w = self.consistency_weight(step)
         return Losses(sup + w * cons, {"sup": sup, "unsup": cons, "w_unsup": torch.tensor(w)})
+
+    def schedule_step(self, step: int) -> int:
+        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)
+
+    def consistency_weight(self, step: int) -> float:
+        """``consistency`` sigmoid_rampup over the run, at the step whose value is in force."""
+        return self.hp.consistency * sigmoid_rampup(self.schedule_step(step), self.hp.consistency_rampup * self.ctx.iterations)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         out = self.networks["net"](x)

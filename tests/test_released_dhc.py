@@ -381,3 +381,14 @@ def test_optimizer_settings(method, script):
     exp = G["optimizer"][script]
     got = {k: opt.defaults[k] for k in exp}
     assert got == pytest.approx(exp), (got, exp)
+
+
+@pytest.mark.parametrize("method", ["ua_mt", "acisis", "urpc"])
+def test_single_network_dhc_scripts_use_the_same_epoch_schedule(method):
+    """train_uamt.py:327-328, train_acisis.py:459-460, train_urpc.py:319-320 set lr and the
+    consistency weight at the end of the epoch like train_dhc.py: the same values in force."""
+    m = METHODS.get(method)(context(iterations=S["max_epoch"]), consistency=S["cps_w"], consistency_rampup=1.0)
+    assert m.ctx.epoch_length == 1
+    got = [(poly_lr(S["base_lr"], m.schedule_step(r["epoch"]), S["max_epoch"], 0.9), m.consistency_weight(r["epoch"]))
+           for r in S["in_force"]]
+    close(got, [(r["lr"], r["cps_w"]) for r in S["in_force"]], rtol=1e-9)
