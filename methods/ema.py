@@ -17,17 +17,22 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float, step: int, buffers: str = "own") -> None:
     """teacher = a * teacher + (1 - a) * student with a = min(1 - 1/(step + 1), decay).
 
-    The warm start (true average for the first steps) follows Mean Teacher / SSL4MIS. Buffers
-    (BatchNorm running statistics) are copied from the student.
+    The warm start (true average for the first steps) follows Mean Teacher / SSL4MIS. Parameters
+    only, as every release's ``update_ema_variables`` (SSL4MIS train_mean_teacher_3D.py:72-76,
+    DHC train_uamt.py:51-55): the teacher's buffers (BatchNorm running statistics) are its own,
+    from its own forward passes (``buffers="own"``); ``"copy"`` copies the student's (the
+    suite's earlier behaviour). In train mode BatchNorm normalises with batch statistics, so
+    the choice changes no training output, only the teacher's running statistics.
     """
     alpha = min(1.0 - 1.0 / (step + 1), decay)
     for t, s in zip(teacher.parameters(), student.parameters()):
         t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
-    for t, s in zip(teacher.buffers(), student.buffers()):
-        t.copy_(s)
+    if buffers == "copy":
+        for t, s in zip(teacher.buffers(), student.buffers()):
+            t.copy_(s)
 
 
 def teacher_noise(x: torch.Tensor, std: float = 0.1, clip: float = 0.2) -> torch.Tensor:

@@ -219,6 +219,9 @@ class MagicNet(Method):
         #: consistency_rampup x the run) (the suite's earlier ramp, not released)
         consistency_epoch: int | Literal["run", "unlabeled_batches", "unlabeled_cases"] = setting(350, ge=1)
         consistency_rampup_epochs: float = setting(200.0, gt=0.0)
+        #: the teacher's BatchNorm statistics (the location head's BatchNorm1d): its own, as the
+        #: releases' update_ema_variables (parameters only), or "copy" of the student's (earlier)
+        ema_buffers: Literal["own", "copy"] = "own"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
@@ -387,7 +390,7 @@ class MagicNet(Method):
         return {}
 
     def after_step(self, step: int) -> None:
-        ema_update(self.teachers["teacher"], self.networks["net"], self.hp.ema_decay, step)
+        ema_update(self.teachers["teacher"], self.networks["net"], self.hp.ema_decay, step, self.hp.ema_buffers)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.networks["net"](x)

@@ -62,6 +62,9 @@ class MeanTeacher(Supervised):
         #: SSL4MIS' DiceLoss: squared denominators Σ p² + Σ y² over all classes (released);
         #: "linear" is the suite's earlier loss
         dice: DiceVariant = "squared"
+        #: the teacher's BatchNorm statistics: its own (every release averages parameters only)
+        #: or "copy" of the student's (the suite's earlier behaviour)
+        ema_buffers: Literal["own", "copy"] = "own"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
@@ -95,7 +98,7 @@ class MeanTeacher(Supervised):
         return Losses(sup + w * cons, {"sup": sup, "unsup": cons, "w_unsup": torch.tensor(w)})
 
     def after_step(self, step: int) -> None:
-        ema_update(self.teachers["teacher"], self.networks["net"], self.hp.ema_decay, step)
+        ema_update(self.teachers["teacher"], self.networks["net"], self.hp.ema_decay, step, self.hp.ema_buffers)
 
     @staticmethod
     def search_space(trial) -> dict:

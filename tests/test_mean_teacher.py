@@ -77,3 +77,22 @@ def test_consistency_weight_ramps_over_the_run():
     m = MeanTeacher(ctx, consistency_epoch="run")  # consistency 0.1, ramp over all iterations (10)
     assert m.consistency_weight(10) == 0.1
     assert m.consistency_weight(0) < 0.001
+
+
+@pytest.mark.parametrize("buffers", ["own", "copy"])
+def test_ema_buffers_are_the_teachers_own_unless_copied(buffers):
+    """Parameters only by default (every release): BatchNorm running statistics stay the
+    teacher's; "copy" copies the student's. In train mode the teacher's output is the same."""
+    torch.manual_seed(0)
+    s = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    t = make_teacher(s)
+    s.train()
+    s(torch.randn(2, 1, 4, 4, 4) * 3 + 1)  # moves the student's running statistics
+    ema_update(t, s, decay=0.99, step=5, buffers=buffers)
+    moved = torch.equal(t[1].running_mean, s[1].running_mean)
+    assert moved == (buffers == "copy") and (buffers == "copy" or not t[1].running_mean.any())
+    x = torch.randn(2, 1, 4, 4, 4)
+    t.train()
+    other = make_teacher(t)
+    other[1].running_mean.fill_(5.0)
+    torch.testing.assert_close(t(x), other(x))  # train mode: batch statistics, buffers unused
