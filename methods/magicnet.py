@@ -222,6 +222,9 @@ class MagicNet(Method):
         #: the teacher's BatchNorm statistics (the location head's BatchNorm1d): its own, as the
         #: releases' update_ema_variables (parameters only), or "copy" of the student's (earlier)
         ema_buffers: Literal["own", "copy"] = "own"
+        #: "independent": the teacher is a second random init (MagicNet train_main_btcv.py:125,
+        #: TAK train:160 call create_model(ema=True)); "copy": a copy of the student (earlier)
+        teacher_init: Literal["independent", "copy"] = "independent"
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
@@ -229,7 +232,7 @@ class MagicNet(Method):
         self.n = grid(tuple(ctx.patch_size), self.cube)
         net = self.build_network()
         self.networks["net"] = net
-        self.teachers["teacher"] = make_teacher(net)
+        self.teachers["teacher"] = make_teacher(self.build_network() if self.hp.teacher_init == "independent" else net)
         #: running class distribution of the pseudo-labels (blending weights)
         self.class_dist = OrganClassLogger(ctx.num_classes)
 

@@ -191,3 +191,14 @@ def test_contrastive_branch_shares_text_to_256_at_the_released_width(width, shar
     assert [isinstance(p, nn.Identity) for p in net.text_proj] == shared
     if width == 16:
         assert torch.equal(net.text_embeddings()[2], net.head.text_hidden())
+
+
+@pytest.mark.parametrize("teacher_init", ["independent", "copy"])
+def test_magicnet_family_teacher_is_a_second_init_as_released(teacher_init):
+    """MagicNet and TAK build the EMA model with a second create_model(ema=True) call: an
+    independent random init (the default); "copy" copies the student. No gradient either way."""
+    torch.manual_seed(0)
+    m = GA(_ctx(), teacher_init=teacher_init)
+    student, teacher = m.networks["net"], m.teachers["teacher"]
+    same = all(torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters()))
+    assert same == (teacher_init == "copy") and not any(p.requires_grad for p in teacher.parameters())
