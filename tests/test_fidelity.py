@@ -198,3 +198,23 @@ def test_released_empty_dice_switch_reaches_the_protocol_record_and_is_refused_e
     cfg.write_text('methods = ["dhc"]\n[protocol_options]\nreleased_empty = true\n')
     with pytest.raises(UserError, match=r"\[protocol_options\]: unknown protocol option 'released_empty'"):
         dry_run(RunRequest.build({}, config=str(cfg)))
+
+
+def test_every_test_named_in_fidelity_md_exists():
+    """docs/fidelity.md maps switches and deviations to tests: each ``file.py::name`` (or
+    ``::name`` after a file in the same cell) names a test function that exists."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    text = (root / "docs" / "fidelity.md").read_text()
+    found = 0
+    for line in text.splitlines():
+        last = None
+        for path, name in re.findall(r"`(?:tests/)?(test_\w+\.py)?::(\w+)`", line):
+            last = path or last
+            assert last, line
+            source = (root / "tests" / last).read_text()
+            assert re.search(rf"^def {name}\(", source, re.M), (last, name)
+            found += 1
+    assert found >= 30
