@@ -155,8 +155,7 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
     if reference is not None and len(reference):
         _add_reference_rows(reference, organs, mean_rows, std_rows, n, meta)
     rows = pd.DataFrame.from_dict(meta, orient="index")
-    order = sorted(range(len(rows)), key=lambda i: (_group_key(rows["group"].iloc[i]), rows["kind"].iloc[i] != "measured", i))
-    index = [rows.index[i] for i in order]
+    index = [rows.index[i] for i in sorted(range(len(rows)), key=lambda i: _row_order(rows, i))]
     cols = organs + ["Large", "Small", "Dice", "HD95", "ASD", "Missed"]
     headers = {o: abbreviation(o) for o in organs} | {c: c for c in ("Large", "Small", "Dice", "HD95", "ASD", "Missed")}
     direction = {c: (DOWN if c in ("HD95", "ASD", "Missed") else UP) for c in cols}
@@ -172,11 +171,26 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
     )
 
 
+#: reports/published/methods.csv: each published method name -> the registered method that runs it
+PUBLISHED_METHODS_FILE = Path(__file__).parent / "published" / "methods.csv"
+
+
+def published_methods() -> dict[str, str | None]:
+    """``{published name: registered method, or None where it is not runnable yet}`` from
+    reports/published/methods.csv (e.g. "V-Net(fully)" -> "fully", "Basak" -> "acisis")."""
+    df = pd.read_csv(PUBLISHED_METHODS_FILE, dtype=str, keep_default_na=False)
+    return {row.published: (row.method or None) for row in df.itertuples()}
+
+
 def _add_reference_rows(reference: pd.DataFrame, organs: list[str], mean_rows: dict, std_rows: dict, n: dict, meta: dict) -> None:
     """Add the published rows (one per paper, protocol, labeled share and method) to the table
-    being built: Dice per organ, the large / small averages, and the std of the mean where given."""
+    being built: Dice per organ, the large / small averages, and the std of the mean where given.
+    Each row's ``method`` is the registered method that runs it (:func:`published_methods`), so
+    it is placed beside that method's measured row; "not runnable yet" ones are marked so."""
+    runs_it = published_methods()
     for (paper, proto, pct, method), df in reference.groupby(["paper", "protocol", "labeled_percent", "method"], sort=False):
-        label = f"{method} (reported, {paper})"
+        registered = runs_it.get(method)
+        label = f"{method} (reported, {paper})" + ("" if registered else " - not runnable yet")
         dice = df[df.metric == "dice"].set_index("organ")["value"]
         row = {o: float(dice.get(o, math.nan)) for o in organs}
         large, small = organ_groups(organs)
@@ -189,7 +203,7 @@ def _add_reference_rows(reference: pd.DataFrame, organs: list[str], mean_rows: d
         std_rows[label] = {k: math.nan for k in row} | {"Dice": float(std.iloc[0]) if len(std) and pd.notna(std.iloc[0]) else math.nan}
         n[label] = 0
         meta[label] = {"group": round(float(pct) / 100, 9), "kind": "reported", "protocol": proto, "note": str(df["source"].iloc[0]),
-                       "name": label, "variant": method, "method": method}
+                       "name": label, "variant": method, "method": registered or method}
 
 
 def _config_tags(groups: dict) -> dict:
@@ -207,6 +221,17 @@ def _config_tags(groups: dict) -> dict:
         for key, st in items:
             tags[key] = " {" + ", ".join(f"{k.removeprefix('train.')}={st.get(k)}" for k in differ) + "}" if differ else f" {{{key[3][:6]}}}"
     return tags
+
+
+def _row_order(rows: pd.DataFrame, i: int) -> tuple:
+    """Sort key of row ``i``: by labeled share; measured rows as first seen, each published row
+    right after the measured row of the method that runs it, the other published rows last."""
+    group, kind = rows["group"].iloc[i], rows["kind"].iloc[i]
+    if kind == "measured":
+        return (_group_key(group), 0, i, 0, i)
+    same = [j for j in range(len(rows)) if rows["kind"].iloc[j] == "measured" and rows["group"].iloc[j] == group
+            and rows["method"].iloc[j] == rows["method"].iloc[i]]
+    return (_group_key(group), 0, same[0], 1, i) if same else (_group_key(group), 1, 0, 0, i)
 
 
 def _group_key(g: float | str) -> tuple:

@@ -11,8 +11,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+import reports
 from bench.cli import main
 from bench.core.errors import UserError
 from reports.collect import collect
@@ -422,3 +424,50 @@ def test_legend_names_the_suites_hd95_under_published_protocols(tmp_path, protoc
     text = legend(table, None, 0.05, 1, "exclude", reference=True)
     assert ("HD95 under the dhc / ga protocols is this suite's definition" in text) is named
     assert "np.std (ddof=0) over DHC's repeated runs" in text
+
+
+def test_every_published_method_maps_to_a_registered_method_or_says_not_runnable():
+    """reports/published/methods.csv knows every method name of the shipped published tables, and
+    each mapped name is a registered method."""
+    from bench.core.registry import METHODS
+    from reports.table import published_methods
+
+    mapping = published_methods()
+    shipped = set()
+    for table in ("synapse", "amos"):
+        shipped |= set(pd.read_csv(Path(reports.__file__).parent / "published" / f"{table}.csv")["method"])
+    assert shipped - set(mapping) == set(), "published rows name methods methods.csv does not map"
+    registered = set(METHODS.names())
+    assert {m for m in mapping.values() if m} <= registered
+    assert mapping["Basak"] == "acisis" and mapping["V-Net(fully)"] == "fully" and mapping["DST"] is None
+
+
+def test_published_rows_sit_beside_the_measured_row_of_their_method(results):
+    """--reference published: a published row follows the measured row of the method that runs it
+    (same labeled share); rows with no measured counterpart, or not runnable yet, come after."""
+    runs = [r for r in collect(results)]
+    ref = pd.DataFrame([
+        {"paper": "P", "source": "s", "protocol": "default", "labeled_percent": 10, "method": m, "organ": "mean",
+         "metric": "dice", "value": v, "std": None} for m, v in (("DST", 50.0), ("CPS", 60.0), ("DHC", 70.0))])
+    for r in runs:  # measured methods a, b, c stand for dhc, cps and one with no published row
+        object.__setattr__(r.metrics, "method", {"a": "dhc", "b": "cps"}.get(r.metrics.method, r.metrics.method))
+    table = build_table(runs, reference=ref)
+    ten = [i for i in table.rows.index if table.rows.at[i, "group"] == 0.1]
+    kinds = [(table.rows.at[i, "kind"], table.rows.at[i, "method"]) for i in ten]
+    assert kinds.index(("reported", "dhc")) == kinds.index(("measured", "dhc")) + 1
+    assert kinds.index(("reported", "cps")) == kinds.index(("measured", "cps")) + 1
+    assert kinds[-1] == ("reported", "DST") and ten[-1].endswith("not runnable yet")
+
+
+def test_readme_states_the_runnable_published_row_count():
+    from reports.table import published_methods
+
+    mapping, total, runnable = published_methods(), 0, 0
+    for table in ("synapse", "amos"):
+        df = pd.read_csv(Path(reports.__file__).parent / "published" / f"{table}.csv")
+        for (_, _, _, method), _ in df.groupby(["paper", "protocol", "labeled_percent", "method"]):
+            total += 1
+            runnable += mapping[method] is not None
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"Of the {total} published rows" in readme and f"{runnable} name a runnable method" in readme
+    assert f"({total - runnable} rows)" in readme
