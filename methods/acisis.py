@@ -137,11 +137,11 @@ class ACISIS(MeanTeacher):
         update_iter: int = setting(0, ge=0)  # 0 = one epoch of unlabeled batches (DHC)
         #: DHC's record_data pairs every image with every label map (a released bug, see the module docstring)
         released_acisis_broadcast: bool = False
-        #: not SSL4MIS' mean-teacher loop: DHC's script has no iter // 150 staircase, second
-        #: init or one-step lr lag; it sets lr and consistency weight once per epoch, one epoch
-        #: late (``schedule``, as the DHC family)
+        #: not SSL4MIS' mean-teacher loop: DHC's script has no iter // 150 staircase or one-step
+        #: lr lag; it sets lr and consistency weight once per epoch, one epoch late
+        #: (``schedule``, as the DHC family). Like SSL4MIS it builds the EMA model as a second
+        #: network (train_uamt.py:215, train_acisis.py:360-362): ``teacher_init="independent"``.
         consistency_epoch: int | Literal["run"] = setting("run", ge=1)
-        teacher_init: Literal["independent", "copy"] = "copy"
         lr_lag: int = setting(0, ge=0)
         schedule: Literal["epoch", "step"] = "epoch"
 

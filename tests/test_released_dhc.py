@@ -390,3 +390,14 @@ def test_single_network_dhc_scripts_use_the_same_epoch_schedule(method):
     got = [(poly_lr(S["base_lr"], m.schedule_step(r["epoch"]), S["max_epoch"], 0.9), m.consistency_weight(r["epoch"]))
            for r in S["in_force"]]
     close(got, [(r["lr"], r["cps_w"]) for r in S["in_force"]], rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["ua_mt", "acisis"])
+def test_dhc_mean_teachers_build_a_second_network(method):
+    """train_uamt.py:215 and train_acisis.py:360-362 call make_model_all(ema=True): the teacher
+    is a second, independently initialised network (acisis re-initialises both with Kaiming)."""
+    torch.manual_seed(0)
+    m = METHODS.get(method)(context())
+    assert m.hp.teacher_init == "independent"
+    student, teacher = m.networks["net"], m.teachers["teacher"]
+    assert not all(torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters()))
