@@ -171,6 +171,10 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
     )
 
 
+#: the suite protocol that reproduces each published protocol (None: none does; GenericSSL scores
+#: Synapse on its own 80x160x160 grid)
+PUBLISHED_PROTOCOLS: dict[str, str | None] = {"dhc-paper": "dhc", "tak-paper": "ga", "genericssl-paper": None}
+
 #: reports/published/methods.csv: each published method name -> the registered method that runs it
 PUBLISHED_METHODS_FILE = Path(__file__).parent / "published" / "methods.csv"
 
@@ -203,7 +207,8 @@ def _add_reference_rows(reference: pd.DataFrame, organs: list[str], mean_rows: d
         std_rows[label] = {k: math.nan for k in row} | {"Dice": float(std.iloc[0]) if len(std) and pd.notna(std.iloc[0]) else math.nan}
         n[label] = 0
         meta[label] = {"group": round(float(pct) / 100, 9), "kind": "reported", "protocol": proto, "note": str(df["source"].iloc[0]),
-                       "name": label, "variant": method, "method": registered or method}
+                       "name": label, "variant": method, "method": registered or method,
+                       "suite_protocol": PUBLISHED_PROTOCOLS.get(proto, proto)}
 
 
 def _config_tags(groups: dict) -> dict:
@@ -225,12 +230,13 @@ def _config_tags(groups: dict) -> dict:
 
 def _row_order(rows: pd.DataFrame, i: int) -> tuple:
     """Sort key of row ``i``: by labeled share; measured rows as first seen, each published row
-    right after the measured row of the method that runs it, the other published rows last."""
+    right after the measured row of the method that runs it under the suite protocol that
+    reproduces the published one (:data:`PUBLISHED_PROTOCOLS`), the other published rows last."""
     group, kind = rows["group"].iloc[i], rows["kind"].iloc[i]
     if kind == "measured":
         return (_group_key(group), 0, i, 0, i)
     same = [j for j in range(len(rows)) if rows["kind"].iloc[j] == "measured" and rows["group"].iloc[j] == group
-            and rows["method"].iloc[j] == rows["method"].iloc[i]]
+            and rows["method"].iloc[j] == rows["method"].iloc[i] and str(rows["protocol"].iloc[j]).split("/")[0] == rows["suite_protocol"].iloc[i]]
     return (_group_key(group), 0, same[0], 1, i) if same else (_group_key(group), 1, 0, 0, i)
 
 
