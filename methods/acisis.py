@@ -29,7 +29,6 @@ teacher copies the student for the whole first epoch); the step is used here, as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +37,7 @@ from bench.core.registry import register_method
 from bench.core.settings import setting
 from methods.base import Losses, MethodContext, RunningState
 from methods.losses import dhc_dc_ce_loss
-from methods.mean_teacher import MeanTeacher
-from methods.ramps import dhc_schedule_step
+from methods.mean_teacher import DHCMeanTeacher
 
 P_FR = 0.632  # penalty rank
 P_CCF = 0.0  # penalty confidence factor
@@ -119,7 +117,7 @@ def sampling_weights(logits: torch.Tensor, rate: torch.Tensor, beta: float = 1.5
 
 
 @register_method("acisis")
-class ACISIS(MeanTeacher):
+class ACISIS(DHCMeanTeacher):
     """ACISIS: mean teacher with class-wise voxel sampling from fuzzy-rank-fused indicators."""
 
     family = "mean teacher"
@@ -129,7 +127,7 @@ class ACISIS(MeanTeacher):
     train_defaults = {"weight_decay": 3e-5}
 
     @dataclass
-    class Hparams(MeanTeacher.Hparams):
+    class Hparams(DHCMeanTeacher.Hparams):
         top_m: int = setting(12, ge=1)
         lam: float = 2.5
         beta: float = 1.5
@@ -137,21 +135,6 @@ class ACISIS(MeanTeacher):
         update_iter: int = setting(0, ge=0)  # 0 = one epoch of unlabeled batches (DHC)
         #: DHC's record_data pairs every image with every label map (a released bug, see the module docstring)
         released_acisis_broadcast: bool = False
-        #: not SSL4MIS' mean-teacher loop: DHC's script has no iter // 150 staircase or one-step
-        #: lr lag; it sets lr and consistency weight once per epoch, one epoch late
-        #: (``schedule``, as the DHC family). Like SSL4MIS it builds the EMA model as a second
-        #: network (train_uamt.py:215, train_acisis.py:360-362): ``teacher_init="independent"``.
-        consistency_epoch: int | Literal["run"] = setting("run", ge=1)
-        lr_lag: int = setting(0, ge=0)
-        schedule: Literal["epoch", "step"] = "epoch"
-
-    def schedule_step(self, step: int) -> int:
-        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)
-
-    def consistency_weight(self, step: int) -> float:
-        """DHC's get_current_consistency_weight of the epoch in force (continuous over the run
-        with ``schedule="step"``)."""
-        return super().consistency_weight(self.schedule_step(step))
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)

@@ -26,11 +26,11 @@ from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
 from methods.class_weighting import CReST, DiffDW, DistDW, SimiS, Weighting
 from methods.losses import dhc_dc_ce_loss
-from methods.ramps import dhc_schedule_step, sigmoid_rampup
+from methods.ramps import DHCEpochSchedule, sigmoid_rampup
 from methods.supervised import BackboneHparams, build_vnet
 
 
-class CoTraining(Method):
+class CoTraining(DHCEpochSchedule, Method):
     """Base of the two-network methods; subclasses choose the weighting strategies."""
 
     family = "co-training (CPS)"
@@ -62,11 +62,6 @@ class CoTraining(Method):
     def update_weights(self, out_A: torch.Tensor, out_B: torch.Tensor, label: torch.Tensor, n_l: int) -> None:
         """Hook: update the strategies from this batch (before the losses). The first ``n_l``
         images of ``out_A`` / ``out_B`` (B, C, ...) are labeled, the rest unlabeled."""
-
-    def schedule_step(self, step: int) -> int:
-        """The step whose lr and cps weight are in force at ``step``: with ``schedule="epoch"`` the
-        first step of the previous epoch (of the first epoch during epochs 0 and 1)."""
-        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)
 
     def cps_weight(self, step: int) -> float:
         return self.hp.cps_w * sigmoid_rampup(self.schedule_step(step), self.hp.cps_rampup * self.ctx.iterations)

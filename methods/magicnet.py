@@ -274,9 +274,12 @@ class MagicNet(Method):
     def consistency_weight(self, step: int) -> float:
         if self.hp.consistency_epoch == "run":
             return self.hp.consistency * sigmoid_rampup(step, self.hp.consistency_rampup * self.ctx.iterations)
-        epoch = {"unlabeled_batches": self.ctx.epoch_length, "unlabeled_cases": max(1, self.ctx.n_unlabeled)}.get(
-            self.hp.consistency_epoch, self.hp.consistency_epoch)
-        return self.hp.consistency * sigmoid_rampup(step // epoch, self.hp.consistency_rampup_epochs)
+        return self.hp.consistency * sigmoid_rampup(step // self.epoch_length(self.hp.consistency_epoch), self.hp.consistency_rampup_epochs)
+
+    def epoch_length(self, epoch: int | str) -> int:
+        """Iterations of one epoch: ``epoch`` itself, or "unlabeled_batches" (one pass over the
+        unlabeled batches: DHC's epoch) or "unlabeled_cases" (|U| iterations: TAK's epoch)."""
+        return {"unlabeled_batches": self.ctx.epoch_length, "unlabeled_cases": max(1, self.ctx.n_unlabeled)}.get(epoch, epoch)  # type: ignore[return-value]
 
     def unmix_cubes(self, cubes: torch.Tensor) -> torch.Tensor:
         """Recovery of a cube list (B, N, C, s, s, s) -> (B, C, D', H', W') (released order on request)."""

@@ -28,7 +28,7 @@ from methods import supervised
 from methods.base import Losses, MethodContext
 from methods.ema import ema_update, make_teacher, teacher_noise
 from methods.losses import DiceVariant, softmax_mse, ssl4mis_dice_ce_loss
-from methods.ramps import sigmoid_rampup
+from methods.ramps import DHCEpochSchedule, sigmoid_rampup
 from methods.supervised import BackboneHparams, Supervised
 
 
@@ -107,3 +107,22 @@ class MeanTeacher(Supervised):
             "ema_decay": trial.suggest_float("ema_decay", 0.9, 0.999),
             "consistency": trial.suggest_float("consistency", 0.01, 1.0, log=True),
         }
+
+
+class DHCMeanTeacher(DHCEpochSchedule, MeanTeacher):
+    """Base of DHC's mean-teacher scripts (ua_mt, acisis; not registered): not SSL4MIS' loop -
+    no iter // 150 staircase and no one-step lr lag; lr and consistency weight are set once per
+    epoch, one epoch late (``schedule``, as the DHC family). Like SSL4MIS they build the EMA
+    model as a second network (train_uamt.py:215, train_acisis.py:360-362):
+    ``teacher_init="independent"``."""
+
+    @dataclass
+    class Hparams(MeanTeacher.Hparams):
+        consistency_epoch: int | Literal["run"] = setting("run", ge=1)
+        lr_lag: int = setting(0, ge=0)
+        schedule: Literal["epoch", "step"] = "epoch"
+
+    def consistency_weight(self, step: int) -> float:
+        """DHC's get_current_consistency_weight of the epoch in force (continuous over the run
+        with ``schedule="step"``)."""
+        return super().consistency_weight(self.schedule_step(step))

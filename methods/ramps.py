@@ -28,3 +28,12 @@ def dhc_schedule_step(step: int, epoch_length: int, schedule: str = "epoch") -> 
     if schedule == "step":
         return step
     return max(step // epoch_length - 1, 0) * epoch_length
+
+
+class DHCEpochSchedule:
+    """Mixin of the methods that follow DHC's loops: :meth:`schedule_step` (used by the engine's
+    poly lr and by the method's consistency weight) is :func:`dhc_schedule_step` of the method's
+    ``schedule`` hyperparameter ("epoch" as released, "step" each step's own value)."""
+
+    def schedule_step(self, step: int) -> int:
+        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)  # type: ignore[attr-defined]

@@ -171,7 +171,7 @@ class TAK(GA):
 
     def tak_epoch(self, step: int) -> int:
         """TAK's epoch of ``step``: one pass of |U| iterations (train:56-57)."""
-        return step // max(1, self.ctx.n_unlabeled)
+        return step // self.epoch_length("unlabeled_cases")
 
     def entropy_threshold(self, step: int) -> float:
         if self.hp.schedule_unit == "run":

@@ -34,8 +34,8 @@ from bench.core.settings import setting
 from methods.base import Losses
 from methods.ema import teacher_noise
 from methods.losses import DiceVariant, ssl4mis_dice_ce_loss
-from methods.mean_teacher import MeanTeacher
-from methods.ramps import dhc_schedule_step, sigmoid_rampup
+from methods.mean_teacher import DHCMeanTeacher
+from methods.ramps import sigmoid_rampup
 
 
 def mean_entropy(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -50,7 +50,7 @@ def masked_consistency(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
 
 
 @register_method("ua_mt")
-class UAMT(MeanTeacher):
+class UAMT(DHCMeanTeacher):
     """UA-MT: mean teacher with an entropy-masked consistency from T noisy teacher passes."""
 
     family = "mean teacher"
@@ -61,7 +61,7 @@ class UAMT(MeanTeacher):
     train_defaults = {"weight_decay": 3e-5}
 
     @dataclass
-    class Hparams(MeanTeacher.Hparams):
+    class Hparams(DHCMeanTeacher.Hparams):
         passes: int = setting(8, ge=1)
         entropy_max: Literal["classes", "ln2"] = "classes"  # "classes": ln C; "ln2": as released (binary)
         #: DHC's train_uamt.py: SoftDiceLoss(smooth=1e-8), foreground classes only
@@ -72,21 +72,6 @@ class UAMT(MeanTeacher):
         #: (``update_ema_variables(..., epoch_num)``): the teacher copies the student for the
         #: whole first epoch; "step" counts steps (SSL4MIS, the suite's earlier behaviour)
         ema_warmup: Literal["epoch", "step"] = "epoch"
-        #: not SSL4MIS' mean-teacher loop: DHC's script has no iter // 150 staircase or one-step
-        #: lr lag; it sets lr and consistency weight once per epoch, one epoch late
-        #: (``schedule``, as the DHC family). Like SSL4MIS it builds the EMA model as a second
-        #: network (train_uamt.py:215, train_acisis.py:360-362): ``teacher_init="independent"``.
-        consistency_epoch: int | Literal["run"] = setting("run", ge=1)
-        lr_lag: int = setting(0, ge=0)
-        schedule: Literal["epoch", "step"] = "epoch"
-
-    def schedule_step(self, step: int) -> int:
-        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)
-
-    def consistency_weight(self, step: int) -> float:
-        """DHC's get_current_consistency_weight of the epoch in force (continuous over the run
-        with ``schedule="step"``)."""
-        return super().consistency_weight(self.schedule_step(step))
 
     def after_step(self, step: int) -> None:
         # MeanTeacher's EMA update, its warm start counted in epochs or steps

@@ -31,7 +31,7 @@ from bench.core.settings import setting
 from methods.base import Losses, Method, MethodContext
 from methods.losses import DiceVariant, ssl4mis_dice_ce_loss
 from methods.networks import VNet
-from methods.ramps import dhc_schedule_step, sigmoid_rampup
+from methods.ramps import DHCEpochSchedule, sigmoid_rampup
 from methods.supervised import BackboneHparams
 
 DROPOUT = (0.5, 0.3, 0.2, 0.1)  # coarse (1/8) to fine (1)
@@ -73,7 +73,7 @@ def rectified_consistency(probs: list[torch.Tensor]) -> torch.Tensor:
 
 
 @register_method("urpc")
-class URPC(Method):
+class URPC(DHCEpochSchedule, Method):
     """URPC: deep-supervision pyramid with uncertainty-rectified consistency across scales."""
 
     family = "pyramid consistency"
@@ -104,9 +104,6 @@ class URPC(Method):
         cons = rectified_consistency([torch.softmax(o[n_l:].float(), 1) for o in outs])
         w = self.consistency_weight(step)
         return Losses(sup + w * cons, {"sup": sup, "unsup": cons, "w_unsup": torch.tensor(w)})
-
-    def schedule_step(self, step: int) -> int:
-        return dhc_schedule_step(step, self.ctx.epoch_length, self.hp.schedule)
 
     def consistency_weight(self, step: int) -> float:
         """``consistency`` sigmoid_rampup over the run, at the step whose value is in force."""
