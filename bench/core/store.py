@@ -175,8 +175,9 @@ def read_bounded(path: Path, what: str, limit: int = MAX_TEXT_BYTES) -> bytes:
     except FileNotFoundError:
         raise
     except OSError as e:
-        if absent(p).startswith("is a symbolic link"):
-            raise UserError(f"{what} {absent(p)}; check the path")
+        why = absent(p)
+        if why.startswith("is a symbolic link"):
+            raise UserError(f"{what} {why}; check the path")
         raise UserError(f"{what} cannot be read ({e.strerror or type(e).__name__}); check the path")
     if p.is_dir():
         raise IsADirectoryError(str(p))
