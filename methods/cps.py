@@ -52,9 +52,13 @@ class CoTraining(DHCEpochSchedule, Method):
 
     def __init__(self, ctx: MethodContext, **hparams):
         super().__init__(ctx, **hparams)
-        self.networks["A"] = build_vnet(ctx, self.hp)
-        self.networks["B"] = build_vnet(ctx, self.hp, self.hp.init_b)
+        self.networks["A"] = self.build_network(ctx, self.hp.init)
+        self.networks["B"] = self.build_network(ctx, self.hp.init_b)
         self.weight_A, self.weight_B = self.make_weighting(ctx)
+
+    def build_network(self, ctx: MethodContext, init: str) -> torch.nn.Module:
+        """Hook: one of the two networks, initialised with ``init`` (DHC's V-Net by default)."""
+        return build_vnet(ctx, self.hp, init)
 
     def make_weighting(self, ctx: MethodContext) -> tuple[Weighting, Weighting]:
         return Weighting(ctx.num_classes), Weighting(ctx.num_classes)

@@ -114,12 +114,7 @@ class VNet(nn.Module):
     def decode_stages(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The four decoder stage maps, coarse to fine: scales 1/8, 1/4, 1/2, 1 with channels
         8n, 4n, 2n, n (no dropout applied; URPC's pyramid reads them)."""
-        x, out = feats[4], []
-        for i in range(4):
-            x = self.up[i](x) + feats[3 - i]
-            x = self.dec[i](x)
-            out.append(x)
-        return out
+        return decoder_stages(self.up, self.dec, feats)
 
     def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
         """Full-resolution decoder map (B, n_filters, D, H, W)."""
@@ -131,6 +126,17 @@ class VNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.decode(self.encode(x))
         return self.out_conv(y) if self.out_conv is not None else y
+
+
+def decoder_stages(up: Sequence[nn.Module], dec: Sequence[nn.Module], feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A V-Net decoder's four stage maps (coarse to fine) from the encoder maps ``feats``
+    (x1..x5): stage i upsamples with ``up[i]``, adds the skip ``feats[3 - i]`` and runs ``dec[i]``."""
+    x, out = feats[4], []
+    for i in range(4):
+        x = up[i](x) + feats[3 - i]
+        x = dec[i](x)
+        out.append(x)
+    return out
 
 
 INITS = ("kaiming", "xavier", "default")
