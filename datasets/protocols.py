@@ -19,6 +19,12 @@ resample Synapse and AMOS differently.
   both empty: Dice 1 (DHC writes 1 on its x100 scale, a scale bug we do not copy). Test-time
   sliding window: stride 16 along D, 32 in-plane, softmax probabilities averaged with equal
   weights, as DHC's test.py.
+* ``genericssl`` (GenericSSL's A&D, same authors as DHC): the whole volume resized to
+  80x160x160 from raw HU (trilinear / nearest, preprocess_synapse.py), then clip [-75, 275] and
+  min-max (utils/__init__.py read_data); training, inference and metrics on that grid (its
+  evaluate.py reads the resized labels); test stride 4 along D and 16 in-plane (test.py
+  ``--speed 0``: (16, 4), z along D after its transpose), softmax averaged; DHC's ASD in voxels
+  and 0/128 rule.
 * ``ga`` (GALoss / MagicNet / TAK): clip [-125, 275], (x + 125) / 400; native grid for
   training and inference (96^3 patches; test stride 16 along D and 32 in-plane, softmax
   probabilities averaged, as TAK's test); prediction and ground truth nearest-resized to
@@ -55,6 +61,14 @@ def dhc_protocol(dataset: str | None = None) -> Protocol:
                     eval_grid="protocol", eval_shape=(72, 144, 144) if amos else None, overlap=0.75,
                     stride=(16, 32, 32), sw_mode="constant", fusion="softmax", distance_unit="voxel", empty_rule="dhc",
                     order="resample_first" if amos else "normalize_first")
+
+
+@register_protocol("genericssl")
+def genericssl_protocol(dataset: str | None = None) -> Protocol:
+    """GenericSSL's pipeline (A&D): resize to 80x160x160, clip [-75, 275] + min-max, metrics on that grid in voxels."""
+    return Protocol(name="genericssl", version="1", window=(-75.0, 275.0), norm="minmax", resample=("shape", (80, 160, 160)),
+                    eval_grid="protocol", eval_shape=None, overlap=0.75, stride=(4, 16, 16), sw_mode="constant",
+                    fusion="softmax", distance_unit="voxel", empty_rule="dhc", order="resample_first")
 
 
 @register_protocol("ga")

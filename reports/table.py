@@ -173,7 +173,7 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
 
 #: the suite protocol that reproduces each published protocol (None: none does; GenericSSL scores
 #: Synapse on its own 80x160x160 grid)
-PUBLISHED_PROTOCOLS: dict[str, str | None] = {"dhc-paper": "dhc", "tak-paper": "ga", "genericssl-paper": None}
+PUBLISHED_PROTOCOLS: dict[str, str | None] = {"dhc-paper": "dhc", "tak-paper": "ga", "genericssl-paper": "genericssl"}
 
 #: reports/published/methods.csv: each published method name -> the registered method that runs it
 PUBLISHED_METHODS_FILE = Path(__file__).parent / "published" / "methods.csv"

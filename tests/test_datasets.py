@@ -61,7 +61,7 @@ def test_totalseg_loads_through_folder_with_a_label_map(totalseg):
     assert np.array_equal(img, np.asarray(nib.load(str(TOTALSEG / "ct.nii.gz")).dataobj).transpose(2, 1, 0))
 
 
-@pytest.mark.parametrize("protocol", ["default", "dhc", "ga"])
+@pytest.mark.parametrize("protocol", ["default", "dhc", "ga", "genericssl"])
 def test_totalseg_preprocess_infer_evaluate(totalseg, protocol):
     ds, proto = totalseg, PROTOCOLS.get(protocol)("synapse")
     cid = ds.case_ids()[0]
@@ -70,6 +70,8 @@ def test_totalseg_preprocess_infer_evaluate(totalseg, protocol):
     assert 0.0 <= image.min() and image.max() <= 1.0
     if protocol == "dhc":
         assert image.shape == (30, 50, 61)  # H and W halved
+    if protocol == "genericssl":
+        assert image.shape == (80, 160, 160)  # GenericSSL resizes every volume
     torch.manual_seed(0)
     net = VNet(1, ds.num_classes, 4).eval()
     pred = predict_volume(net, image, (32, 64, 64), proto.overlap, torch.device("cpu"), mode=proto.sw_mode, sw_batch_size=4)
@@ -90,7 +92,7 @@ def test_totalseg_preprocess_infer_evaluate(totalseg, protocol):
     if protocol == "default":
         assert math.isnan(es["dice"]) and per[BTCV_13.index("liver")]["hd95"] == 0.0
     else:  # DHC / TAK: an organ absent on both sides counts as Dice 1
-        assert es["dice"] == 1.0 and g.shape == ((80, 160, 160) if protocol == "ga" else (30, 50, 61))
+        assert es["dice"] == 1.0 and g.shape == ((80, 160, 160) if protocol in ("ga", "genericssl") else (30, 50, 61))
 
 
 def _nifti(path: Path, data: np.ndarray, affine=None, dtype=np.int16):
@@ -269,7 +271,7 @@ def test_unknown_published_split(tmp_path):
 
 # -- published configs and protocols in a run -------------------------------------------------
 
-RELEASED_PATCH = {"dhc_synapse_20p": (64, 128, 128), "dst_synapse_20p": (64, 128, 128), "ss_net_synapse_20p": (64, 128, 128), "ga_synapse_10p": (96, 96, 96), "tak_amos_5p": (96, 96, 96)}
+RELEASED_PATCH = {"dhc_synapse_20p": (64, 128, 128), "dst_synapse_20p": (64, 128, 128), "ss_net_synapse_20p": (64, 128, 128), "ad_synapse_20p": (64, 128, 128), "ga_synapse_10p": (96, 96, 96), "tak_amos_5p": (96, 96, 96)}
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
 

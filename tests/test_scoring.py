@@ -52,7 +52,7 @@ def synapse_tree(tiny_dataset, tmp_path_factory):
     return root, sub
 
 
-@pytest.mark.parametrize("protocol", ["default", "dhc", "ga"])
+@pytest.mark.parametrize("protocol", ["default", "dhc", "ga", "genericssl"])
 def test_run_metrics_equal_evaluate_of_saved_predictions(synapse_tree, tmp_path, capsys, protocol):
     root, sub = synapse_tree
     out = tmp_path / "runs"
@@ -160,6 +160,7 @@ def test_report_refuses_a_future_record_in_one_line(tmp_path, capsys):
     ("ga", (96, 96, 96), (128, 256, 256), 3 * 6 * 6),      # stride 16 along D, 32 in-plane (TAK's test)
     ("dhc", (64, 128, 128), (80, 256, 256), 2 * 5 * 5),    # stride 16 along D, 32 in-plane (DHC test.py)
     ("default", (32, 64, 64), (40, 80, 80), 2 * 2 * 2),    # ours: overlap 0.5
+    ("genericssl", (64, 128, 128), (80, 160, 160), 5 * 3 * 3),  # stride 4 along D, 16 in-plane (GenericSSL test.py --speed 0)
 ])
 def test_protocol_windows_counted(protocol, patch, shape, windows):
     """The released tests step 16 voxels along D and 32 in-plane: ceil((n - p) / s) + 1 windows per
@@ -208,7 +209,7 @@ def test_softmax_fusion_differs_from_logit_fusion():
     assert (res["logits"][..., 8:16] == 0).all() and (res["softmax"][..., 8:16] == 2).all()
 
 
-@pytest.mark.parametrize("name", ["default", "dhc", "ga"])
+@pytest.mark.parametrize("name", ["default", "dhc", "ga", "genericssl"])
 @pytest.mark.parametrize("dataset", ["synapse", "amos"])
 def test_protocols_describe_every_field_and_hold_allowed_choices(name, dataset):
     """A protocol's description (hashed into every run's config) is its dataclass, field by
