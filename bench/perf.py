@@ -269,10 +269,10 @@ def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, pea
     from torch.utils.flop_counter import FlopCounterMode
 
     from bench.config import TrainConfig
-    from bench.step import TrainStep, make_optimizer
+    from bench.step import TrainStep, make_optimizers
 
     m, lab, unl = synthetic_method(method, device, patch, width)
-    train_step = TrainStep(m, make_optimizer(m.parameters(), TrainConfig(lr=0.01)), device, amp=False)
+    train_step = TrainStep(m, make_optimizers(m, TrainConfig(lr=0.01)), device, amp=False)
 
     def step():
         train_step(lab, unl, 500)
@@ -294,7 +294,7 @@ def execution_variants(method: str, device, patch=(32, 64, 64), width: int = 8, 
     ``channels_last_3d``, ``torch.compile``. Each variant builds the method afresh (same seed)
     and is timed after 2 warm-up steps (compile's first steps compile)."""
     from bench.config import TrainConfig
-    from bench.step import TrainStep, make_optimizer
+    from bench.step import TrainStep, make_optimizers
 
     cuda = device.type == "cuda"
     variants = [{"name": "baseline (fp32)"}]
@@ -319,7 +319,7 @@ def execution_variants(method: str, device, patch=(32, 64, 64), width: int = 8, 
         if v.get("compile"):
             for net in m.modules().values():
                 net.compile()
-        train_step = TrainStep(m, make_optimizer(m.parameters(), TrainConfig(lr=0.01)), device, amp=bool(v.get("amp")))
+        train_step = TrainStep(m, make_optimizers(m, TrainConfig(lr=0.01)), device, amp=bool(v.get("amp")))
 
         def step(train_step=train_step, lab=lab, unl=unl):
             train_step(lab, unl, 500)
@@ -356,12 +356,12 @@ def step_memory(method: str, preset: str, device) -> dict:
     batch, in this process (call it in a fresh one: ``memory_table`` does). On CPUs: the
     process' peak RSS minus its RSS after the method and batch were built."""
     from bench.config import PRESETS, TrainConfig
-    from bench.step import TrainStep, make_optimizer
+    from bench.step import TrainStep, make_optimizers
     from bench.timing import peak_memory, reset_peak_memory
 
     t = TrainConfig(**{k: v for k, v in PRESETS[preset].train.items() if k in ("patch", "width", "lr")})
     m, lab, unl = synthetic_method(method, device, tuple(t.patch), t.width, t.labeled_bs, t.unlabeled_bs)
-    train_step = TrainStep(m, make_optimizer(m.parameters(), t), device, amp=True)
+    train_step = TrainStep(m, make_optimizers(m, t), device, amp=True)
     before = _current_rss_mb()
     reset_peak_memory(device)
     for step in range(2):

@@ -33,3 +33,16 @@ def test_harness_ratio_is_timed_at_the_runs_thread_count(tiny_dataset):
         torch.set_num_threads(before)
     assert h["engine_threads"] == h["bare_threads"] == [2]
     assert h["overhead_ratio"] > 0
+
+
+def test_perf_steps_a_method_with_its_own_optimisers():
+    """bench perf builds the method's own named optimisers (make_optimizers): desco steps 'seg1'
+    and 'seg2' by name inside its training step, which one 'main' SGD would refuse."""
+    import math
+
+    import torch
+
+    from bench.perf import achieved_gflops
+
+    row = achieved_gflops("desco", torch.device("cpu"), patch=(16, 16, 16), width=2)
+    assert row["gflop_per_step"] > 0 and math.isfinite(row["s_per_step"])
