@@ -144,7 +144,8 @@ class Trainer:
         spec, t, ds = self.spec, self.t, self.spec.dataset
         self.ctx = MethodContext(num_classes=ds.num_classes, class_names=ds.labels, patch_size=tuple(t.patch), width=t.width,
                                  device=self.device, iterations=t.iterations, labeled_voxel_counts=self.cases.counts,
-                                 n_unlabeled=len(self.cases.unlabeled), unlabeled_bs=t.unlabeled_bs, priors=spec.priors, seed=spec.seed)
+                                 n_unlabeled=len(self.cases.unlabeled), unlabeled_bs=t.unlabeled_bs, n_labeled=len(self.cases.labeled),
+                                 labeled_bs=t.labeled_bs, priors=spec.priors, seed=spec.seed)
         method = spec.method_cls(self.ctx, **spec.hparams).to(self.device)
         if t.channels_last:  # execution only: same values, another memory layout
             for net in method.modules().values():

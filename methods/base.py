@@ -48,6 +48,10 @@ class MethodContext:
     #: unlabeled images per step: with ``n_unlabeled`` it gives the released scripts' epoch
     #: (one pass over the unlabeled cases) for schedules counted in epochs
     unlabeled_bs: int = 2
+    #: number of labeled training cases and labeled images per step (releases whose epoch is one
+    #: pass over the labeled cases, e.g. Co-BioNet's TwoStreamBatchSampler)
+    n_labeled: int = 0
+    labeled_bs: int = 2
     #: returns text-prior embeddings (n_views * C, dim) for the run's prompts and encoder
     priors: Callable[[], torch.Tensor] | None = None
     seed: int = 0
