@@ -271,7 +271,8 @@ def test_unknown_published_split(tmp_path):
 
 # -- published configs and protocols in a run -------------------------------------------------
 
-RELEASED_PATCH = {"dhc_synapse_20p": (64, 128, 128), "dst_synapse_20p": (64, 128, 128), "ss_net_synapse_20p": (64, 128, 128), "ad_synapse_20p": (64, 128, 128), "ga_synapse_10p": (96, 96, 96), "tak_amos_5p": (96, 96, 96)}
+RELEASED_PATCH = {"dhc_synapse_20p": (64, 128, 128), "dst_synapse_20p": (64, 128, 128), "ss_net_synapse_20p": (64, 128, 128), "ad_synapse_20p": (64, 128, 128),
+                  "skcdf_synapse_20p": (64, 128, 128), "desco_synapse_20p": (96, 96, 96), "co_bionet_synapse_20p": (96, 96, 96), "ga_synapse_10p": (96, 96, 96), "tak_amos_5p": (96, 96, 96)}
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
 
