@@ -288,6 +288,24 @@ def achieved_gflops(method: str, device, patch=(32, 64, 64), width: int = 8, pea
             "share_of_peak": gf / peak if peak == peak else float("nan")}
 
 
+def step_ratios(methods: list[str], device, patch=(32, 64, 64), width: int = 8, reference: str = "dhc", rounds: int = 5) -> dict:
+    """Seconds per training step (forward, backward, the method's own optimisers) of each of
+    ``methods`` and of ``reference``, as medians of interleaved rounds (:func:`_interleaved_medians`:
+    every round runs each step once, in a shuffled order, so a busy neighbour weighs on all alike),
+    and each method's ratio to ``reference``: ``{name: s, f"{name}_vs_{reference}": ratio}``."""
+    from bench.config import TrainConfig
+    from bench.step import TrainStep, make_optimizers
+
+    fns = {}
+    for name in dict.fromkeys([reference, *methods]):
+        torch.manual_seed(0)
+        m, lab, unl = synthetic_method(name, device, patch, width)
+        ts = TrainStep(m, make_optimizers(m, TrainConfig(lr=0.01)), device, amp=False)
+        fns[name] = lambda ts=ts, lab=lab, unl=unl: ts(lab, unl, 500)
+    t = _interleaved_medians(fns, device, rounds)
+    return {**t, **{f"{k}_vs_{reference}": t[k] / t[reference] for k in fns}}
+
+
 def execution_variants(method: str, device, patch=(32, 64, 64), width: int = 8, compile_: bool = True, repeat: int = 5) -> list[dict]:
     """Seconds per training step (forward, backward, SGD) of ``method`` with each execution
     switch on and off: AMP (bf16 where supported, CUDA only), cudnn.benchmark (CUDA only),
@@ -434,6 +452,10 @@ def run_perf(methods: list[str], preset: str, device_name: str, out: str | None,
         result["gflops"].append(f)
         log(f"gflops   {name:14s} {f['gflop_per_step']:.1f} GFLOP/step  {f['gflops']:.1f} GFLOP/s  "
             f"({100 * f['share_of_peak']:.1f}% of an assumed {f['peak_gflops_assumed']:.0f})")
+    result["steps"] = step_ratios(methods, device, tuple(train.get("patch", (32, 64, 64))), train.get("width", 8))
+    for name in methods:
+        log(f"step     {name:14s} {result['steps'][name]:.3f} s/step, {result['steps'][f'{name}_vs_dhc']:.2f}x dhc's "
+            f"(medians of interleaved rounds)")
     result["metrics"] = metrics_speed()
     m = result["metrics"]
     log("metrics  ours {:.3f} s/case".format(m["ours_s"])

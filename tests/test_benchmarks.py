@@ -58,3 +58,4 @@ def test_bench_perf_command(tmp_path):
     run_perf(["mean_teacher"], "tiny", "cpu", str(tmp_path / "perf.json"), None, log=lambda *a: None)
     r = json.loads((tmp_path / "perf.json").read_text())
     assert r["harness"][0]["overhead_ratio"] > 0 and r["metrics"]["speedup_vs_medpy"] > 0
+    assert r["steps"]["mean_teacher_vs_dhc"] > 0 and r["steps"]["dhc_vs_dhc"] == 1.0

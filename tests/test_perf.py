@@ -46,3 +46,14 @@ def test_perf_steps_a_method_with_its_own_optimisers():
 
     row = achieved_gflops("desco", torch.device("cpu"), patch=(16, 16, 16), width=2)
     assert row["gflop_per_step"] > 0 and math.isfinite(row["s_per_step"])
+
+
+def test_step_ratios_time_each_method_beside_the_reference(monkeypatch):
+    """step_ratios: one interleaved median per method (the reference included) and each ratio to it."""
+    import torch
+
+    from bench import perf
+
+    monkeypatch.setattr(perf, "_interleaved_medians", lambda fns, device, rounds: {k: 2.0 if k == "dhc" else 3.0 for k in fns})
+    r = perf.step_ratios(["mean_teacher"], torch.device("cpu"), patch=(16, 16, 16), width=2)
+    assert r == {"dhc": 2.0, "mean_teacher": 3.0, "dhc_vs_dhc": 1.0, "mean_teacher_vs_dhc": 1.5}
