@@ -20,7 +20,7 @@ import pandas as pd
 
 from bench.core.errors import UserError
 from bench.core.labels import LARGE_ORGANS, abbreviation
-from bench.core.metrics import nanmean
+from bench.core.metrics import NSD_TOLERANCE, nanmean
 from bench.core.records import MetricsRecord
 from reports.collect import share_text
 
@@ -99,8 +99,8 @@ def _distance_means(metrics: MetricsRecord, policy: str) -> dict[str, float]:
 
 
 def run_values(metrics: MetricsRecord, missed_distance: str = "exclude") -> dict[str, float]:
-    """Column values of one run: per-organ Dice (%), Large / Small / mean Dice (%), HD95, ASD,
-    and the number of missed (case, organ) pairs."""
+    """Column values of one run: per-organ Dice (%), Large / Small / mean Dice (%), NSD (%),
+    HD95, ASD, and the number of missed (case, organ) pairs."""
     organs = metrics.organs
     per = metrics.per_organ
     large, small = organ_groups(organs)
@@ -108,6 +108,8 @@ def run_values(metrics: MetricsRecord, missed_distance: str = "exclude") -> dict
     out["Large"] = nanmean([out[o] for o in large]) if large else math.nan
     out["Small"] = nanmean([out[o] for o in small]) if small else math.nan
     out["Dice"] = 100 * nanmean([metrics.mean.get("dice")])
+    # NSD (%) at the scorer's tolerance; records written before schema 3 have none (NaN, "-")
+    out["NSD"] = 100 * nanmean([metrics.mean.get("nsd")])
     out.update(_distance_means(metrics, missed_distance))
     out["Missed"] = missed_count(metrics)
     return out
@@ -156,8 +158,8 @@ def build_table(runs: Iterable, reference: pd.DataFrame | None = None, allow_mix
         _add_reference_rows(reference, organs, mean_rows, std_rows, n, meta)
     rows = pd.DataFrame.from_dict(meta, orient="index")
     index = [rows.index[i] for i in sorted(range(len(rows)), key=lambda i: _row_order(rows, i))]
-    cols = organs + ["Large", "Small", "Dice", "HD95", "ASD", "Missed"]
-    headers = {o: abbreviation(o) for o in organs} | {c: c for c in ("Large", "Small", "Dice", "HD95", "ASD", "Missed")}
+    cols = organs + ["Large", "Small", "Dice", "NSD", "HD95", "ASD", "Missed"]
+    headers = {o: abbreviation(o) for o in organs} | {c: c for c in ("Large", "Small", "Dice", "NSD", "HD95", "ASD", "Missed")}
     direction = {c: (DOWN if c in ("HD95", "ASD", "Missed") else UP) for c in cols}
     return Table(
         mean=pd.DataFrame.from_dict(mean_rows, orient="index").reindex(index)[cols],
@@ -201,7 +203,7 @@ def _add_reference_rows(reference: pd.DataFrame, organs: list[str], mean_rows: d
         row["Large"] = nanmean([row[o] for o in large]) if large else math.nan
         row["Small"] = nanmean([row[o] for o in small]) if small else math.nan
         row["Dice"] = float(dice.get("mean", math.nan))
-        row["HD95"] = row["ASD"] = row["Missed"] = math.nan  # published distances use other units / grids
+        row["NSD"] = row["HD95"] = row["ASD"] = row["Missed"] = math.nan  # published distances use other units / grids
         std = df[(df.metric == "dice") & (df.organ == "mean")]["std"]
         mean_rows[label] = row
         std_rows[label] = {k: math.nan for k in row} | {"Dice": float(std.iloc[0]) if len(std) and pd.notna(std.iloc[0]) else math.nan}
@@ -344,6 +346,9 @@ def legend(table: Table, baseline: str | None, alpha: float, ddof: int, missed_d
         parts.append("HD95 / ASD: mean over organs of the mean over cases; an organ the prediction missed gets the "
                      "diagonal of its case's evaluation grid (mm; voxels under voxel-unit protocols).")
     parts.append("Missed = (case, organ) pairs present in the label and absent from the prediction, per run, mean over seeds.")
+    parts.append(f"NSD = normalised surface Dice (%): the share of both surfaces' voxels within {NSD_TOLERANCE:g} of the "
+                 "other surface (mm; voxels under voxel-unit protocols), mean over organs; '-' for runs recorded before "
+                 "NSD was scored.")
     measured = set(table.rows.loc[table.rows.kind == "measured", "protocol"])
     if any(p.split("/")[0] in ("dhc", "ga") for p in measured):
         parts.append("HD95 under the dhc / ga protocols is this suite's definition (95th percentile of the symmetric surface "
@@ -396,7 +401,7 @@ def delta_table(table: Table, reference_row: str) -> Table:
         raise UserError(f"--delta-against '{reference_row}' is not a row; rows: {', '.join(table.mean.index)}")
     group = table.rows.at[reference_row, "group"]
     keep = [i for i in table.mean.index if table.rows.at[i, "group"] == group and table.rows.at[i, "kind"] == "measured" and i != reference_row]
-    cols = [c for c in table.columns if c not in ("HD95", "ASD", "Missed")]
+    cols = [c for c in table.columns if c not in ("NSD", "HD95", "ASD", "Missed")]
     mean = table.mean.loc[keep, cols] - table.mean.loc[reference_row, cols]
     return Table(mean=mean, std=pd.DataFrame(np.nan, index=keep, columns=cols), n=table.n.loc[keep], rows=table.rows.loc[keep],
                  headers={c: "Δ" + table.headers[c] for c in cols}, direction={c: UP for c in cols},

@@ -56,9 +56,9 @@ def test_dhc_empty_rules(rule, both_dice):
     z = np.zeros((4, 4, 4), bool)
     o = z.copy()
     o[1, 1, 1] = True
-    assert organ_metrics(z, z, (1, 1, 1), rule) == {"dice": both_dice, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
-    one = organ_metrics(z, o, (1, 1, 1), rule)  # missed: Dice 0, the published 128
-    assert one["dice"] == 0.0 and one["hd95"] == 128 and one["missed"]
+    assert organ_metrics(z, z, (1, 1, 1), rule) == {"dice": both_dice, "hd95": 0.0, "asd": 0.0, "assd": 0.0, "nsd": 1.0}
+    one = organ_metrics(z, o, (1, 1, 1), rule)  # missed: Dice 0, NSD 0, the published 128
+    assert one["dice"] == 0.0 and one["nsd"] == 0.0 and one["hd95"] == 128 and one["missed"]
 
 
 def _blob(rng, shape):
@@ -118,3 +118,46 @@ def test_our_surface_metrics_equal_monai_and_medpy_on_a_14_class_case():
     m = metrics_speed(repeat=1)
     assert m["medpy_max_abs_diff_mm"] < 1e-6
     assert m["monai_max_abs_diff_hd95_mm"] < 1e-4 and m["monai_max_abs_diff_asd_mm"] < 1e-4
+
+
+def test_nsd_hand_computed():
+    """Two 1x1x3 bars side by side along W (spacing 1): every voxel is a surface voxel.
+    P = columns 0..2 of row 0, G = columns 1..3 of row 0 shifted one row down (H + 1):
+    d(P -> G): (0,0,0) -> (0,1,1) = sqrt 2, (0,0,1) -> 1, (0,0,2) -> 1; d(G -> P) likewise
+    1, 1, sqrt 2. Tolerance 1: 4 of 6 within -> 2/3; tolerance 1.5: 6/6; tolerance 0.5: 0."""
+    p = np.zeros((1, 2, 4), bool)
+    g = np.zeros((1, 2, 4), bool)
+    p[0, 0, 0:3] = True
+    g[0, 1, 1:4] = True
+    assert organ_metrics(p, g, (1, 1, 1), nsd_tolerance=1.0)["nsd"] == pytest.approx(4 / 6)
+    assert organ_metrics(p, g, (1, 1, 1), nsd_tolerance=1.5)["nsd"] == 1.0
+    assert organ_metrics(p, g, (1, 1, 1), nsd_tolerance=0.5)["nsd"] == 0.0
+    # spacing 2 along H: the row step is 2 mm, the diagonal sqrt 5: nothing within 1.5 mm
+    assert organ_metrics(p, g, (1, 2, 1), nsd_tolerance=1.5)["nsd"] == 0.0
+    assert organ_metrics(p, g, (1, 2, 1), nsd_tolerance=2.0)["nsd"] == pytest.approx(4 / 6)
+    # identical masks: 1; the suite's rule for one empty side: 0, both empty: NaN
+    assert organ_metrics(p, p, (1, 1, 1))["nsd"] == 1.0
+    assert organ_metrics(p, np.zeros_like(p), (1, 1, 1))["nsd"] == 0.0
+    assert math.isnan(organ_metrics(np.zeros_like(p), np.zeros_like(p), (1, 1, 1))["nsd"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("tol", [1.0, 2.5])
+def test_nsd_equals_monai_with_anisotropic_spacing(seed, tol):
+    """Our NSD against MONAI's ``compute_surface_dice`` (voxel counts, ``use_subvoxels=False``)
+    on random blobs with spacing (3, 0.8, 1.2) mm."""
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    rng = np.random.default_rng(seed)
+    p, g = _blob(rng, (20, 32, 28)), _blob(rng, (20, 32, 28))
+    assert p.any() and g.any()
+    spacing = (3.0, 0.8, 1.2)
+    ours = organ_metrics(p, g, spacing, nsd_tolerance=tol)["nsd"]
+
+    def onehot(m):
+        return torch.from_numpy(np.stack([~m, m]))[None].float()
+
+    theirs = float(compute_surface_dice(onehot(p), onehot(g), class_thresholds=[tol], spacing=spacing)[0, 0])
+    # MONAI divides in float32; one voxel more or less within tolerance would move it by ~1e-3
+    assert 0.0 < ours < 1.0 and ours == pytest.approx(theirs, rel=1e-6)

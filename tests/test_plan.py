@@ -59,7 +59,7 @@ def test_config_json_is_the_plan_and_stores_the_share_nowhere_but_metrics(tmp_pa
     (p,) = _plans({"methods": "supervised"})
     cfg = ConfigRecord.from_dict(p.config())
     d = cfg.to_dict()
-    assert "labeled_fraction" not in d and d["schema_version"] == SCHEMA_VERSION == 2
+    assert "labeled_fraction" not in d and d["schema_version"] == SCHEMA_VERSION == 3
     assert d["train"]["overlap"] == "protocol" and d["protocol"]["name"] == "default"
 
 

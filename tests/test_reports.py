@@ -29,7 +29,7 @@ IN_CI = os.environ.get("CI") == "true"
 
 
 def _run(root: Path, method: str, seed: int, dice: dict, cases: dict | None = None, protocol="default", split="labeled_10p",
-         organs=ORGANS, hd95=5.0, asd=1.0, timing=True):
+         organs=ORGANS, hd95=5.0, asd=1.0, timing=True, nsd: float | None = None):
     d = root / "phantom" / protocol / split / method / "abc" / f"seed_{seed}"
     d.mkdir(parents=True)
     per = {o: {"dice": dice[o], "hd95": hd95, "asd": asd, "assd": asd} for o in organs}
@@ -39,6 +39,9 @@ def _run(root: Path, method: str, seed: int, dice: dict, cases: dict | None = No
                "organs": organs, "per_organ": per, "mean": {"dice": sum(finite) / len(finite), "hd95": hd95, "asd": asd},
                "cases": cases, "labeled_voxel_share": {"spleen": 0.1, "liver": 0.85, "gallbladder": 0.05},
                "labeled_fraction": 0.2 if "20p" in split else 0.1}
+    if nsd is not None:  # a schema-3 record (NSD scored); without: an earlier record
+        metrics["mean"]["nsd"] = nsd
+        metrics["schema_version"] = 3
     (d / "metrics.json").write_text(json.dumps(metrics))
     (d / "config.json").write_text(json.dumps({"method": method}))
     if timing:
@@ -55,7 +58,7 @@ def results(tmp_path):
     _run(root, "a", 0, {"spleen": 0.90, "liver": 0.95, "gallbladder": 0.40})
     _run(root, "a", 1, {"spleen": 0.80, "liver": 0.93, "gallbladder": math.nan})  # gallbladder absent: NaN
     _run(root, "b", 0, {"spleen": 0.90, "liver": 0.90, "gallbladder": 0.20}, hd95=3.0)
-    _run(root, "c", 0, {"spleen": 0.70, "liver": 0.97, "gallbladder": 0.30}, hd95=9.0)
+    _run(root, "c", 0, {"spleen": 0.70, "liver": 0.97, "gallbladder": 0.30}, hd95=9.0, nsd=0.625)
     _run(root, "a", 0, {"spleen": 0.95, "liver": 0.96, "gallbladder": 0.60}, split="labeled_20p")
     return root
 

@@ -79,6 +79,9 @@ def test_run_metrics_equal_evaluate_of_saved_predictions(synapse_tree, tmp_path,
                 w = again["cases"][cid][organ][k]
                 assert (v is None and w is None) or v == pytest.approx(w, abs=1e-6), (cid, organ, k)
     assert stored["labeled_fraction"] == 0.1 and stored["schema_version"] == SCHEMA_VERSION
+    # NSD is scored by the run and reproduced by evaluate (compared above, key by key)
+    assert all("nsd" in m for organs in stored["cases"].values() for m in organs.values())
+    assert stored["nsd_tolerance"] == again["nsd_tolerance"] == 1.0
 
 
 def test_score_case_hand_computed():
@@ -93,10 +96,14 @@ def test_score_case_hand_computed():
     # surfaces = the masks themselves; pred -> gt: 0 and 2 mm (one voxel of 2 mm); gt -> pred: 2 and 0
     assert s["a"]["asd"] == pytest.approx(1.0) and s["a"]["assd"] == pytest.approx(1.0)
     assert s["a"]["hd95"] == pytest.approx(np.percentile([0, 2, 2, 0], 95))
+    # NSD at 1 mm: the two overlapping voxels (distance 0) of four surface voxels
+    assert s["a"]["nsd"] == pytest.approx(2 / 4)
     assert all(math.isnan(v) for v in s["b"].values())  # absent on both sides: not counted
     dhc = Protocol(name="t", version="1", empty_rule="dhc", distance_unit="voxel")
     s = score_case(pred, gt, (1.0, 2.0, 2.0), dhc, ["a", "b"])
-    assert s["a"]["asd"] == pytest.approx(0.5) and s["b"] == {"dice": 1.0, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
+    # voxel units: the shifted voxels lie 1 voxel away, within the tolerance of 1: NSD 1
+    assert s["a"]["asd"] == pytest.approx(0.5) and s["a"]["nsd"] == 1.0
+    assert s["b"] == {"dice": 1.0, "hd95": 0.0, "asd": 0.0, "assd": 0.0, "nsd": 1.0}
     with pytest.raises(UserError, match="must be on its label's grid"):
         score_case(pred[:, :2], gt, (1.0, 1.0, 1.0), proto, ["a", "b"])
 

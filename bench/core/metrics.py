@@ -12,7 +12,14 @@ Definitions (part of the suite's contract, see DESIGN.md):
 * ASD = mean directed distance prediction -> ground truth (``medpy.metric.binary.asd``),
   as DHC and TAK report it; ASSD = mean of both directed distance sets pooled
   (``medpy.metric.binary.assd`` >= 0.5; not the mean of the two ASDs).
-* Empty organ: both empty -> every metric NaN; one side empty -> Dice 0 and distances NaN,
+* NSD (normalised surface Dice) at tolerance tau = the share of both surfaces' voxels lying
+  within tau of the other surface: (|{s in dP: d(s, dG) <= tau}| + |{s in dG: d(s, dP) <= tau}|)
+  / (|dP| + |dG|), in [0, 1], on the same surface voxels and distances as HD95 (MONAI's
+  ``compute_surface_dice`` with ``use_subvoxels=False``). tau = :data:`NSD_TOLERANCE` in the
+  protocol's distance unit: 1, as MagicNet's released test (``compute_surface_dice_at_tolerance``
+  with tolerance 1 and spacing 1: one voxel; TAK's released test sets NSD to 0); in mm under
+  the suite's own protocol.
+* Empty organ: both empty -> every metric NaN; one side empty -> Dice 0, NSD 0 and distances NaN,
   and ``missed`` = True when the organ is in the label but not in the prediction (reports
   count these beside the distances, which would otherwise improve by missing an organ).
 
@@ -30,7 +37,10 @@ from scipy import ndimage
 
 _CROSS = ndimage.generate_binary_structure(3, 1)
 
-METRICS = ("dice", "hd95", "asd", "assd")
+METRICS = ("dice", "hd95", "asd", "assd", "nsd")
+
+#: NSD tolerance in the protocol's distance unit (mm, or voxels for the published protocols)
+NSD_TOLERANCE = 1.0
 
 #: the published empty-organ rule of DHC and TAK: the distance given when one side is empty
 DHC_EMPTY_DISTANCE = 128.0
@@ -72,12 +82,21 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
 EMPTY_RULES = ("nan", "dhc", "dhc_released")
 
 
-def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], empty_rule: str = "nan") -> dict[str, float]:
-    """Dice, HD95, ASD, ASSD of one organ (boolean masks), following the empty-organ policy.
+def nsd(d_pg: np.ndarray, d_gp: np.ndarray, tolerance: float = NSD_TOLERANCE) -> float:
+    """Normalised surface Dice of two directed surface-distance sets (:func:`surface_distances`):
+    the share of surface voxels of either mask within ``tolerance`` of the other's surface."""
+    n = d_pg.size + d_gp.size
+    return float((np.count_nonzero(d_pg <= tolerance) + np.count_nonzero(d_gp <= tolerance)) / n) if n else math.nan
 
-    ``empty_rule="nan"`` (ours): both empty -> all NaN; one side empty -> Dice 0, distances NaN.
-    ``empty_rule="dhc"`` (DHC / TAK as published): both empty -> Dice 1, distances 0; one side
-    empty -> Dice 0, distances 128. ``empty_rule="dhc_released"``: as ``"dhc"``, but both empty
+
+def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], empty_rule: str = "nan",
+                  nsd_tolerance: float = NSD_TOLERANCE) -> dict[str, float]:
+    """Dice, HD95, ASD, ASSD, NSD of one organ (boolean masks), following the empty-organ policy.
+
+    ``empty_rule="nan"`` (ours): both empty -> all NaN; one side empty -> Dice 0, NSD 0,
+    distances NaN. ``empty_rule="dhc"`` (DHC / TAK as published): both empty -> Dice 1, NSD 1
+    (TAK's released test), distances 0; one side empty -> Dice 0, NSD 0, distances 128.
+    ``empty_rule="dhc_released"``: as ``"dhc"``, but both empty
     -> Dice 0.01, the 1 that DHC's ``evaluate_Ntimes.py`` writes on its x100 scale (a released
     scale bug, kept for exact reproduction).
     """
@@ -87,18 +106,19 @@ def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], em
         raise ValueError(f"unknown empty_rule {empty_rule!r}")
     if not pn and not gn:
         if empty_rule != "nan":
-            return {"dice": 1.0 if empty_rule == "dhc" else 0.01, "hd95": 0.0, "asd": 0.0, "assd": 0.0}
+            return {"dice": 1.0 if empty_rule == "dhc" else 0.01, "hd95": 0.0, "asd": 0.0, "assd": 0.0, "nsd": 1.0}
         return {m: math.nan for m in METRICS}
     if not (pn and gn):
         d = math.nan if empty_rule == "nan" else DHC_EMPTY_DISTANCE
         # missed: in the label, absent from the prediction (counted in reports beside distances)
-        return {"dice": 0.0, "hd95": d, "asd": d, "assd": d, "missed": gn}
+        return {"dice": 0.0, "hd95": d, "asd": d, "assd": d, "nsd": 0.0, "missed": gn}
     d_pg, d_gp = surface_distances(p, g, spacing)
     return {
         "dice": dice(p, g),
         "hd95": float(np.percentile(np.hstack((d_pg, d_gp)), 95)),
         "asd": float(d_pg.mean()),
         "assd": float(np.hstack((d_pg, d_gp)).mean()),
+        "nsd": nsd(d_pg, d_gp, nsd_tolerance),
     }
 
 

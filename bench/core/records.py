@@ -3,7 +3,7 @@
 A run folder holds three records (DESIGN.md, "Results on disk"):
 
 * :class:`MetricsRecord` (``metrics.json``): per case and organ ``dice``, ``hd95``, ``asd``,
-  ``assd``; their means per organ and over organs; what was run (method, dataset, protocol,
+  ``assd``, ``nsd`` (since version 3); their means per organ and over organs; what was run (method, dataset, protocol,
   split, labeled fraction, seed, prompts / text encoder).
 * :class:`TimingRecord` (``timing.json``): train s/iter, data-wait share, inference s/case,
   peak memory, device.
@@ -17,6 +17,8 @@ fields may mean something this code does not know. Versions:
 * 2: the labeled share is stored once, as a number, in ``metrics.json`` (``config.json`` of
   version 1 repeated it; reports read it there only for version-1 records whose metrics lack it);
   ``config.json`` is the serialised run plan (``bench.core.plan.RunPlan.config``) with provenance.
+* 3: ``metrics.json`` scores NSD per case and organ (``nsd``, tolerance ``nsd_tolerance``);
+  records of versions 1 and 2 are read as before and simply have no NSD (reports show "-").
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.core.errors import UserError
-from bench.core.metrics import summarize
+from bench.core.metrics import NSD_TOLERANCE, summarize
 from bench.core.store import atomic_write_json, read_json
 
 #: the version this code writes and the newest it reads
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class FutureRecordError(UserError):
@@ -154,12 +156,15 @@ class MetricsRecord:
     #: {case: diagonal of its evaluation grid in the protocol's distance unit}: the distance a
     #: missed organ gets under ``bench report --missed-distance penalty``
     penalty_distance: dict[str, float] = field(default_factory=dict)
+    #: the NSD tolerance of ``nsd`` in the protocol's distance unit (None: recorded before NSD)
+    nsd_tolerance: float | None = None
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
     def build(cls, *, protocol, organs: Sequence[str], cases: dict, **kw) -> "MetricsRecord":
         """A record from per-case scores; the means are computed here (one summary for all)."""
         summary = summarize(cases, list(organs))
+        kw.setdefault("nsd_tolerance", NSD_TOLERANCE)
         return cls(protocol=protocol.name, protocol_version=protocol.version, organs=list(organs), cases=cases,
                    per_organ=summary["per_organ"], mean=summary["mean"], **kw)
 

@@ -19,7 +19,7 @@ from bench.core.protocol import Protocol
 
 def score_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], protocol: Protocol,
                organs: Sequence[str]) -> dict[str, dict[str, float]]:
-    """``{organ: {"dice", "hd95", "asd", "assd"}}`` of one case.
+    """``{organ: {"dice", "hd95", "asd", "assd", "nsd"}}`` of one case.
 
     ``pred``, ``gt``: (D, H, W) integer label maps on the label's grid (classes 0..len(organs));
     ``spacing``: that grid's (sD, sH, sW) in mm.
@@ -28,7 +28,7 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], proto
     if protocol.all_background == "zero" and not p.any():
         # TAK / GA's released test (utils/test_amos.py:42-43): an all-background prediction scores
         # 0 on every metric of every organ (no 128 distances, no Dice 1 for absent organs)
-        return {o: {"dice": 0.0, "hd95": 0.0, "asd": 0.0, "assd": 0.0, "missed": bool((g == c).any())}
+        return {o: {"dice": 0.0, "hd95": 0.0, "asd": 0.0, "assd": 0.0, "nsd": 0.0, "missed": bool((g == c).any())}
                 for c, o in enumerate(organs, start=1)}
     per = case_metrics(p, g, sp, len(organs) + 1, empty_rule=protocol.empty_rule)
     return {organs[c - 1]: m for c, m in per.items()}
