@@ -26,6 +26,9 @@ class Evaluator:
 
     def __init__(self, spec, cases: RunCases, amp: bool):
         self.spec, self.cases, self.amp = spec, cases, amp
+        # the run's own peak memory: training and test from here (data and networks already
+        # loaded); runs before it in the same process do not count
+        reset_peak_memory(spec.device)
 
     def predict_case(self, method, image: np.ndarray, overlap) -> np.ndarray:
         """Label map (D', H', W') of ``image`` (protocol grid) by ``method.predict``."""
@@ -51,7 +54,6 @@ class Evaluator:
         data waits and wall time (for timing.json)."""
         spec, ds, t = self.spec, self.spec.dataset, self.spec.train
         method.train(False)
-        reset_peak_memory(spec.device)
         cases, penalty, infer_times = self._score_cases(method)
         organs = list(ds.organs)
         metrics = MetricsRecord.build(

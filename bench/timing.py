@@ -43,16 +43,42 @@ def summarize_times(values: list[float]) -> dict:
     return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "mean": float(a.mean()), "n": int(a.size)}
 
 
+def _vm_hwm_mb() -> float | None:
+    """The process' resident-set high-water mark (``VmHWM`` of /proc/self/status) in MiB; None
+    where there is no /proc (macOS, Windows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak of CUDA allocator memory (no-op on CPUs)."""
+    """Start a new peak: the CUDA allocator's peak on GPUs; on Linux CPUs the process' RSS
+    high-water mark (writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS), so
+    several runs in one process each report their own peak."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # no /proc, or not allowed: peak_memory falls back to the process' lifetime peak
+        pass
 
 
 def peak_memory(device: torch.device) -> dict:
-    """Peak memory in MiB: CUDA allocator peak on GPU, else the process' peak RSS."""
+    """Peak memory in MiB since :func:`reset_peak_memory`: the CUDA allocator's peak on GPUs
+    (``cuda_allocator``), the RSS high-water mark on Linux CPUs (``process_rss_since_reset``),
+    else the process' lifetime peak RSS (``process_rss``: other runs of the process included)."""
     if device.type == "cuda":
         return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20, "peak_memory_kind": "cuda_allocator"}
+    hwm = _vm_hwm_mb()
+    if hwm is not None:
+        return {"peak_memory_mb": float(hwm), "peak_memory_kind": "process_rss_since_reset"}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024
     return {"peak_memory_mb": float(mb), "peak_memory_kind": "process_rss"}

@@ -57,3 +57,31 @@ def test_step_ratios_time_each_method_beside_the_reference(monkeypatch):
     monkeypatch.setattr(perf, "_interleaved_medians", lambda fns, device, rounds: {k: 2.0 if k == "dhc" else 3.0 for k in fns})
     r = perf.step_ratios(["mean_teacher"], torch.device("cpu"), patch=(16, 16, 16), width=2)
     assert r == {"dhc": 2.0, "mean_teacher": 3.0, "dhc_vs_dhc": 1.0, "mean_teacher_vs_dhc": 1.5}
+
+
+def test_runs_in_one_process_report_their_own_peak_memory(tiny_dataset, tmp_path):
+    """timing.json's peak is the run's own: a small run after a large one in the same process
+    reports less (the process' high-water mark is reset when a run starts; Linux: VmHWM via
+    /proc/self/clear_refs)."""
+    import gc
+    import json
+    import sys
+
+    import pytest
+
+    from bench.train import Trainer
+    from tests.helpers import tiny_spec
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the per-run CPU peak needs /proc (Linux)")
+    peaks = []
+    for name, width, patch in (("large", 16, (32, 64, 64)), ("small", 2, (16, 16, 16))):
+        trainer = Trainer(tiny_spec(tiny_dataset, "supervised", tmp_path / name, iterations=2, width=width, patch=patch, val_every=0))
+        trainer.fit()
+        trainer.test()
+        del trainer  # as the runner: a finished run's networks and batches are freed before the next
+        gc.collect()
+        timing = json.loads((tmp_path / name / "timing.json").read_text())
+        assert timing["peak_memory_kind"] == "process_rss_since_reset"
+        peaks.append(timing["peak_memory_mb"])
+    assert peaks[1] < peaks[0], peaks
