@@ -101,16 +101,24 @@ def dice_per_organ(table: Table, runs: Sequence, out: Path) -> list[Path]:
     return _save(fig, out, "dice_per_organ")
 
 
+#: section titles of the figures in report.html (by file stem)
+TITLES = {"dice_per_organ": "Dice per organ", "dice_vs_labeled": "Mean Dice against the labeled share",
+          "training_curves": "Training curves", "time_memory": "Time and memory per method"}
+
+
 def dice_vs_labeled(table: Table, out: Path) -> list[Path]:
-    """Mean Dice against the labeled share, one line per method; PNG and PDF."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    """Mean Dice against the labeled share, one line per method; PNG and PDF. Drawn only where
+    the measured rows span two or more labeled shares (one share is one x value: no curve)."""
     measured = table.rows[table.rows.kind == "measured"]
     series: dict[str, list[tuple[float, float, float]]] = {}
     for label, row in measured.iterrows():
         name = label.split(" @")[0]
         if isinstance(row["group"], (int, float)):  # runs of an unknown share are left out
             series.setdefault(name, []).append((100 * row["group"], table.mean.at[label, "Dice"], table.std.at[label, "Dice"]))
+    if len({x for pts in series.values() for x, _, _ in pts}) < 2:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
     names, cut = _first(list(series), MAX_SERIES, "methods")
     for name in names:
         pts = sorted(series[name])

@@ -173,7 +173,8 @@ def html_page(tables, timing, pngs, req: ReportRequest) -> str:
             "Data wait %": lambda v: f"{v:.2f}"}))
     for p in pngs:
         data = base64.b64encode(p.read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(p.stem.replace('_', ' '))}</h2><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>")
+        title = figures.TITLES.get(p.stem, p.stem.replace("_", " ").capitalize())
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -617,9 +617,10 @@ def test_a_killed_perf_leaves_no_scratch_behind(tmp_path, monkeypatch):
 
 
 def test_figures_of_many_methods_keep_their_size(tmp_path):
-    """40 methods x 2 seeds: every figure shows the first MAX_SERIES rows / variants (the curves as
-    one mean line per variant) and stays a few thousand pixels at most (1,000 runs made a
-    45,938-pixel-wide bar chart and a 17,451-pixel-high curve figure)."""
+    """40 methods x 2 seeds (at two labeled shares, so that Dice against the share is drawn):
+    every figure shows the first MAX_SERIES rows / variants (the curves as one mean line per
+    variant) and stays a few thousand pixels at most (1,000 runs made a 45,938-pixel-wide bar
+    chart and a 17,451-pixel-high curve figure)."""
     import matplotlib.image as mpimg
 
     from reports.figures import MAX_SERIES, _first
@@ -628,7 +629,8 @@ def test_figures_of_many_methods_keep_their_size(tmp_path):
 
     for m in range(40):
         for s in range(2):
-            _run(tmp_path / "runs", f"method_{m:02d}", s, {"spleen": 0.5 + m / 100, "liver": 0.9, "gallbladder": 0.3 + s / 10})
+            _run(tmp_path / "runs", f"method_{m:02d}", s, {"spleen": 0.5 + m / 100, "liver": 0.9, "gallbladder": 0.3 + s / 10},
+                 split=("labeled_10p", "labeled_20p")[s])
     written = make_report(ReportRequest(runs=str(tmp_path / "runs"), out=str(tmp_path / "rep"), formats=("html",)))
     pngs = [k for k in written if k.endswith(".png")]
     assert len(pngs) == 4

@@ -254,8 +254,22 @@ def test_report_command_writes_everything(results, capsys):
     assert not [n for n in names if n.endswith(".tmp")]
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "font-weight: bold" in html and "src='http" not in html
+    # section titles are words, not file names
+    assert "<h2>Mean Dice against the labeled share</h2>" in html and "<h2>Time and memory per method</h2>" in html
+    assert "dice vs labeled" not in html and "time memory" not in html
     csv = (out / "table.csv").read_text().splitlines()
     assert csv[0].startswith("row,group,kind,protocol,seeds,spleen_mean,spleen_std")
+
+
+def test_dice_vs_labeled_is_drawn_only_for_two_or_more_shares(tmp_path):
+    """One labeled share is one x value: no figure (the main command runs one share)."""
+    root = tmp_path / "runs"
+    _run(root, "a", 0, {"spleen": 0.90, "liver": 0.95, "gallbladder": 0.40})
+    _run(root, "b", 0, {"spleen": 0.80, "liver": 0.90, "gallbladder": 0.30})
+    out = tmp_path / "rep"
+    assert main(["report", "--runs", str(root), "--out", str(out)]) == 0
+    assert not (out / "figures" / "dice_vs_labeled.png").exists() and (out / "figures" / "dice_per_organ.png").exists()
+    assert "Mean Dice against the labeled share" not in (out / "report.html").read_text()
 
 
 def _tool(name):
