@@ -19,12 +19,15 @@ def predict_volume(
     sw_batch_size: int = 2,
     amp: bool = False,
     fusion: str = "logits",
+    probabilities: bool = False,
 ) -> np.ndarray:
     """Label map (D, H, W) uint8 = argmax of the fused sliding windows of a normalised image (D, H, W).
 
     ``overlap``: one number or one per axis (D, H, W); ``fusion``: "logits" averages the
     windows' logits, "softmax" their softmax probabilities (the released DHC / TAK tests).
-    Volumes smaller than the patch are padded by MONAI and cropped back.
+    Volumes smaller than the patch are padded by MONAI and cropped back. ``probabilities``:
+    return the class probabilities (C, D, H, W) float32 instead (softmax of the fused logits,
+    or the fused softmax), for ensembles and test-time augmentation.
     """
     if fusion not in ("logits", "softmax"):
         raise ValueError(f"fusion must be 'logits' or 'softmax', not {fusion!r}")
@@ -43,4 +46,7 @@ def predict_volume(
         logits = sliding_window_inference(
             x, roi_size=tuple(patch), sw_batch_size=sw_batch_size, predictor=predict, overlap=overlap, mode=mode
         )
+    if probabilities:
+        fused = logits.float() if fusion == "softmax" else torch.softmax(logits.float(), 1)
+        return fused[0].cpu().numpy()
     return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
