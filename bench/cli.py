@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m bench`` (its errors are one line, exit 2)."""
     p = _Parser(prog="python -m bench", description="Benchmark of class-imbalanced semi-supervised 3D organ segmentation.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    for add in (_add_list_parser, _add_run_parser, _add_priors_parser, _add_evaluate_parser, _add_tune_parser, _add_perf_parser, _add_report_parser):
+    for add in (_add_list_parser, _add_run_parser, _add_status_parser, _add_priors_parser, _add_evaluate_parser, _add_tune_parser,
+                _add_perf_parser, _add_report_parser):
         add(sub)
     return p
 
@@ -81,6 +82,40 @@ def _add_run_parser(sub) -> None:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--dry-run", action="store_true",
                    help="print the fully resolved config of every planned run (one JSON object per line); read no data")
+    _add_executor_flags(r, "cell")
+
+
+def _add_executor_flags(p, unit: str) -> None:
+    """Where the cells (tuning workers) run and with what resources (also the config file's
+    ``[executor]`` table; bench/executors.py)."""
+    from bench.executors import EXECUTORS
+
+    g = p.add_argument_group("executor", f"where each {unit} runs (config file: [executor] with the same keys, name = executor)")
+    g.add_argument("--executor", dest="ex_name", default=None, choices=EXECUTORS,
+                   help=f"process (default: here), local (subprocesses), slurm (one job per {unit}, a job array), debug (submitit, in process)")
+    g.add_argument("--jobs", dest="ex_jobs", type=int, default=None, metavar="N", help=f"{unit}s running at once (Slurm: the array's limit)")
+    g.add_argument("--partition", dest="ex_partition", default=None, metavar="NAME")
+    g.add_argument("--time", dest="ex_time", type=int, default=None, metavar="MIN", help="time limit per job, minutes (default 1440)")
+    g.add_argument("--gpus", dest="ex_gpus", type=int, default=None, metavar="N", help="GPUs per task")
+    g.add_argument("--cpus", dest="ex_cpus", type=int, default=None, metavar="N", help="CPUs per task")
+    g.add_argument("--mem", dest="ex_mem", default=None, metavar="SIZE", help="memory per node, e.g. 32G")
+    g.add_argument("--tasks", dest="ex_tasks", type=int, default=None, metavar="N",
+                   help=f"processes per {unit} (torch.distributed; one per GPU)")
+    g.add_argument("--nodes", dest="ex_nodes", type=int, default=None, metavar="N")
+    g.add_argument("--account", dest="ex_account", default=None, metavar="NAME")
+    g.add_argument("--qos", dest="ex_qos", default=None, metavar="NAME")
+    g.add_argument("--sbatch", dest="ex_sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch parameter, e.g. --sbatch constraint=a100")
+
+
+def _executor_flags(args) -> dict:
+    return {k[3:]: v for k, v in vars(args).items() if k.startswith("ex_")}
+
+
+def _add_status_parser(sub) -> None:
+    """The ``status`` subcommand's flags."""
+    s = sub.add_parser("status", help="every cell of a results folder: done / running / queued / failed / not started")
+    s.add_argument("--runs", default="runs", help="folder that `bench run --out` wrote")
 
 
 def _add_priors_parser(sub) -> None:
@@ -124,6 +159,9 @@ def _add_tune_parser(sub) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--progress", action="store_true")
+    t.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --executor: start N workers of the study (a Slurm job array), each running --trials trials")
+    _add_executor_flags(t, "worker")
 
 
 def _add_perf_parser(sub) -> None:
@@ -241,13 +279,25 @@ def cmd_run(args) -> int:
              "dataset_opts": _dataset_options(args.dataset_opts, None) or None}
     req = RunRequest.build(flags, args.sets, args.config, shard=args.shard, device=args.device, out=args.out, force=args.force,
                            save_predictions=args.save_predictions, progress=not args.no_progress)
+    from bench.executors import executor_options, submit_run
+
+    ex = executor_options(req.layers, _executor_flags(args))
     if args.dry_run:
         import json
 
         for cfg in dry_run(req):
             print(json.dumps(cfg, sort_keys=True))
         return 0
-    results = execute(req)
+    if ex.name != "process":
+        if req.shard:
+            raise UserError(f"--shard slices the matrix between processes you start; --executor {ex.name} starts one job per cell "
+                            f"itself: drop --shard")
+        results = submit_run(req, ex)
+    else:
+        from bench.executors import check_executor
+
+        check_executor(ex)
+        results = execute(req)
     from bench import distributed
 
     distributed.shutdown()
@@ -280,12 +330,32 @@ def cmd_tune(args) -> int:
     from bench.tune import TuneRequest, tune
 
     optuna.logging.set_verbosity(logging.ERROR)  # a failing trial is reported once, by us
-    tune(TuneRequest(
+    req = TuneRequest(
         method=args.method, dataset=args.dataset, data_root=args.data_root, protocol=args.protocol, split=args.split,
         labeled=args.labeled, preset=args.preset, config=args.config, trials=args.trials, storage=args.storage, study_name=args.study_name,
         budget_iterations=args.budget_iterations, seed=args.seed, out=args.out, export=args.export, device=args.device,
         sets=args.sets, progress=args.progress,
-    ))
+    )
+    from bench.config import file_layer
+    from bench.executors import check_executor, executor_options, submit_tune
+
+    ex = executor_options([file_layer(args.config)] if args.config else [], _executor_flags(args))
+    if ex.name == "process":
+        if args.workers is not None:
+            raise UserError("--workers starts workers through an executor; add --executor slurm (or local), or start "
+                            "`bench tune` once per worker yourself")
+        check_executor(ex)
+        tune(req)
+    else:
+        submit_tune(req, ex, args.workers or 1)
+    return 0
+
+
+def cmd_status(args) -> int:
+    """``bench status``: every cell of a results folder and its state."""
+    from bench.executors import format_status, status
+
+    print(format_status(status(args.runs)))
     return 0
 
 
@@ -370,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return {"list": cmd_list, "run": cmd_run, "evaluate": cmd_evaluate, "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf, "priors": cmd_priors}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "status": cmd_status, "evaluate": cmd_evaluate, "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf, "priors": cmd_priors}[args.command](args)
     except UserError as e:
         from bench.core.redact import safe_text
 

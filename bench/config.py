@@ -122,6 +122,8 @@ class Layer:
     shared: dict[str, Any] = field(default_factory=dict)
     #: {method name: {engine setting or hyperparameter: value}}
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where and how cells run (``[executor]``; typed by :class:`bench.executors.ExecutorOptions`)
+    executor: dict[str, Any] = field(default_factory=dict)
 
     def where(self, part: str, method: str | None = None) -> str:
         if self.origin.startswith("config"):
@@ -206,10 +208,14 @@ def file_layer(path: str | Path) -> Layer:
             if not isinstance(value, dict):
                 raise UserError(f"{origin}: 'protocol_options' must be a table ([protocol_options] with e.g. released_empty_dice = true)")
             layer.protocol = dict(value)
+        elif key == "executor":
+            if not isinstance(value, dict):
+                raise UserError(f"{origin}: 'executor' must be a table ([executor] with e.g. name = \"slurm\", partition = \"gpu\")")
+            layer.executor = dict(value)
         elif key in run_option_names():
             layer.run[key] = convert_field(origin, RunOptions, key, value)
         else:
-            known = sorted([*run_option_names(), "train", "method", "protocol_options"])
+            known = sorted([*run_option_names(), "train", "method", "protocol_options", "executor"])
             raise UserError(f"{origin}: unknown key '{key}'; {_did_you_mean(key, known)}known: {', '.join(known)}")
     return layer
 

@@ -3,9 +3,25 @@
 ``torchrun --nproc_per_node=N -m bench run ...`` starts N processes; each trains the same run
 on its slice of every global batch (the batch of step t is drawn from (seed, t) as in a single
 process and rank r keeps images ``r::N``-contiguous slices), gradients are averaged across
-processes with ``all_reduce`` after each backward pass (what DistributedDataParallel does,
-without wrapping the methods' networks, so every method works unchanged), and only rank 0
-writes files (checkpoints, logs, metrics). Backend: NCCL on GPUs, gloo on CPUs.
+processes, and only rank 0 writes files (checkpoints, logs, metrics). Backend: NCCL on GPUs,
+gloo on CPUs.
+
+Two ways to average gradients (``--set ddp=auto|off``, execution only: equal up to floating
+point, tests/test_ddp.py):
+
+* **DistributedDataParallel** (``ddp="auto"``, for methods that declare ``ddp_compatible``: see
+  :func:`ddp_compatible`): :class:`DDPNetworks` wraps each trained network (never a teacher) and
+  :class:`bench.step.TrainStep` runs the method's ``training_step`` with the wrappers swapped
+  into ``method.networks`` (:meth:`DDPNetworks.forward`), so ``self.networks[k](x)`` runs DDP's
+  forward and the gradients are all-reduced in buckets while backward still runs. Outside that
+  step (optimisers, EMA teachers, checkpoints, validation, ``predict``) the method holds and
+  saves its plain networks: state_dict keys, parameter names and objects never change.
+* **the hand-written average** (:func:`average_gradients`, the reference; ``ddp="off"`` and every
+  method not declared compatible, e.g. those with ``manual_optimization``): one ``all_reduce``
+  of all gradients after backward, which works whatever a method calls inside its networks.
+
+``--set sync_bn=true`` converts the trained networks' BatchNorm layers to ``SyncBatchNorm``
+(:func:`convert_sync_batchnorm`; statistics of the global batch; CUDA only), on either path.
 
 Multi-node: ``torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d
 --rdzv_endpoint=HOST:29400 --rdzv_id=JOB -m bench run ...`` on every node; the results
@@ -19,8 +35,13 @@ each rank's slice only, so distributed results differ slightly (measured in the 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
+from torch import nn
+
+from bench.core.errors import UserError
 
 
 def world_size() -> int:
@@ -128,3 +149,123 @@ def check_in_sync(params) -> float:
     if spread > 1e-6 * max(1.0, float(values.abs().max())):
         raise RuntimeError(f"distributed ranks diverged: weight checksums {values.tolist()}")
     return spread
+
+
+# -- DistributedDataParallel ---------------------------------------------------------------
+def ddp_compatible(method_cls: type) -> bool:
+    """Whether ``method_cls`` may train under DistributedDataParallel: it declares
+    ``ddp_compatible`` (``methods.base.Method``), the declaration covers the ``training_step`` it
+    runs (declared by the class that defines ``training_step`` or by a subclass of it: a
+    subclass that overrides ``training_step`` and does not declare again is not covered) and it
+    runs no backward pass of its own (``manual_optimization``)."""
+    if getattr(method_cls, "manual_optimization", False):
+        return False
+    declarer = next((c for c in method_cls.__mro__ if "ddp_compatible" in vars(c)), None)
+    definer = next((c for c in method_cls.__mro__ if "training_step" in vars(c)), None)
+    return bool(declarer is not None and vars(declarer)["ddp_compatible"] and definer is not None and issubclass(declarer, definer))
+
+
+def use_ddp(method_cls: type, setting: str = "auto") -> bool:
+    """Whether a run of ``method_cls`` with ``--set ddp=setting`` ("auto" | "off") trains under
+    DistributedDataParallel: several processes, "auto" and a compatible method."""
+    if setting not in ("auto", "off"):
+        raise ValueError(f"ddp must be 'auto' or 'off', not {setting!r}")
+    return setting == "auto" and active() and ddp_compatible(method_cls)
+
+
+class DDPNetworks:
+    """The trained networks of ``method`` (``method.networks``, never its teachers) wrapped in
+    ``DistributedDataParallel``, swapped into ``method.networks`` only while
+    :meth:`forward` is open (the method's ``training_step``).
+
+    Why the swap rather than a lasting wrapper: DDP all-reduces a network's gradients only when
+    its own ``forward`` ran (it prepares the reducer there); the method keeps and saves the plain
+    module, so checkpoints, EMA by parameter name, goldens and ``predict`` see the same keys and
+    objects on both paths, and a method that calls anything but ``forward`` on a wrapped network
+    during the step fails with an AttributeError instead of silently skipping the averaging.
+    After each step :meth:`check_called` makes sure every wrapped network ran through DDP's
+    forward with gradients (a method holding its network elsewhere than in the dict would bypass
+    the wrapper and leave its gradients unaveraged).
+
+    ``forward_sync_buffers=False``: each process keeps its own BatchNorm running statistics, as
+    on the reference path (rank 0's are the ones saved; train-mode outputs use batch statistics);
+    buffers are synced once, when wrapping (the weights are rank 0's already, broadcast_modules).
+
+    Args:
+        method: the method (``methods.base.Method``), on ``device``, its weights equal on every rank.
+        device: this rank's device (``cuda:i`` or cpu).
+    """
+
+    def __init__(self, method, device: torch.device):
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.method = method
+        self.wrapped: dict[str, nn.Module] = {}
+        self.calls: dict[str, int] = {}
+        for name, net in method.networks.items():
+            if not any(p.requires_grad for p in net.parameters()):
+                continue  # nothing to average (DDP refuses such a module)
+            ddp = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                          forward_sync_buffers=False)
+            ddp.register_forward_pre_hook(self._counter(name))
+            self.wrapped[name] = ddp
+        #: the parameters whose gradients DDP averages (the hand-written average skips them)
+        self.param_ids = {id(p) for ddp in self.wrapped.values() for p in ddp.module.parameters() if p.requires_grad}
+
+    def _counter(self, name: str):
+        def hook(module, args):
+            if torch.is_grad_enabled():
+                self.calls[name] += 1
+        return hook
+
+    @contextmanager
+    def forward(self) -> Iterator[None]:
+        """Within: ``method.networks[k]`` is the DDP wrapper of network k; after: the plain network again."""
+        nets = self.method.networks
+        plain = {k: nets[k] for k in self.wrapped}
+        self.calls = {k: 0 for k in self.wrapped}
+        nets.update(self.wrapped)
+        try:
+            yield
+        finally:
+            nets.update(plain)
+
+    def check_called(self) -> None:
+        """Raise if a wrapped network did not run through DDP's forward with gradients in the
+        step just taken (its gradients would not be averaged)."""
+        missed = [k for k, n in self.calls.items() if n == 0]
+        if missed:
+            name = type(self.method).__name__
+            raise RuntimeError(f"{name} declares ddp_compatible, but its training step did not call network(s) "
+                               f"{', '.join(missed)} through method.networks[k](x): their gradients would not be averaged; "
+                               f"run with --set ddp=off or remove the declaration")
+
+    def uncovered(self, params) -> list:
+        """The parameters of ``params`` whose gradients DDP does not average."""
+        return [p for p in params if id(p) not in self.param_ids]
+
+
+def wrap_networks(method, device: torch.device, setting: str = "auto") -> DDPNetworks | None:
+    """:class:`DDPNetworks` of ``method`` where :func:`use_ddp` says so, else None (the
+    hand-written average)."""
+    return DDPNetworks(method, device) if use_ddp(type(method), setting) else None
+
+
+def convert_sync_batchnorm(method, device: torch.device) -> int:
+    """Turn the BatchNorm layers of the trained networks (``method.networks``; teachers keep
+    theirs) into ``torch.nn.SyncBatchNorm`` in place: same parameter objects, same state_dict keys.
+    A no-op in a single process. Returns the number of layers converted. Call before the
+    networks are wrapped (:func:`wrap_networks`).
+
+    Raises:
+        UserError: on CPU (PyTorch's SyncBatchNorm runs on GPUs only).
+    """
+    if not active():
+        return 0
+    if device.type != "cuda":
+        raise UserError("sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only); on CPU processes use --set sync_bn=false")
+    before = 0
+    for name, net in list(method.networks.items()):
+        before += sum(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm) for m in net.modules())
+        method.networks[name] = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    return before

@@ -50,6 +50,9 @@ class RunRequest:
     progress: bool = True
     #: (i, n): run only the i-th (1-based) of n disjoint slices of the run matrix
     shard: tuple[int, int] | None = None
+    #: processes per run when they are not this process' (a scheduler's job of N tasks; None:
+    #: torchrun's WORLD_SIZE): part of a multi-process run's identity, hence of its folder
+    world_size: int | None = None
 
     @classmethod
     def build(cls, flags: dict[str, Any], sets: list[str] | dict[str, Any] = (), config: str | None = None,
@@ -235,7 +238,8 @@ def resolve(req: RunRequest) -> list[RunPlan]:
         check_memory(name, st.train, device)
         for priors in _prior_choices(cls, opts):
             plans += [RunPlan(method=name, seed=seed, train=st.train, hparams=st.hparams, dataset=dataset, preset=opts.preset,
-                              protocol=protocol, split=split, priors=priors, device=str(device), world_size=world_size())
+                              protocol=protocol, split=split, priors=priors, device=str(device),
+                              world_size=req.world_size or world_size())
                       for seed in opts.seeds]
     return plans
 
@@ -360,10 +364,16 @@ def make_spec(p: RunPlan, dataset, split, device, progress: bool, **extra):
                    priors=priors, priors_names=names, **extra)
 
 
-def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
+def execute(req: RunRequest, log=print, only: set[Path] | None = None, claims: bool = True,
+            stop_signals: tuple[int, ...] | None = None) -> list[MetricsRecord]:
     """Run every planned run that is not finished (of this shard); return the metrics of the
     finished ones. A run claimed by a live worker (another process sharing the results
-    directory) is skipped, not run twice."""
+    directory) is skipped, not run twice.
+
+    ``only``: run just the runs with these folders (an executor's job runs one cell);
+    ``claims=False``: take no claim (a scheduler already runs each cell once, and a requeued job
+    must not wait for the lease of its own killed predecessor); ``stop_signals``: the signals that
+    stop training after a checkpoint (:class:`bench.train.RunSpec`)."""
     import torch
 
     from bench import distributed, lock
@@ -371,6 +381,8 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
 
     runs, dataset, split = plan(req, log if distributed.is_main() else None)
     device = distributed.init_from_env(req.device) or torch.device(runs[0].device)
+    if only is not None:
+        runs = [r for r in runs if r.dir.resolve() in {Path(p).resolve() for p in only}]
     if req.shard:
         i, n = req.shard
         runs = [r for k, r in enumerate(runs) if k % n == i - 1]
@@ -388,7 +400,7 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
             if main:
                 results.append(read_record(d / "metrics.json", "metrics"))
             continue
-        if not distributed.agree(lock.claim(d) if main else True):
+        if claims and not distributed.agree(lock.claim(d) if main else True):
             log(f"[{i}/{len(runs)}] {r.method} seed {r.seed}: claimed by another worker, skipped ({d})")
             continue
         try:
@@ -402,7 +414,9 @@ def execute(req: RunRequest, log=print) -> list[MetricsRecord]:
                         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
             tag = f" [{r.priors.prompts} x {r.priors.text_encoder}]" if r.priors and not r.priors.fixed else ""
             log(f"[{i}/{len(runs)}] {r.method}{tag} seed {r.seed} -> {d}")
-            spec = make_spec(r, dataset, split, device, req.progress, save_predictions=req.save_predictions)
+            extra = {"stop_signals": stop_signals} if stop_signals else {}
+            spec = make_spec(r, dataset, split, device, req.progress, save_predictions=req.save_predictions,
+                             log=log if main else None, **extra)
             metrics = run_one(spec)
             distributed.barrier()
             if not main:

@@ -3,7 +3,10 @@
 A step: the method's ``training_step`` under autocast, a finiteness check, backward (through a
 GradScaler for fp16), gradient averaging across processes, optional clipping, the optimiser
 steps and the method's ``after_step`` (EMA teachers, running statistics). The AMP dtype and the
-default optimiser are chosen here and nowhere else.
+default optimiser are chosen here and nowhere else. Across processes the gradients are averaged
+either by DistributedDataParallel during backward (``ddp``: ``training_step`` runs with the
+wrapped networks swapped in, :class:`bench.distributed.DDPNetworks`) or by the hand-written
+``average`` after it (the reference, and every ``manual_optimization`` method).
 
 Optimisers: by default one SGD over ``method.parameters()`` with the run's poly schedule. A
 method may build its own (``Method.optimizers(train)``: named optimisers, each with its own
@@ -15,6 +18,7 @@ averaging, clipping, the finiteness check and the scaler update.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -73,11 +77,19 @@ class TrainStep:
             named ``(optimizer, schedule)`` pairs (:func:`make_optimizers`).
         check: ``check(losses, step)`` after the forward pass (the loop stops on a non-finite loss).
         average: ``average(params)`` after backward (distributed gradient averaging).
+        ddp: the method's networks wrapped in DistributedDataParallel
+            (:class:`bench.distributed.DDPNetworks`, from ``bench.distributed.wrap_networks``):
+            ``training_step`` runs with them swapped in, DDP averages their gradients during
+            backward, and ``average`` is then applied only to parameters outside them (none for
+            the default optimiser), so no gradient is averaged twice. None: ``average`` alone.
     """
 
     def __init__(self, method, optimizers: torch.optim.Optimizer | Optimizers, device: torch.device, amp: bool | str = True,
-                 grad_clip: float = 0.0, check: Callable | None = None, average: Callable | None = None):
-        self.method, self.device = method, device
+                 grad_clip: float = 0.0, check: Callable | None = None, average: Callable | None = None, ddp=None):
+        if ddp is not None and method.manual_optimization:
+            raise ValueError(f"{type(method).__name__} runs its own backward passes (manual_optimization): "
+                             "it trains on the hand-written gradient average, not under DDP")
+        self.method, self.device, self.ddp = method, device, ddp
         if isinstance(optimizers, torch.optim.Optimizer):
             optimizers = {"main": (optimizers, lambda step, lr=optimizers.param_groups[0]["lr"]: lr)}
         self.optimizers = {k: o for k, (o, _) in optimizers.items()}
@@ -104,11 +116,17 @@ class TrainStep:
         for name in names:
             opt = self.optimizers[name]
             if self.average is not None:
-                self.average(self._params(opt))
+                params = self._params(opt) if self.ddp is None else self.ddp.uncovered(self._params(opt))
+                if params:
+                    self.average(params)
             if self.grad_clip > 0:
                 self.scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(self._params(opt), self.grad_clip)
             self.scaler.step(opt)
+
+    def _forward(self):
+        """Where ``training_step`` runs: with the DDP wrappers swapped in, or as it is."""
+        return self.ddp.forward() if self.ddp is not None else contextlib.nullcontext()
 
     def __call__(self, labeled: dict, unlabeled: dict | None, step: int):
         """Run step ``step`` on one batch; returns the method's ``Losses``."""
@@ -119,8 +137,10 @@ class TrainStep:
             if self.check is not None:
                 self.check(losses, step)
         else:
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
+            with self._forward(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
                 losses = self.method.training_step(labeled, unlabeled, step)
+            if self.ddp is not None:
+                self.ddp.check_called()
             if self.check is not None:
                 self.check(losses, step)
             for opt in self.optimizers.values():

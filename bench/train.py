@@ -74,6 +74,11 @@ class RunSpec:
     on_validate: Callable[[int, float], None] | None = None
     #: write each test case's prediction as predictions/<case>.nii.gz (source image geometry)
     save_predictions: bool = False
+    #: signals that stop training at the next step boundary, after a checkpoint (a Slurm job adds
+    #: submitit's preemption signal, USR2 by default)
+    stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+    #: where the loop says that it resumed or stopped (None: silent)
+    log: Callable[[str], None] | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -127,8 +132,13 @@ class Trainer:
                 raise UserError(f"labeled_bs {self.t.labeled_bs} and unlabeled_bs {self.t.unlabeled_bs} must be multiples of "
                                 f"the {self.world} processes (each takes an equal slice of every batch); use --set labeled_bs=...")
             distributed.broadcast_modules(self.method.modules().values())
+            if self.t.sync_bn:  # the trained networks only; before they are wrapped
+                distributed.convert_sync_batchnorm(self.method, self.device)
+        #: DDP over the trained networks (ddp="auto" and a compatible method), else None: the hand-written average
+        self.ddp = distributed.wrap_networks(self.method, self.device, self.t.ddp) if self.world > 1 else None
         self.train_step = TrainStep(self.method, make_optimizers(self.method, self.t), self.device, self.t.amp, self.t.grad_clip,
-                                    check=self._check_finite, average=distributed.average_gradients if self.world > 1 else None)
+                                    check=self._check_finite, average=distributed.average_gradients if self.world > 1 else None,
+                                    ddp=self.ddp)
         self.use_amp = self.train_step.amp
         self.checkpoints = Checkpointer(self.dir, self.device, self.rank)
         self.evaluator = Evaluator(spec, self.cases, self.use_amp)
@@ -188,12 +198,16 @@ class Trainer:
     def fit(self) -> None:
         """Train from the latest checkpoint (or step 0) to ``iterations`` (or ``stop_after`` more
         steps): validation every ``val_every`` steps, a checkpoint every ``ckpt_every`` and at the
-        end. Ctrl-C / SIGINT and SIGTERM (what Slurm and Kubernetes send) finish the step in
-        flight, save a checkpoint and stop (raise :class:`Interrupted`: exit status 130 / 143)."""
+        end. A signal of ``spec.stop_signals`` (Ctrl-C / SIGINT, SIGTERM: what Slurm and Kubernetes
+        send; submitit's USR2 in a Slurm job) finishes the step in flight, saves a checkpoint and
+        stops (raises :class:`Interrupted`: exit status 130 / 143); under torch.distributed every
+        rank stops at the same step (the signals are all-reduced at each step boundary)."""
         t, spec = self.t, self.spec
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints.clean_temp()
         resumed = self.load_checkpoint()
+        if resumed and spec.log is not None and self.rank == 0:
+            spec.log(f"resumed from its checkpoint at step {self.step} of {t.iterations}")
         if self.step >= t.iterations:
             return
         sampler = TwoStreamSampler(self.cases.labeled, self.cases.unlabeled, t.patch, t.labeled_bs, t.unlabeled_bs, spec.seed, t.flip,
@@ -206,14 +220,14 @@ class Trainer:
         interrupted: list = []
         handlers = {}
         if threading.current_thread() is threading.main_thread():
-            handlers = {s: signal.signal(s, lambda signum, _: interrupted.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+            handlers = {s: signal.signal(s, lambda signum, _: interrupted.append(signum)) for s in spec.stop_signals}
         try:
             while self.step < stop:
                 losses = self._train_one(loader)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(losses.total.detach()):.3f}", refresh=False)
                     bar.update(1)
-                self._after_step(stop, interrupted[0] if interrupted else 0)
+                self._after_step(stop, self._stop_signal(interrupted))
             if self.world > 1:
                 distributed.check_in_sync(self.method.parameters())
         finally:
@@ -251,6 +265,16 @@ class Trainer:
             self.checkpoints.log({"step": step, **lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
         return losses
 
+    def _stop_signal(self, received: list) -> int:
+        """The signal that stops training after this step (0: none); with several processes the
+        largest any rank received, so that all ranks stop (and checkpoint) at the same step."""
+        signum = received[0] if received else 0
+        if self.world > 1:
+            flag = torch.tensor([signum], dtype=torch.int64, device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            signum = int(flag.item())
+        return signum
+
     def _after_step(self, stop: int, interrupted: int) -> None:
         """Validation and checkpoint when due; stop after a checkpoint when interrupted."""
         t = self.t
@@ -260,6 +284,8 @@ class Trainer:
             self.save_checkpoint()
             self.last_good = self.step
         if interrupted:
+            if self.spec.log is not None and self.rank == 0:
+                self.spec.log(f"stopped by {signal.Signals(interrupted).name} after step {self.step}; checkpoint written")
             raise Interrupted(interrupted)
 
     def _check_finite(self, losses, step: int) -> None:

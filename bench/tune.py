@@ -58,15 +58,48 @@ class TuneRequest:
     sets: list[str] = field(default_factory=list)
     progress: bool = False
     heartbeat_s: int = 60
+    #: signals that stop a trial's training after a checkpoint (a Slurm job adds submitit's USR2)
+    stop_signals: tuple[int, ...] | None = None
 
 
 def _params_key(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+@dataclass
+class PreparedStudy:
+    """A study opened and checked for a worker (:func:`prepare`)."""
+
+    study: Any
+    study_name: str
+    storage_url: str
+    cls: type
+    base: Any
+    opts: Any
+    out: Path
+
+
 def tune(req: TuneRequest, log=print):
     """Run ``req.trials`` trials of the study (created or joined), each a training of the budget
     scored on the eval split; returns the study.
+
+    Raises:
+        UserError: a method without search space, bad settings or storage, a study of another method.
+    """
+    p = prepare(req, log)
+    study, cls, base, out, study_name = p.study, p.cls, p.base, p.out, p.study_name
+    study.optimize(_objective(req, cls, base, out / "tune" / study_name), n_trials=req.trials, catch=())
+    best = study.best_trial
+    log(f"best trial #{best.number}: eval Dice {100 * best.value:.1f}%  {json.dumps(best.params)}")
+    if req.export:
+        export_config(req.export, req.method, best.params, p.opts, study_name, best.value)
+        log(f"best parameters written to {req.export} (use: python -m bench run --config {req.export})")
+    return study
+
+
+def prepare(req: TuneRequest, log=print) -> PreparedStudy:
+    """Check every setting, then create or join the study and check that it is the same study
+    (method, definition, budget); what a worker does before its first trial.
 
     Raises:
         UserError: a method without search space, bad settings or storage, a study of another method.
@@ -108,13 +141,7 @@ def tune(req: TuneRequest, log=print):
 
     n_done = len([t for t in study.trials if t.state.is_finished()])
     log(f"study '{study_name}' ({safe_url(storage_url)}): {n_done} finished trial(s); running {req.trials} more")
-    study.optimize(_objective(req, cls, base, out / "tune" / study_name), n_trials=req.trials, catch=())
-    best = study.best_trial
-    log(f"best trial #{best.number}: eval Dice {100 * best.value:.1f}%  {json.dumps(best.params)}")
-    if req.export:
-        export_config(req.export, req.method, best.params, opts, study_name, best.value)
-        log(f"best parameters written to {req.export} (use: python -m bench run --config {req.export})")
-    return study
+    return PreparedStudy(study, study_name, storage_url, cls, base, opts, out)
 
 
 def _check_request(req: TuneRequest, cls) -> list[str]:
@@ -210,7 +237,8 @@ def _objective(req: TuneRequest, cls, base, folder: Path):
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
-        trainer = Trainer(make_spec(r, dataset, split, torch.device(r.device), req.progress, on_validate=report))
+        extra = {"stop_signals": req.stop_signals} if req.stop_signals else {}
+        trainer = Trainer(make_spec(r, dataset, split, torch.device(r.device), req.progress, on_validate=report, **extra))
         if not split.eval:
             raise UserError("tuning needs eval cases in the split (the objective never looks at test cases)")
         trainer.fit()

@@ -123,6 +123,7 @@ class ACISIS(DHCMeanTeacher):
     family = "mean teacher"
     paper = "Basak et al., ACISIS, MICCAI 2022"
     code = "xmed-lab/DHC"
+    ddp_compatible = True  # training_step calls the student only as self.networks[k](x) (bench.distributed)
     #: DHC's train_acisis.py:139-145: SGD with Nesterov (the engine default), weight decay 3e-5
     train_defaults = {"weight_decay": 3e-5}
 

@@ -136,6 +136,13 @@ class Method:
     #: ``opt.backward(loss)``, ``opt.step(name)``: the engine's AMP scaler, gradient averaging,
     #: clipping and finiteness check), for several backward passes per step
     manual_optimization: ClassVar[bool] = False
+    #: True: ``training_step`` calls each trained network (``networks[k]``) only through its
+    #: ``forward`` (``self.networks[k](x)``, looked up in the dict at each call, never a submodule
+    #: or another method such as ``encode``), so a multi-process run may wrap the networks in
+    #: DistributedDataParallel (``bench.distributed.ddp_compatible``). Holds only for the
+    #: ``training_step`` of the class that declares it: a subclass that overrides
+    #: ``training_step`` declares it again, else it runs on the hand-written gradient average
+    ddp_compatible: ClassVar[bool] = False
     #: engine settings of the method's released code (e.g. ``{"nesterov": False}``): they replace
     #: the engine's defaults for this method, below presets, config files and the command line
     train_defaults: ClassVar[dict[str, Any]] = {}

@@ -35,6 +35,7 @@ class CoTraining(DHCEpochSchedule, Method):
 
     family = "co-training (CPS)"
     code = "xmed-lab/DHC"
+    ddp_compatible = True  # training_step calls networks A and B only as self.networks[k](x) (bench.distributed)
 
     train_defaults = {"weight_decay": 3e-5}
 
@@ -227,6 +228,7 @@ class DePL(CoTraining):
     """
 
     paper = "Wang et al., DePL, CVPR 2022"
+    ddp_compatible = True  # training_step calls networks A and B only as self.networks[k](x) (bench.distributed)
 
     @dataclass
     class Hparams(CoTraining.Hparams):

@@ -41,6 +41,7 @@ class MeanTeacher(Supervised):
     code = "HiLab-git/SSL4MIS"
 
     uses_unlabeled = True
+    ddp_compatible = True  # training_step calls the student only as self.networks[k](x) (bench.distributed)
     #: SSL4MIS train_mean_teacher_3D.py:121: SGD(momentum 0.9, weight_decay 1e-4), no Nesterov
     train_defaults = {"nesterov": False}
 

@@ -42,6 +42,7 @@ class Supervised(Method):
     code = ""
 
     uses_unlabeled = False
+    ddp_compatible = True  # training_step calls its network only as self.networks[k](x) (bench.distributed)
 
     @dataclass
     class Hparams(BackboneHparams):

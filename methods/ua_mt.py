@@ -56,6 +56,7 @@ class UAMT(DHCMeanTeacher):
     family = "mean teacher"
     paper = "Yu et al., UA-MT, MICCAI 2019"
     code = "xmed-lab/DHC"
+    ddp_compatible = True  # training_step calls the student only as self.networks[k](x) (bench.distributed)
     #: DHC's train_uamt.py:164-170: SGD with Nesterov (the engine default, not SSL4MIS' plain
     #: momentum), weight decay 3e-5
     train_defaults = {"weight_decay": 3e-5}

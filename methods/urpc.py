@@ -79,6 +79,7 @@ class URPC(DHCEpochSchedule, Method):
     family = "pyramid consistency"
     paper = "Luo et al., URPC, MICCAI 2021"
     code = "xmed-lab/DHC"
+    ddp_compatible = True  # training_step calls its pyramid network only as self.networks[k](x) (bench.distributed)
 
     @dataclass
     class Hparams(BackboneHparams):

@@ -261,16 +261,16 @@ def test_consistency_weight(iter_num):
 
 
 def test_optimiser_settings():
-    O = G["optimizer"]
+    released = G["optimizer"]
     train = resolve_method("co_bionet", METHODS.get("co_bionet"), []).train
     opts = make_optimizers(method(), train)
     sgd, adamw = opts["seg1"][0], opts["critic1"][0]
     assert type(sgd) is torch.optim.SGD and type(adamw) is torch.optim.AdamW
-    for k, v in O["sgd"].items():
+    for k, v in released["sgd"].items():
         assert sgd.defaults[k] == v, k
-    for k, v in O["adamw"].items():
+    for k, v in released["adamw"].items():
         assert (list(adamw.defaults[k]) if k == "betas" else adamw.defaults[k]) == v, k
     hp = method().hp
-    a = O["args"]
+    a = released["args"]
     assert (hp.lamda, hp.mu, hp.t_m, hp.consistency, hp.consistency_rampup) == (a["lamda"], a["mu"], a["t_m"], a["consistency"], a["consistency_rampup"])
     assert train.labeled_bs == a["labeled_bs"] and train.labeled_bs + train.unlabeled_bs == a["batch_size"]

@@ -65,7 +65,7 @@ def test_channels_last_is_execution_only(tiny_dataset, tmp_path):
     plain, _, _ = plan(RunRequest.build(flags, out=str(tmp_path / "runs"), progress=False))
     fast, _, _ = plan(RunRequest.build(flags, ["channels_last=true", "compile=true"], out=str(tmp_path / "runs"), progress=False))
     assert plain[0].dir == fast[0].dir
-    assert fast[0].execution() == {"compile": True, "channels_last": True}
+    assert fast[0].execution() == {"compile": True, "channels_last": True, "ddp": "auto"}
 
 
 @pytest.mark.slow

@@ -13,8 +13,17 @@ import torch
 from bench.config import TrainConfig
 from bench.core.errors import UserError
 from bench.core.registry import METHODS
-from methods.skcdf import (SKCDF, GlobalAttention, LocalAttention, LocalAttentionBlock, annealed_keep_ratio, balance_mask,
-                           dc_ce, depth_to_space, keep_ratio)
+from methods.skcdf import (
+    SKCDF,
+    GlobalAttention,
+    LocalAttention,
+    LocalAttentionBlock,
+    annealed_keep_ratio,
+    balance_mask,
+    dc_ce,
+    depth_to_space,
+    keep_ratio,
+)
 from tests.helpers import random_batch, tiny_context
 
 PATCH = (32, 32, 32)

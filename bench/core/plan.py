@@ -57,6 +57,16 @@ class TrainConfig:
     #: network with ``torch.compile`` / keep activations in ``channels_last_3d`` memory format
     compile: bool = False
     channels_last: bool = False
+    #: execution only: how a multi-process run (torchrun) averages gradients. "auto" =
+    #: DistributedDataParallel over the trained networks of a method that declares
+    #: ``ddp_compatible`` (communication overlapped with backward), the hand-written all_reduce
+    #: after backward for the others; "off" = the hand-written average for every method (the
+    #: reference). Equal up to floating point (tests/test_ddp.py)
+    ddp: Literal["auto", "off"] = "auto"
+    #: multi-process runs: the trained networks' BatchNorm layers normalise with the statistics
+    #: of the whole global batch (torch.nn.SyncBatchNorm; CUDA only) instead of each process'
+    #: slice. Part of a run's identity only when it acts (true, more than one process)
+    sync_bn: bool = False
 
     @property
     def horizon(self) -> int:
@@ -66,7 +76,10 @@ class TrainConfig:
 
 #: engine settings that change how fast a run goes, not what it computes: kept out of the
 #: config hash (a run resumed with them switched keeps its folder), recorded in config.json
-EXECUTION_ONLY = ("compile", "channels_last")
+EXECUTION_ONLY = ("compile", "channels_last", "ddp")
+#: engine settings in a run's identity only where they act, so that the hashes of runs without
+#: them stay as they were: setting -> whether it acts (given the plan)
+IDENTITY_WHEN_ACTIVE = {"sync_bn": lambda plan: bool(plan.train.sync_bn and plan.world_size > 1)}
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,9 @@ class RunPlan:
         train = dataclasses.asdict(self.train)
         for k in EXECUTION_ONLY:
             train.pop(k)
+        for k, acts in IDENTITY_WHEN_ACTIVE.items():
+            if not acts(self):
+                train.pop(k)
         out: dict[str, Any] = {"method": self.method, "hparams": dict(self.hparams), "train": train, "dataset": self.dataset.name,
                                "preset": self.preset, "protocol": self.protocol.describe(), "split": self.split.identity()}
         if self.priors is not None and self.priors.fixed:
@@ -170,4 +186,4 @@ class RunPlan:
                                                               self.method, h, self.seed))
 
 
-__all__ = ["EXECUTION_ONLY", "DatasetChoice", "PriorChoice", "RunPlan", "SplitChoice", "TrainConfig"]
+__all__ = ["EXECUTION_ONLY", "IDENTITY_WHEN_ACTIVE", "DatasetChoice", "PriorChoice", "RunPlan", "SplitChoice", "TrainConfig"]
