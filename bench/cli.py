@@ -1,4 +1,4 @@
-"""``python -m bench``: list, run, evaluate, report, tune, perf, priors.
+"""``python -m bench``: list, run, status, evaluate, predict, export, report, tune, perf, priors.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2.
 """
@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m bench`` (its errors are one line, exit 2)."""
     p = _Parser(prog="python -m bench", description="Benchmark of class-imbalanced semi-supervised 3D organ segmentation.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    for add in (_add_list_parser, _add_run_parser, _add_status_parser, _add_priors_parser, _add_evaluate_parser, _add_tune_parser,
-                _add_perf_parser, _add_report_parser):
+    for add in (_add_list_parser, _add_run_parser, _add_status_parser, _add_priors_parser, _add_evaluate_parser, _add_predict_parser,
+                _add_export_parser, _add_tune_parser, _add_perf_parser, _add_report_parser):
         add(sub)
     return p
 
@@ -312,6 +312,49 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _add_predict_parser(sub) -> None:
+    """The ``predict`` subcommand's flags."""
+    p = sub.add_parser("predict", help="label new NIfTI scans with trained runs or a bundle (ensembles, test-time flips)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", action="append", help="a finished run folder (give several for an ensemble of their probabilities)")
+    src.add_argument("--bundle", action="append", help="a file written by `bench export` (several: an ensemble)")
+    p.add_argument("--input", required=True, help="a NIfTI file or a folder of .nii / .nii.gz (convert DICOM first, e.g. dcm2niix)")
+    p.add_argument("--out", required=True, help="folder for <case>.nii.gz label maps (uint8, each input's grid and affine)")
+    p.add_argument("--tta", default="none", choices=["none", "flip"], help="flip: mean over the 8 mirrorings (left/right labels swapped back)")
+    p.add_argument("--probabilities", action="store_true", help="also write <case>_probabilities.nii.gz (float32, one volume per class)")
+    p.add_argument("--device", default="auto")
+
+
+def _add_export_parser(sub) -> None:
+    """The ``export`` subcommand's flags."""
+    x = sub.add_parser("export", help="one portable file of a run: weights, config, labels, protocol, text priors")
+    x.add_argument("run", help="a finished run folder")
+    x.add_argument("--out", required=True, help="the bundle file to write (e.g. model.bench)")
+
+
+def cmd_predict(args) -> int:
+    """``bench predict``: trained runs or bundles on new scans."""
+    from bench.predict import input_files, load_bundle, load_run, predict_files
+    from bench.runner import pick_device
+
+    files = input_files(args.input)  # refused before any model loads
+    device = pick_device(args.device)
+    models = [load_run(r, device) for r in args.run or []] + [load_bundle(b, device) for b in args.bundle or []]
+    for r in predict_files(models, files, args.out, device, tta=args.tta, save_probabilities=args.probabilities):
+        print(f"{Path(r['input']).name}: {'x'.join(map(str, r['shape']))} voxels, {r['seconds']:.1f} s, labels {r['labels']}")
+    print(f"label maps in {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """``bench export``: a run as one bundle file."""
+    from bench.predict import export_bundle
+
+    out = export_bundle(args.run, args.out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB)")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     """``bench evaluate``: score a folder of predictions against labels under a protocol."""
     from bench.evaluate import evaluate_folders
@@ -440,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return {"list": cmd_list, "run": cmd_run, "status": cmd_status, "evaluate": cmd_evaluate, "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf, "priors": cmd_priors}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "status": cmd_status, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf, "priors": cmd_priors}[args.command](args)
     except UserError as e:
         from bench.core.redact import safe_text
 

@@ -197,3 +197,25 @@ def test_an_mr_like_input_is_warned_about_not_refused(runs, tmp_path):
     lines = []
     res = predict_files([load_run(runs[("supervised", 0)], CPU)], [path], tmp_path / "out", CPU, log=lines.append)
     assert res[0]["warning"] and "do not look like CT" in lines[0] and (tmp_path / "out" / "mr.nii.gz").exists()
+
+
+def test_predict_and_export_commands(runs, tmp_path, capsys):
+    """`bench export` then `bench predict --bundle` and `--run` give the same labels; bad input is
+    one line and exit 2, before any model loads."""
+    from bench.cli import main
+
+    run = runs[("supervised", 0)]
+    assert main(["export", str(run), "--out", str(tmp_path / "m.bench")]) == 0
+    assert main(["predict", "--bundle", str(tmp_path / "m.bench"), "--input", str(CT), "--out", str(tmp_path / "b")]) == 0
+    assert main(["predict", "--run", str(run), "--input", str(CT.parent), "--out", str(tmp_path / "r"), "--tta", "none"]) == 0
+    a = np.asarray(nib.load(str(tmp_path / "b" / "ct.nii.gz")).dataobj)
+    b = np.asarray(nib.load(str(tmp_path / "r" / "ct.nii.gz")).dataobj)
+    assert np.array_equal(a, b) and sorted(p.name for p in (tmp_path / "r").iterdir()) == ["ct.nii.gz", "seg_total.nii.gz"]
+    capsys.readouterr()
+    for argv, msg in ((["predict", "--run", str(run), "--input", str(tmp_path / "none.nii.gz"), "--out", str(tmp_path / "x")], "does not exist"),
+                      (["predict", "--input", str(CT), "--out", str(tmp_path / "x")], "one of the arguments --run --bundle is required"),
+                      (["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "y.bench")], "give a run folder")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and msg in err, err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y.bench").exists()
