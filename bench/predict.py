@@ -247,6 +247,7 @@ def looks_like_ct(image: np.ndarray) -> bool:
 
 
 def case_name(path: Path) -> str:
+    """The case name of an input file: its name without .nii / .nii.gz (the output's stem)."""
     name = path.name
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else name[: -len(".nii")]
 
