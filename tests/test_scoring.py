@@ -52,7 +52,9 @@ def synapse_tree(tiny_dataset, tmp_path_factory):
     return root, sub
 
 
-@pytest.mark.parametrize("protocol", ["default", "dhc", "ga", "genericssl"])
+@pytest.mark.parametrize("protocol", ["default", "dhc", "ga",
+                                      # 80x160x160 at stride 4 / 16: ~800 windows of the tiny patch per case
+                                      pytest.param("genericssl", marks=pytest.mark.slow)])
 def test_run_metrics_equal_evaluate_of_saved_predictions(synapse_tree, tmp_path, capsys, protocol):
     root, sub = synapse_tree
     out = tmp_path / "runs"
