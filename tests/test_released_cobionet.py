@@ -12,7 +12,6 @@ relative 1e-5 on fp32 scalars, 1e-4 on checksums (1e-3 on gradients), 1e-9 on sc
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -25,32 +24,13 @@ from methods.base import MethodContext
 from methods.co_bionet import Critic, cosine_lr, disc_loss, gen_loss
 from methods.networks import VNet
 from tests import released_inputs_cobionet as ri
+from tests.test_released_dhc import _one_thread, close, close_ck  # noqa: F401 (_one_thread: a module fixture)
 
 G = json.loads((Path(__file__).parent / "golden/released/cobionet.json").read_text())
 RTOL, CK_RTOL = 1e-5, 1e-4
 #: the suite's co_bionet as released (binary, the released bugs switched on)
 RELEASED = dict(output="sigmoid", released_critic_detach=True, released_diff_item=True, released_mask_after_mean=True,
                 dropout=True, init="default")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def close(got, exp, rtol=RTOL, atol=1e-7):
-    got, exp = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(exp, dtype=torch.float64)
-    assert torch.allclose(got, exp, rtol=rtol, atol=atol), f"\n got {got.tolist()}\n exp {exp.tolist()}"
-
-
-def close_ck(got: dict, exp: dict, rtol=CK_RTOL):
-    scale = math.sqrt(exp["sumsq"]) + 1e-12
-    assert abs(got["sum"] - exp["sum"]) <= rtol * (abs(exp["sum"]) + scale), (got["sum"], exp["sum"])
-    assert abs(got["sumsq"] - exp["sumsq"]) <= rtol * exp["sumsq"] + 1e-12, (got["sumsq"], exp["sumsq"])
-    close(got["samples"], exp["samples"], rtol=rtol, atol=rtol * scale / 100)
 
 
 def context(**kw) -> MethodContext:

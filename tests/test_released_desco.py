@@ -38,31 +38,12 @@ from methods.desco import DeSCO, cosine_rampdown, desco_dice, desco_wce, view_we
 from methods.networks import VNet
 from methods.ramps import sigmoid_rampup
 from tests import released_inputs_desco as ri
+from tests.test_released_dhc import _one_thread, close, close_ck  # noqa: F401 (_one_thread: a module fixture)
 
 G = json.loads((Path(__file__).parent / "golden/released/desco.json").read_text())
 C = ri.NUM_CLASSES
 RTOL, CK_RTOL = 1e-5, 1e-4
 RELEASED = dict(entropy_max="ln2", dropout=True, released_lr_decay_seg1_only=True)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def close(got, exp, rtol=RTOL, atol=1e-7):
-    got, exp = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(exp, dtype=torch.float64)
-    assert torch.allclose(got, exp, rtol=rtol, atol=atol), f"\n got {got.tolist()}\n exp {exp.tolist()}"
-
-
-def close_ck(got: dict, exp: dict, rtol=CK_RTOL):
-    scale = math.sqrt(exp["sumsq"]) + 1e-12
-    assert abs(got["sum"] - exp["sum"]) <= rtol * (abs(exp["sum"]) + scale), (got["sum"], exp["sum"])
-    assert abs(got["sumsq"] - exp["sumsq"]) <= rtol * exp["sumsq"] + 1e-12, (got["sumsq"], exp["sumsq"])
-    close(got["samples"], exp["samples"], rtol=rtol, atol=rtol * scale / 100)
 
 
 def context(width=ri.WIDTH, **kw) -> MethodContext:

@@ -21,17 +21,9 @@ from bench.core.registry import METHODS
 from bench.step import TrainStep, make_optimizers
 from methods.dst import DecoupledVNet, grl_coefficient, masked_ce, worst_case_loss
 from tests import released_inputs_dhc as ri
-from tests.test_released_dhc import C, check_stats, close, close_ck, context
+from tests.test_released_dhc import C, _one_thread, check_stats, close, close_ck, context  # noqa: F401 (_one_thread: a module fixture)
 
 G = json.loads((Path(__file__).parent / "golden/released/dhc_dst.json").read_text())
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fill(net: DecoupledVNet, seed: int) -> None:

@@ -14,7 +14,6 @@ train-mode DDIM chain amplifies last-bit differences 10-1000x per pass:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -29,30 +28,11 @@ from methods.base import MethodContext
 from methods.losses import dhc_dc_ce_loss
 from tests import released_inputs_dhc as rd
 from tests import released_inputs_genericssl as rg
+from tests.test_released_dhc import _one_thread, close, close_ck  # noqa: F401 (_one_thread: a module fixture)
 
 G = json.loads((Path(__file__).parent / "golden/released/genericssl.json").read_text())
 C = rg.NUM_CLASSES
 RTOL, CK_RTOL = 1e-5, 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def close(got, exp, rtol=RTOL, atol=1e-7):
-    got, exp = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(exp, dtype=torch.float64)
-    assert torch.allclose(got, exp, rtol=rtol, atol=atol), f"\n got {got.tolist()}\n exp {exp.tolist()}"
-
-
-def close_ck(got: dict, exp: dict, rtol=CK_RTOL):
-    scale = math.sqrt(exp["sumsq"]) + 1e-12
-    assert abs(got["sum"] - exp["sum"]) <= rtol * (abs(exp["sum"]) + scale), (got["sum"], exp["sum"])
-    assert abs(got["sumsq"] - exp["sumsq"]) <= rtol * exp["sumsq"] + 1e-12, (got["sumsq"], exp["sumsq"])
-    close(got["samples"], exp["samples"], rtol=rtol, atol=rtol * scale / 100)
 
 
 def context(**kw) -> MethodContext:

@@ -24,20 +24,12 @@ from methods.base import MethodContext
 from methods.skcdf import GlobalAttentionBlock, LocalAttentionBlock, SKCDFNet, annealed_keep_ratio, dc_ce, keep_ratio
 from tests import released_inputs_dhc as ri
 from tests import released_inputs_skcdf as rs
-from tests.test_released_dhc import check_stats, close, close_ck
+from tests.test_released_dhc import _one_thread, check_stats, close, close_ck  # noqa: F401 (_one_thread: a module fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 G = json.loads((Path(__file__).parent / "golden/released/skcdf.json").read_text())
 C = rs.NUM_CLASSES
 SEED_NET, SEED_STEP = G["seeds"]["net"], G["seeds"]["step"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def context(counts=None, **kw) -> MethodContext:

@@ -26,7 +26,7 @@ from methods.base import MethodContext
 from methods.ss_net import FeatureMemory, SSNetVNet, class_separation, l2_normalize
 from tests import released_inputs_dhc as ri
 from tests import released_inputs_ssnet as rs
-from tests.test_released_dhc import close, close_ck
+from tests.test_released_dhc import _one_thread, close, close_ck  # noqa: F401 (_one_thread: a module fixture)
 
 G = json.loads((Path(__file__).parent / "golden/released/dhc_ssnet.json").read_text())
 G_DHC = json.loads((Path(__file__).parent / "golden/released/dhc.json").read_text())
@@ -34,14 +34,6 @@ C = rs.NUM_CLASSES
 CK_RTOL = 1e-4
 #: both released behaviours on (the golden is the release)
 RELEASED = {"released_memory_rank": True, "released_memory_weights": True}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def context(**kw) -> MethodContext:
