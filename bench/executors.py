@@ -32,6 +32,7 @@ processes; each joins the process group from Slurm's environment
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -50,6 +51,7 @@ import submitit
 
 from bench.core.errors import UserError
 from bench.core.settings import convert_field, setting
+from bench.core.threads import child_env, usable_cores
 
 EXECUTORS = ("process", "local", "slurm", "debug")
 #: Slurm job states (squeue %T) of a job that waits / runs
@@ -453,19 +455,39 @@ def _submit_slurm(req, opts: ExecutorOptions, todo, out: Path, log) -> None:
         + f"; follow them with: python -m bench status --runs {out}")
 
 
+@contextlib.contextmanager
+def _environment(env: dict | None):
+    """``os.environ`` replaced by ``env`` (None: unchanged) while submitit starts a local job."""
+    if env is None:
+        yield
+        return
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _run_here(req, opts: ExecutorOptions, todo, out: Path, log) -> None:
     """local / debug: run the cells' jobs, at most ``opts.jobs`` at a time, and wait for them."""
     if req.force:
         _clear(todo)
     ex = make_executor(opts, out / "jobs")
     job_req = _job_request(req)
-    limit = 1 if opts.name == "debug" else (opts.jobs or max(1, min(len(todo), os.cpu_count() or 1)))
+    limit = 1 if opts.name == "debug" else (opts.jobs or max(1, min(len(todo), usable_cores()[0])))
+    # local: the jobs split this machine's cores by the thread rule (bench/core/threads.py), each
+    # job's threads written into the environment its subprocess starts with
+    env = child_env(share=limit) if opts.name == "local" else None
     pending, running, failed = list(todo), [], []
     _record_cells(out, todo)
     while pending or running:
         while pending and len(running) < limit:
             r = pending.pop(0)
-            job = ex.submit(CellJob(job_req, r.dir))
+            with _environment(env):
+                job = ex.submit(CellJob(job_req, r.dir))
             record_job(r.dir, out, opts.name, job)
             log(f"{r.method} seed {r.seed}: job {job.job_id} -> {r.dir}")
             running.append((r, job))

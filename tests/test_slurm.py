@@ -179,7 +179,9 @@ def test_tuning_array_workers_draw_distinct_trials(slurm, tmp_path, capsys):
 
 
 def test_local_executor_runs_cells_in_subprocesses(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # what this process' environment says is not what a job gets: the thread rule splits the
+    # cores between the jobs (or keeps the thread count the user set before the suite started)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
     out = tmp_path / "runs"
     argv = ["run", "--methods", "supervised", "--seeds", "0,1", "--preset", "tiny", "--iterations", "2", "--no-progress",
             "--executor", "local", "--jobs", "2", "--out", str(out)]
@@ -188,6 +190,10 @@ def test_local_executor_runs_cells_in_subprocesses(tmp_path, capsys, monkeypatch
     assert "| supervised" in text and len(list(out.rglob("metrics.json"))) == 2, text
     pids = {json.loads(p.read_text())["job_id"] for p in out.rglob("job.json")}
     assert len(pids) == 2 and str(os.getpid()) not in pids
+    from bench.core.threads import plan_threads
+
+    threads = {json.loads(p.read_text())["threads"]["threads"] for p in out.rglob("timing.json")}
+    assert threads == {plan_threads(share=2).threads} != {7}, threads
     assert main(["status", "--runs", str(out)]) == 0
     assert capsys.readouterr().out.strip().endswith("2 done")
     assert main(argv) == 0
