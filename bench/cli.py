@@ -6,6 +6,7 @@ Errors a user can cause print one line (``error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m bench`` (its errors are one line, exit 2)."""
     p = _Parser(prog="python -m bench", description="Benchmark of class-imbalanced semi-supervised 3D organ segmentation.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
-    for add in (_add_list_parser, _add_run_parser, _add_status_parser, _add_priors_parser, _add_evaluate_parser, _add_predict_parser,
+    for add in (_add_list_parser, _add_run_parser, _add_status_parser, _add_track_parser, _add_priors_parser, _add_evaluate_parser, _add_predict_parser,
                 _add_export_parser, _add_tune_parser, _add_perf_parser, _add_report_parser):
         add(sub)
     return p
@@ -78,6 +79,8 @@ def _add_run_parser(sub) -> None:
     r.add_argument("--force", action="store_true", help="re-run finished runs")
     r.add_argument("--save-predictions", action="store_true",
                    help="write each test case's prediction as <run>/predictions/<case>.nii.gz (the source image's geometry)")
+    r.add_argument("--tracker", default=None, metavar="NAMES",
+                   help="report each run as it trains to tensorboard and/or mlflow (comma-separated; extra: pip install -e '.[track]')")
     r.add_argument("--shard", default=None, metavar="I/N", help="run only the I-th of N disjoint slices of the run matrix")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--dry-run", action="store_true",
@@ -92,7 +95,8 @@ def _add_executor_flags(p, unit: str) -> None:
 
     g = p.add_argument_group("executor", f"where each {unit} runs (config file: [executor] with the same keys, name = executor)")
     g.add_argument("--executor", dest="ex_name", default=None, choices=EXECUTORS,
-                   help=f"process (default: here), local (subprocesses), slurm (one job per {unit}, a job array), debug (submitit, in process)")
+                   help=f"auto (default: local on a CPU of 2+ cores with 2+ {unit}s, else process; env BENCH_EXECUTOR), process "
+                        f"(here, one after another), local (subprocesses), slurm (one job per {unit}, a job array), debug (submitit, in process)")
     g.add_argument("--jobs", dest="ex_jobs", type=int, default=None, metavar="N", help=f"{unit}s running at once (Slurm: the array's limit)")
     g.add_argument("--partition", dest="ex_partition", default=None, metavar="NAME")
     g.add_argument("--time", dest="ex_time", type=int, default=None, metavar="MIN", help="time limit per job, minutes (default 1440)")
@@ -110,6 +114,24 @@ def _add_executor_flags(p, unit: str) -> None:
 
 def _executor_flags(args) -> dict:
     return {k[3:]: v for k, v in vars(args).items() if k.startswith("ex_")}
+
+
+def _add_track_parser(sub) -> None:
+    """The ``track`` subcommand's flags."""
+    t = sub.add_parser("track", help="rebuild the tensorboard / mlflow view of finished runs from their records")
+    t.add_argument("--runs", default="runs", help="folder that `bench run --out` wrote")
+    t.add_argument("--to", required=True, choices=["mlflow", "tensorboard"])
+
+
+def cmd_track(args) -> int:
+    """``bench track``: finished runs into a tracker, from their records."""
+    from bench.trackers import mlflow_uri, track
+
+    n = track(Path(args.runs), args.to)
+    where = (f"mlflow ui --backend-store-uri {mlflow_uri(Path(args.runs))}" if args.to == "mlflow"
+             else f"tensorboard --logdir {args.runs}")
+    print(f"{n} run(s) added; browse them with: {where}")
+    return 0
 
 
 def _add_status_parser(sub) -> None:
@@ -267,6 +289,7 @@ def _print_fingerprint(name: str, args) -> None:
 def cmd_run(args) -> int:
     """``bench run``: train and test the run matrix (or print it with ``--dry-run``), then the Dice table."""
     from bench.runner import RunRequest, dry_run, execute
+    from bench.trackers import parse_trackers
     from reports.render import to_markdown
     from reports.table import summary_table
 
@@ -278,7 +301,8 @@ def cmd_run(args) -> int:
              "text_encoder": args.text_encoder, "iterations": args.iterations, "label_map": args.label_map,
              "dataset_opts": _dataset_options(args.dataset_opts, None) or None}
     req = RunRequest.build(flags, args.sets, args.config, shard=args.shard, device=args.device, out=args.out, force=args.force,
-                           save_predictions=args.save_predictions, progress=not args.no_progress)
+                           save_predictions=args.save_predictions, progress=not args.no_progress,
+                           trackers=parse_trackers(args.tracker))
     from bench.executors import executor_options, submit_run
 
     ex = executor_options(req.layers, _executor_flags(args))
@@ -288,6 +312,11 @@ def cmd_run(args) -> int:
         for cfg in dry_run(req):
             print(json.dumps(cfg, sort_keys=True))
         return 0
+    if ex.name == "auto":
+        from bench.executors import choose_auto
+        from bench.runner import pick_device, resolve
+
+        ex = choose_auto(ex, len(resolve(req)), pick_device(req.device).type, shard=bool(req.shard), log=print)
     if ex.name != "process":
         if req.shard:
             raise UserError(f"--shard slices the matrix between processes you start; --executor {ex.name} starts one job per cell "
@@ -383,6 +412,8 @@ def cmd_tune(args) -> int:
     from bench.executors import check_executor, executor_options, submit_tune
 
     ex = executor_options([file_layer(args.config)] if args.config else [], _executor_flags(args))
+    if ex.name == "auto":  # a study's trials run in this process unless workers are asked for
+        ex = dataclasses.replace(ex, name="process")
     if ex.name == "process":
         if args.workers is not None:
             raise UserError("--workers starts workers through an executor; add --executor slurm (or local), or start "
@@ -483,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return {"list": cmd_list, "run": cmd_run, "status": cmd_status, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf, "priors": cmd_priors}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "status": cmd_status, "track": cmd_track, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "report": cmd_report, "tune": cmd_tune, "perf": cmd_perf, "priors": cmd_priors}[args.command](args)
     except UserError as e:
         from bench.core.redact import safe_text
 

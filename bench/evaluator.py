@@ -14,6 +14,7 @@ from bench.core.store import safe_name
 from bench.core.threads import current_threads
 from bench.inference import predict_volume
 from bench.timing import StepTimer, device_description, peak_memory, reset_peak_memory, summarize_times
+from reports.overlays import OVERLAY_FILE, extract, write_overlays
 
 
 class Evaluator:
@@ -36,17 +37,26 @@ class Evaluator:
         return predict_volume(method.predict, image, t.patch, overlap, self.spec.device, mode=proto.sw_mode,
                               sw_batch_size=t.sw_batch_size, amp=self.amp, fusion=proto.fusion)
 
-    def validation_score(self, method) -> float:
-        """Mean over the eval cases of the mean Dice over organs (no distances), in eval mode."""
+    def validation(self, method, overlay: bool = False) -> tuple[float, dict[str, float], dict | None]:
+        """Validation in eval mode: ``(score, per-organ Dice, slices)``. score: the mean over the
+        eval cases of the mean Dice over organs (no distances); per-organ Dice: each organ's mean
+        over the eval cases (NaN where no case has it); slices (``overlay=True``): the first eval
+        case's slice through its smallest organ (``reports.overlays.extract``), else None."""
         ds = self.spec.dataset
         method.train(False)
-        scores = []
+        scores, per_organ, slices = [], {o: [] for o in ds.organs}, None
         for cid in self.spec.split.eval:
-            pred = self.predict_case(method, self.cases.image(cid), self.spec.train.val_overlap)
-            per = case_metrics(pred, self.cases.eval_labels[cid], ds.spacing(cid), ds.num_classes, distances=False)
+            image = self.cases.image(cid)
+            pred = self.predict_case(method, image, self.spec.train.val_overlap)
+            label = self.cases.eval_labels[cid]
+            per = case_metrics(pred, label, ds.spacing(cid), ds.num_classes, distances=False)
             scores.append(nanmean([v["dice"] for v in per.values()]))
+            for c, organ in enumerate(ds.organs, 1):
+                per_organ[organ].append(per.get(c, {}).get("dice", float("nan")))
+            if overlay and slices is None:
+                slices = extract(image, label, pred, num=1)
         method.train(True)
-        return nanmean(scores)
+        return nanmean(scores), {o: nanmean(v) for o, v in per_organ.items()}, slices
 
     def test(self, method, used_step: int, val_dice: float | None, training: dict) -> MetricsRecord:
         """Score ``method`` (the weights of ``used_step``) on the test cases, export predictions
@@ -82,6 +92,7 @@ class Evaluator:
         cases: dict[str, dict] = {}
         penalty: dict[str, float] = {}
         infer_times = []
+        slices: dict[str, dict] = {}
         cases_iter = spec.split.test
         if spec.progress:
             from tqdm.auto import tqdm
@@ -98,6 +109,9 @@ class Evaluator:
                 from datasets.nifti import write_nifti
 
                 write_nifti(spec.run_dir / "predictions" / f"{safe_name(cid, 'case id')}.nii.gz", native, ds.spacing(cid), ds.affine(cid))
+                slices[cid] = extract(ds.load_image(cid), gt, native)
             cases[cid] = score_case(native, gt, ds.spacing(cid), proto, list(ds.organs))
             penalty[cid] = penalty_distance(gt.shape, ds.spacing(cid), proto)
+        if spec.save_predictions:  # a few slices through the small organs, for the report's pictures
+            write_overlays(spec.run_dir / OVERLAY_FILE, slices, list(ds.organs))
         return cases, penalty, infer_times

@@ -53,7 +53,9 @@ from bench.core.errors import UserError
 from bench.core.settings import convert_field, setting
 from bench.core.threads import child_env, usable_cores
 
-EXECUTORS = ("process", "local", "slurm", "debug")
+EXECUTORS = ("auto", "process", "local", "slurm", "debug")
+#: the environment variable that sets the executor below config files and flags (e.g. tests: process)
+ENV_EXECUTOR = "BENCH_EXECUTOR"
 #: Slurm job states (squeue %T) of a job that waits / runs
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED"}
 RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
@@ -63,8 +65,9 @@ RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 class ExecutorOptions:
     """Where and with what resources cells run: defaults < config ``[executor]`` < flags."""
 
-    #: process | local | slurm | debug
-    name: Literal["process", "local", "slurm", "debug"] = "process"
+    #: auto | process | local | slurm | debug; auto: local subprocesses where that is faster (a CPU
+    #: of two or more cores and two or more cells, see :func:`choose_auto`), else this process
+    name: Literal["auto", "process", "local", "slurm", "debug"] = "auto"
     #: cells running at once (Slurm: the array's parallelism limit; local: subprocesses); None: all
     jobs: int | None = setting(None, ge=1)
     partition: str | None = setting(None, what="a partition name")
@@ -100,6 +103,8 @@ def executor_options(layers: list, flags: dict[str, Any]) -> ExecutorOptions:
 
     names = [f.name for f in dataclasses.fields(ExecutorOptions)]
     values: dict[str, Any] = {}
+    if os.environ.get(ENV_EXECUTOR, "").strip():
+        values["name"] = convert_field(ENV_EXECUTOR, ExecutorOptions, "name", os.environ[ENV_EXECUTOR].strip())
     for layer in layers:
         for k, v in getattr(layer, "executor", {}).items():
             if k not in names:
@@ -115,6 +120,25 @@ def executor_options(layers: list, flags: dict[str, Any]) -> ExecutorOptions:
     if opts.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", opts.mem.strip(), re.IGNORECASE):
         raise UserError(f"--mem {opts.mem}: write a size as sbatch takes it, e.g. 16G or 4000M")
     return opts
+
+
+def choose_auto(opts: ExecutorOptions, cells: int, device_type: str, shard: bool = False, log=None) -> ExecutorOptions:
+    """``auto`` -> ``local`` or ``process``. Local subprocesses, each with its share of the cores
+    (the thread rule), where that was measured faster (the README's main command on 2 cores:
+    7 min 02 s against 8 min 13 s in one process, docs/performance.md): training on the CPU, two
+    or more cells, two or more usable cores, one process per cell, no ``--shard`` and not under
+    torchrun. Elsewhere (a GPU, one cell, one core) cells run one after another in this process.
+    Other names are returned unchanged."""
+    if opts.name != "auto":
+        return opts
+    cores = usable_cores()[0]
+    local = (device_type == "cpu" and cells >= 2 and cores >= 2 and opts.tasks == 1 and opts.nodes == 1 and not shard
+             and "WORLD_SIZE" not in os.environ)
+    if local and log is not None:
+        jobs = opts.jobs or min(cells, cores)
+        log(f"running the {cells} cells side by side, {jobs} at a time in local subprocesses of "
+            f"{max(1, cores // jobs)} thread(s) each (--executor process: one after another in this process)")
+    return dataclasses.replace(opts, name="local" if local else "process")
 
 
 def check_executor(opts: ExecutorOptions) -> None:
@@ -392,6 +416,10 @@ def submit_run(req, opts: ExecutorOptions, log=print) -> list:
     here = dataclasses.replace(req, device="cpu")
     resolve(here)  # every setting checked before any data is read or written
     runs, _, _ = plan(here, log)
+    if req.trackers:  # the MLflow store and experiments made once, before jobs run side by side
+        from bench.trackers import experiment_name, prepare
+
+        prepare(req.trackers, out, [experiment_name(r.config()) for r in runs])
     queue = slurm_states() if opts.name == "slurm" else None
     todo = []
     for r in runs:
@@ -481,24 +509,38 @@ def _run_here(req, opts: ExecutorOptions, todo, out: Path, log) -> None:
     # local: the jobs split this machine's cores by the thread rule (bench/core/threads.py), each
     # job's threads written into the environment its subprocess starts with
     env = child_env(share=limit) if opts.name == "local" else None
+    from bench.core.store import is_finished
+    from bench.runner import result_line
+
     pending, running, failed = list(todo), [], []
     _record_cells(out, todo)
-    while pending or running:
-        while pending and len(running) < limit:
-            r = pending.pop(0)
-            with _environment(env):
-                job = ex.submit(CellJob(job_req, r.dir))
-            record_job(r.dir, out, opts.name, job)
-            log(f"{r.method} seed {r.seed}: job {job.job_id} -> {r.dir}")
-            running.append((r, job))
-        for r, job in list(running):
-            if opts.name == "debug" or job.done():
-                running.remove((r, job))
-                try:
-                    job.result()
-                except Exception:  # the job's error is in its log; the other cells go on
-                    failed.append(f"{r.method} seed {r.seed}: {last_log_line(out, read_job(r.dir) or {})}")
-        time.sleep(0 if opts.name == "debug" else 0.5)
+    try:
+        while pending or running:
+            while pending and len(running) < limit:
+                r = pending.pop(0)
+                with _environment(env):
+                    job = ex.submit(CellJob(job_req, r.dir))
+                record_job(r.dir, out, opts.name, job)
+                log(f"{r.method} seed {r.seed}: job {job.job_id} -> {r.dir}")
+                running.append((r, job))
+            for r, job in list(running):
+                if opts.name == "debug" or job.done():
+                    running.remove((r, job))
+                    try:
+                        job.result()
+                        if is_finished(r.dir):
+                            log(f"{r.method} seed {r.seed} finished:\n{result_line(r.dir)}")
+                    except Exception:  # the job's error is in its log; the other cells go on
+                        failed.append(f"{r.method} seed {r.seed}: {last_log_line(out, read_job(r.dir) or {})}")
+            time.sleep(0 if opts.name == "debug" else 0.5)
+    except KeyboardInterrupt:
+        # Ctrl-C: each job stops at its next step boundary and writes its checkpoint (run again to resume)
+        for _, job in running:
+            job.cancel(check=False)
+        deadline = time.time() + 120
+        while any(not job.done() for _, job in running) and time.time() < deadline:
+            time.sleep(0.5)
+        raise
     for line in failed:
         log(f"failed: {line}")
 

@@ -11,6 +11,7 @@ Determinism: the batch of step ``t`` and the torch random state at step ``t`` de
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -79,6 +80,10 @@ class RunSpec:
     stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
     #: where the loop says that it resumed or stopped (None: silent)
     log: Callable[[str], None] | None = None
+    #: experiment trackers told what log.jsonl gets, an overlay per validation and the test
+    #: results (bench/trackers.py); ``results_dir``: the results folder (MLflow's local store)
+    trackers: tuple[str, ...] = ()
+    results_dir: Path | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -145,6 +150,8 @@ class Trainer:
         self.step = 0
         self.last_good = 0
         self.best = {"score": -math.inf, "step": -1}
+        #: the run's experiment trackers (bench/trackers.py), made when training starts; None: none
+        self.trackers = None
         self.step_times: list[float] = []
         self.data_times: list[float] = []
         self.train_wall = 0.0
@@ -178,6 +185,12 @@ class Trainer:
     def _timing(self) -> dict:
         return {"step": self.step_times, "data": self.data_times, "wall": self.train_wall}
 
+    def _log(self, record: dict) -> None:
+        """One line of log.jsonl, also sent to the run's trackers."""
+        self.checkpoints.log(record)
+        if self.trackers:
+            self.trackers.log(record)
+
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         """Write the latest state (rank 0)."""
@@ -210,6 +223,12 @@ class Trainer:
             spec.log(f"resumed from its checkpoint at step {self.step} of {t.iterations}")
         if self.step >= t.iterations:
             return
+        if spec.trackers and self.rank == 0 and not self.trackers:
+            from bench.trackers import Trackers
+
+            cfg = self.dir / "config.json"  # the record itself, so that live and `bench track` log the same parameters
+            config = json.loads(cfg.read_text()) if cfg.exists() else spec.config
+            self.trackers = Trackers(spec.trackers, self.dir, spec.results_dir or self.dir.parent, config, self.step)
         sampler = TwoStreamSampler(self.cases.labeled, self.cases.unlabeled, t.patch, t.labeled_bs, t.unlabeled_bs, spec.seed, t.flip,
                                    rank=self.rank, world=self.world)
         stop = t.iterations if spec.stop_after is None else min(t.iterations, self.step + spec.stop_after)
@@ -262,7 +281,7 @@ class Trainer:
         self.step = step + 1
         if step % t.log_every == 0 or self.step == t.iterations:
             lr = {"lr": lrs["main"]} if list(lrs) == ["main"] else {f"lr_{k}": v for k, v in lrs.items()}
-            self.checkpoints.log({"step": step, **lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
+            self._log({"step": step, **lr, **losses.log_values(), "s_iter": timer.seconds, "data_wait": wait})
         return losses
 
     def _stop_signal(self, received: list) -> int:
@@ -304,12 +323,16 @@ class Trainer:
     def validate(self) -> float:
         """Validation Dice on the eval cases; keeps best.pt on improvement and tells
         ``spec.on_validate`` (Optuna reports and prunes there)."""
-        score = self.evaluator.validation_score(self.method)
+        score, per_organ, slices = self.evaluator.validation(self.method, overlay=bool(self.trackers))
         improved = score > self.best["score"] or self.best["step"] < 0
         if improved:
             self.best = {"score": score, "step": self.step}
             self.checkpoints.save_best(self.method, self.step)
-        self.checkpoints.log({"step": self.step - 1, "val_dice": score, "best": improved})
+        self._log({"step": self.step - 1, "val_dice": score, **{f"val_dice/{o}": v for o, v in per_organ.items()}, "best": improved})
+        if slices is not None and len(slices["organ"]):
+            from reports.overlays import render_case
+
+            self.trackers.image("val_overlay", render_case(slices), self.step)
         if self.spec.on_validate is not None:
             self.spec.on_validate(self.step, score)
         return score
@@ -327,7 +350,18 @@ def run_one(spec: RunSpec) -> MetricsRecord | None:
     trainer = Trainer(spec)  # loads and checks all data first: bad input leaves nothing behind
     if trainer.rank == 0:
         write_record(spec.run_dir / "config.json", ConfigRecord.from_dict({**spec.config, "world_size": trainer.world}))
-    trainer.fit()
-    if trainer.step < spec.train.iterations or trainer.rank != 0:
-        return None
-    return trainer.test()
+    try:
+        trainer.fit()
+        if trainer.step < spec.train.iterations or trainer.rank != 0:
+            if trainer.trackers:  # stopped early (resumes later): the tracker's run says so
+                trainer.trackers.finish(None, None, trainer.step, status="KILLED")
+            return None
+        metrics = trainer.test()
+    except BaseException:
+        if trainer.trackers:  # stopped (to resume) or failed: the tracker's run says so
+            trainer.trackers.finish(None, None, trainer.step, status="KILLED")
+        raise
+    if trainer.trackers:
+        timing = json.loads((spec.run_dir / "timing.json").read_text())
+        trainer.trackers.finish(metrics.to_dict(), timing, trainer.step)
+    return metrics

@@ -205,3 +205,70 @@ def time_memory(runs: Sequence, out: Path) -> list[Path]:
         ax.set_xticks(range(len(df)), labels, rotation=60, ha="right", fontsize=6)
         ax.set_title(col)
     return _save(fig, out, "time_memory")
+
+
+def _case_dice(organs: dict) -> float:
+    """A test case's mean Dice over its organs (the run's scores; NaN: no organ scored)."""
+    return nanmean([(m or {}).get("dice") for m in organs.values()])
+
+
+def pick_cases(runs: Sequence) -> list[tuple[str, object, str, float]]:
+    """Best, median and worst test case of one row's runs that kept overlays (``--save-predictions``),
+    by the case's mean Dice over organs, pooled over the runs' seeds: ``[(which, run, case id,
+    Dice), ...]`` (fewer when fewer cases; none without overlay files)."""
+    from reports.overlays import OVERLAY_FILE
+
+    pool = sorted(((_case_dice(organs), r.seed, cid, r) for r in runs if (r.path / OVERLAY_FILE).exists()
+                   for cid, organs in r.metrics.cases.items() if _case_dice(organs) == _case_dice(organs)),
+                  key=lambda t: (t[0], t[1], t[2]))
+    if not pool:
+        return []
+    picks = {"best": len(pool) - 1, "median": (len(pool) - 1) // 2, "worst": 0}
+    seen, out = set(), []
+    for which, i in picks.items():
+        if i not in seen:
+            seen.add(i)
+            d, _, cid, r = pool[i]
+            out.append((which, r, cid, d))
+    return out
+
+
+def segmentations(runs: Sequence, out: Path) -> list[Path]:
+    """Per table row with overlay files: its best, median and worst test case, each as axial
+    slices through its smallest organs (image | label | prediction; radiological view);
+    ``segmentations_<row>.png``/``.pdf``. Reads only the runs' ``overlays.npz`` and metrics."""
+    import re
+
+    from reports.overlays import OVERLAY_FILE, PALETTE, read_overlays, render_case
+
+    rows: dict[str, list] = {}
+    for r in runs:
+        rows.setdefault(r.variant, []).append(r)
+    paths = []
+    for variant, members in rows.items():
+        picks = pick_cases(members)
+        if not picks:
+            continue
+        plt = _plt()
+        fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.6), squeeze=False)
+        shown: dict[int, str] = {}
+        for ax, (which, run, cid, d) in zip(axes[0], picks):
+            cases, organs = read_overlays(run.path / OVERLAY_FILE)
+            slices = cases.get(cid)
+            ax.axis("off")
+            if slices is None or not len(slices["organ"]):
+                ax.set_title(f"{which}: {_label(cid, 24)} (no slices kept)", fontsize=9)
+                continue
+            ax.imshow(render_case(slices), interpolation="nearest")
+            for c in np.unique(np.concatenate([slices["label"].ravel(), slices["pred"].ravel()])):
+                if 0 < c <= len(organs):
+                    shown[int(c)] = abbreviation(organs[int(c) - 1])
+            names = ", ".join(abbreviation(organs[c - 1]) for c in slices["organ"])
+            ax.set_title(f"{which}: {_label(cid, 24)}, seed {run.seed}\nmean Dice {100 * d:.1f}%; slices through {names}", fontsize=9)
+        handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[c % len(PALETTE)] / 255) for c in sorted(shown)]
+        if handles:
+            fig.legend(handles, [shown[c] for c in sorted(shown)], loc="lower center", ncol=min(len(handles), 13), fontsize=8, frameon=False)
+        fig.suptitle(f"{_label(variant, 60)}: image | label | prediction (anterior up, patient's right on the left)", fontsize=10)
+        slug = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", variant).strip("_.")[:100] or "row"
+        paths += _save(fig, out, f"segmentations_{slug}")
+    return paths

@@ -135,6 +135,7 @@ def _results_part(req, runs, out, put, written):
         figs += figures.dice_per_organ(table, runs, fdir)
         figs += figures.dice_vs_labeled(table, fdir)
         figs += figures.training_curves(runs, fdir)
+        figs += figures.segmentations(runs, fdir)
         if len(timing):
             figs += figures.time_memory(runs, fdir)
         for p in figs:
@@ -173,7 +174,8 @@ def html_page(tables, timing, pngs, req: ReportRequest) -> str:
             "Data wait %": lambda v: f"{v:.2f}"}))
     for p in pngs:
         data = base64.b64encode(p.read_bytes()).decode()
-        title = figures.TITLES.get(p.stem, p.stem.replace("_", " ").capitalize())
+        title = figures.TITLES.get(p.stem) or (f"Segmentations, {p.stem[len('segmentations_'):]}: best, median and worst test case"
+                                               if p.stem.startswith("segmentations_") else p.stem.replace("_", " ").capitalize())
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)

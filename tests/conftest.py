@@ -9,6 +9,11 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+# `bench run` in the tests runs its cells in the test process (monkeypatches and captured output
+# reach them); the default, `auto` (local subprocesses on a multi-core CPU), has its own tests
+# (tests/test_slurm.py::test_auto_*), which unset this
+os.environ["BENCH_EXECUTOR"] = "process"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _bench_cache(tmp_path_factory):

@@ -232,3 +232,44 @@ def test_unknown_partition_and_sqlite_tuning_array_are_refused(slurm, tmp_path, 
     _bad(capsys, ["tune", "--method", "supervised", "--preset", "tiny", "--executor", "slurm", "--workers", "2",
                   "--out", str(out)], "need one storage they all reach", out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("cells, device, cores, extra, env, expect", [
+    (3, "cpu", 2, {}, {}, "local"),
+    (2, "cpu", 16, {"jobs": 4}, {}, "local"),
+    (1, "cpu", 2, {}, {}, "process"),          # one cell: nothing to run side by side
+    (3, "cuda", 2, {}, {}, "process"),         # one GPU: not measured faster shared
+    (3, "cpu", 1, {}, {}, "process"),          # one core
+    (3, "cpu", 2, {"tasks": 2}, {}, "process"),  # a multi-process cell (check_executor refuses it in this process)
+    (3, "cpu", 2, {}, {"WORLD_SIZE": "2"}, "process"),  # under torchrun
+])
+def test_auto_executor_rule(monkeypatch, cells, device, cores, extra, env, expect):
+    from bench import executors
+
+    monkeypatch.setattr(executors, "usable_cores", lambda: (cores, "affinity"))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    lines = []
+    opts = executors.choose_auto(executors.ExecutorOptions(**extra), cells, device, log=lines.append)
+    assert opts.name == expect and bool(lines) == (expect == "local")
+    assert executors.choose_auto(executors.ExecutorOptions(name="process"), cells, device).name == "process"
+    assert executors.choose_auto(executors.ExecutorOptions(), 3, "cpu", shard=True).name == "process"
+
+
+def test_auto_is_the_default_and_runs_cells_side_by_side(tmp_path, capsys, monkeypatch):
+    from bench.core.threads import usable_cores
+
+    if usable_cores()[0] < 2:
+        pytest.skip("auto runs cells side by side only with two or more usable cores")
+    monkeypatch.delenv("BENCH_EXECUTOR")
+    out = tmp_path / "runs"
+    assert main(["run", "--methods", "supervised", "--seeds", "0,1", "--preset", "tiny", "--iterations", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "running the 2 cells side by side, 2 at a time in local subprocesses" in text
+    assert text.count("finished:\n    mean Dice") == 2 and "| supervised" in text
+    assert len(list(out.rglob("job.json"))) == 2
+    monkeypatch.setenv("BENCH_EXECUTOR", "nope")
+    assert main(["run", "--methods", "supervised", "--out", str(out)]) == 2
+    assert "BENCH_EXECUTOR" in capsys.readouterr().err
