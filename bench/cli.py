@@ -302,7 +302,7 @@ def cmd_run(args) -> int:
              "dataset_opts": _dataset_options(args.dataset_opts, None) or None}
     req = RunRequest.build(flags, args.sets, args.config, shard=args.shard, device=args.device, out=args.out, force=args.force,
                            save_predictions=args.save_predictions, progress=not args.no_progress,
-                           trackers=parse_trackers(args.tracker))
+                           trackers=parse_trackers(args.tracker), command=tuple(sys.argv))
     from bench.executors import executor_options, submit_run
 
     ex = executor_options(req.layers, _executor_flags(args))

@@ -50,6 +50,9 @@ class RunRequest:
     progress: bool = True
     #: experiment trackers each run reports to as it trains (bench/trackers.py): "tensorboard", "mlflow"
     trackers: tuple[str, ...] = ()
+    #: the command line that asked for the runs (config.json's provenance; a job started by an
+    #: executor runs submitit's command, not the user's); None: this process' sys.argv
+    command: tuple[str, ...] | None = None
     #: (i, n): run only the i-th (1-based) of n disjoint slices of the run matrix
     shard: tuple[int, int] | None = None
     #: processes per run when they are not this process' (a scheduler's job of N tasks; None:
@@ -352,13 +355,13 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def make_spec(p: RunPlan, dataset, split, device, progress: bool, **extra):
+def make_spec(p: RunPlan, dataset, split, device, progress: bool, command=None, **extra):
     """The :class:`bench.train.RunSpec` of one bound plan (see :func:`plan`): the plan's fields,
     the loaded dataset and split, the device it runs on and the provenance ``config.json`` keeps."""
     from bench.train import RunSpec
 
     config = {**p.config(), "device": str(device), "git_commit": _git_commit(), "versions": _versions(),
-              "hardware": {"platform": platform.platform(), "cpus": os.cpu_count()}, "command": sys.argv}
+              "hardware": {"platform": platform.platform(), "cpus": os.cpu_count()}, "command": list(command or sys.argv)}
     priors = _priors_fn(p.priors.prompts, p.priors.text_encoder, dataset.labels, "cpu") if p.priors else None
     names = {"prompts": p.priors.prompts, "text_encoder": p.priors.text_encoder} if p.priors and not p.priors.fixed else {}
     return RunSpec(method_name=p.method, method_cls=METHODS.get(p.method), hparams=p.hparams, train=p.train, dataset=dataset,
@@ -430,7 +433,8 @@ def execute(req: RunRequest, log=print, only: set[Path] | None = None, claims: b
             log(f"[{i}/{len(runs)}] {r.method}{tag} seed {r.seed} -> {d}")
             extra = {"stop_signals": stop_signals} if stop_signals else {}
             spec = make_spec(r, dataset, split, device, req.progress, save_predictions=req.save_predictions,
-                             log=log if main else None, trackers=req.trackers, results_dir=Path(req.out), **extra)
+                             log=log if main else None, trackers=req.trackers, results_dir=Path(req.out), command=req.command,
+                             **extra)
             metrics = run_one(spec)
             distributed.barrier()
             if not main:

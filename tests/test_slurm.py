@@ -270,6 +270,10 @@ def test_auto_is_the_default_and_runs_cells_side_by_side(tmp_path, capsys, monke
     assert "running the 2 cells side by side, 2 at a time in local subprocesses" in text
     assert text.count("finished:\n    mean Dice") == 2 and "| supervised" in text
     assert len(list(out.rglob("job.json"))) == 2
+    import sys
+
+    commands = {tuple(json.loads(p.read_text())["command"]) for p in out.rglob("config.json")}
+    assert commands == {tuple(sys.argv)}  # the user's command, not submitit's
     monkeypatch.setenv("BENCH_EXECUTOR", "nope")
     assert main(["run", "--methods", "supervised", "--out", str(out)]) == 2
     assert "BENCH_EXECUTOR" in capsys.readouterr().err
