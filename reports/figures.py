@@ -237,8 +237,6 @@ def segmentations(runs: Sequence, out: Path) -> list[Path]:
     """Per table row with overlay files: its best, median and worst test case, each as axial
     slices through its smallest organs (image | label | prediction; radiological view);
     ``segmentations_<row>.png``/``.pdf``. Reads only the runs' ``overlays.npz`` and metrics."""
-    import re
-
     from reports.overlays import OVERLAY_FILE, PALETTE, read_overlays, render_case
 
     rows: dict[str, list] = {}
@@ -269,6 +267,12 @@ def segmentations(runs: Sequence, out: Path) -> list[Path]:
         if handles:
             fig.legend(handles, [shown[c] for c in sorted(shown)], loc="lower center", ncol=min(len(handles), 13), fontsize=8, frameon=False)
         fig.suptitle(f"{_label(variant, 60)}: image | label | prediction (anterior up, patient's right on the left)", fontsize=10)
-        slug = re.sub(r"[^A-Za-z0-9_.+=-]+", "_", variant).strip("_.")[:100] or "row"
-        paths += _save(fig, out, f"segmentations_{slug}")
+        paths += _save(fig, out, segmentation_stem(variant))
     return paths
+
+
+def segmentation_stem(variant: str) -> str:
+    """The file stem of a row's segmentation figure: ``segmentations_tak_anatomy_x_minilm``."""
+    import re
+
+    return "segmentations_" + (re.sub(r"[^A-Za-z0-9_.+=-]+", "_", variant).strip("_.")[:100] or "row")

@@ -81,7 +81,8 @@ def make_report(req: ReportRequest) -> dict[str, Path]:
             figs.append(p)
             written[f"figures/{p.name}"] = p
     if "html" in req.formats:
-        put("report.html", html_page(tables, timing, [p for p in figs if p.suffix == ".png"], req))
+        rows = {figures.segmentation_stem(r.variant): r.variant for r in runs}
+        put("report.html", html_page(tables, timing, [p for p in figs if p.suffix == ".png"], req, rows))
     print(f"report of {len(runs)} run(s){' and study ' + req.study if req.study else ''} written to {out.resolve()}", file=sys.stderr)
     return written
 
@@ -152,8 +153,9 @@ def timing_markdown(timing) -> str:
     return t.to_markdown(index=False, disable_numparse=True)
 
 
-def html_page(tables, timing, pngs, req: ReportRequest) -> str:
-    """One self-contained page (figures embedded as data URIs)."""
+def html_page(tables, timing, pngs, req: ReportRequest, rows: dict[str, str] | None = None) -> str:
+    """One self-contained page (figures embedded as data URIs); ``rows``: segmentation figure
+    stem -> its table row (for the figure's title)."""
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>bench report</title><style>",
         "body{font-family:sans-serif;margin:2em;color:#222} table.results{border-collapse:collapse;font-size:12px}"
@@ -174,8 +176,9 @@ def html_page(tables, timing, pngs, req: ReportRequest) -> str:
             "Data wait %": lambda v: f"{v:.2f}"}))
     for p in pngs:
         data = base64.b64encode(p.read_bytes()).decode()
-        title = figures.TITLES.get(p.stem) or (f"Segmentations, {p.stem[len('segmentations_'):]}: best, median and worst test case"
-                                               if p.stem.startswith("segmentations_") else p.stem.replace("_", " ").capitalize())
+        title = figures.TITLES.get(p.stem) or (
+            f"Segmentations, {(rows or {}).get(p.stem, p.stem[len('segmentations_'):])}: best, median and worst test case"
+            if p.stem.startswith("segmentations_") else p.stem.replace("_", " ").capitalize())
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -37,23 +37,18 @@ test_patch_ensemble's sliding window and largest-component post-processing.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
-import json
-import subprocess
 import sys
 import types
 from pathlib import Path
 
 import torch
+from _golden_io import ROOT, golden_path, provenance, repo_commit, write_golden
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from tests import released_inputs_cobionet as ri
 
-from tests import released_inputs_cobionet as ri  # noqa: E402
-
-GOLDEN = ROOT / "tests/golden/released/cobionet.json"
+GOLDEN = golden_path("cobionet")
 
 
 # ----------------------------------------------------------------------------- loading the release
@@ -305,22 +300,16 @@ def main(argv=None) -> None:
     ap.add_argument("--repo", required=True, type=Path, help="checkout of himashi92/Co-BioNet")
     ap.add_argument("--write", action="store_true", help=f"write {GOLDEN.relative_to(ROOT)}")
     a = ap.parse_args(argv)
+    command = "python docs/scripts/released/cobionet_goldens.py --repo <Co-BioNet checkout>" + (" --write" if a.write else "")
     repo = a.repo.resolve()
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        commit = (repo / "COMMIT").read_text().strip() if (repo / "COMMIT").exists() else "unknown"
+    commit = repo_commit(repo)
     code = setup(repo)
     torch.set_num_threads(1)
     mod = import_train(code)
     import utils.losses as losses
 
     golden = {
-        "repository": "himashi92/Co-BioNet",
-        "commit": commit,
-        "command": "python docs/scripts/released/cobionet_goldens.py --repo <Co-BioNet checkout>" + (" --write" if a.write else ""),
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        **provenance("himashi92/Co-BioNet", commit, command),
         "vnet": golden_vnet(mod.net_factory),
         "critic": golden_critic(),
         "losses": golden_losses(losses),
@@ -328,13 +317,7 @@ def main(argv=None) -> None:
         "schedules": golden_schedules(mod),
         "optimizer": golden_optimizer(mod),
     }
-    text = json.dumps(golden, indent=1, sort_keys=True)
-    if a.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(text) // 1024} KB)")
-    else:
-        print(text[:3000])
+    write_golden("cobionet", golden, write=a.write)
 
 
 if __name__ == "__main__":

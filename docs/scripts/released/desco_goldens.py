@@ -43,10 +43,7 @@ bottleneck and argmax / threshold flips make them diverge across implementations
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import re
-import subprocess
 import sys
 import textwrap
 import types
@@ -54,14 +51,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _golden_io import ROOT, golden_path, provenance, repo_commit, write_golden
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from tests import released_inputs_desco as ri
 
-from tests import released_inputs_desco as ri  # noqa: E402
-
-GOLDEN = ROOT / "tests/golden/released/desco.json"
+GOLDEN = golden_path("desco")
 
 
 # ----------------------------------------------------------------------------- loading the release
@@ -315,12 +310,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     command = "python docs/scripts/released/desco_goldens.py --repo <DeSCO checkout>" + (" --write" if a.write else "")
     repo = a.repo.resolve()
-    commit = a.commit
-    if commit is None:
-        try:
-            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        except (subprocess.CalledProcessError, FileNotFoundError):
-            commit = "unknown"
+    commit = repo_commit(repo, a.commit)
     saved_argv = sys.argv
     code = setup(repo)
     torch.set_num_threads(1)
@@ -328,11 +318,7 @@ def main(argv=None) -> None:
     import networks.vnet as vnet_mod
 
     golden = {
-        "repository": "HengCai-NJU/DeSCO",
-        "commit": commit,
-        "command": command,
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        **provenance("HengCai-NJU/DeSCO", commit, command),
         "vnet": golden_vnet(vnet_mod),
         "init": golden_init(vnet_mod, code),
         "losses": golden_losses(mod.losses),
@@ -343,13 +329,7 @@ def main(argv=None) -> None:
         "steps": golden_steps(code, mod, vnet_mod),
     }
     sys.argv = saved_argv
-    text = json.dumps(golden, indent=1, sort_keys=True)
-    if a.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(text) // 1024} KB)")
-    else:
-        print(text[:3000])
+    write_golden("desco", golden, write=a.write)
 
 
 if __name__ == "__main__":

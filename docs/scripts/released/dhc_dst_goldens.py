@@ -27,24 +27,17 @@ Covered:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import subprocess
 import sys
 from pathlib import Path
 
+import dhc_goldens as dg
 import numpy as np
 import torch
+from _golden_io import ROOT, golden_path, provenance, repo_commit, write_golden
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
+from tests import released_inputs_dhc as ri
 
-import dhc_goldens as dg  # noqa: E402
-from tests import released_inputs_dhc as ri  # noqa: E402
-
-GOLDEN = ROOT / "tests/golden/released/dhc_dst.json"
+GOLDEN = golden_path("dhc_dst")
 GRL_ITERS = (0, 1, 100, 250, 500, 1000, 5000)
 GRL_ITER = 300  # the iteration of the step golden (coefficient ~0.029)
 #: the pseudo heads' 1x1x1 output convs are scaled so some voxels pass the 0.95 confidence mask
@@ -193,11 +186,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repo", required=True, type=Path, help="checkout of xmed-lab/DHC")
     ap.add_argument("--write", action="store_true", help=f"write {GOLDEN.relative_to(ROOT)}")
     a = ap.parse_args(argv)
+    command = "python docs/scripts/released/dhc_dst_goldens.py --repo <DHC checkout>" + (" --write" if a.write else "")
     repo = a.repo.resolve()
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        commit = (repo / "COMMIT").read_text().strip() if (repo / "COMMIT").exists() else "unknown"
+    commit = repo_commit(repo)
     np.float = float  # removed in numpy 1.24; the release's GRL calls it
     saved = sys.argv
     code = dg.setup(repo)
@@ -206,11 +197,7 @@ def main(argv=None) -> None:
 
     mod = dg.import_script(code, "dst", step_argv())
     golden = {
-        "repository": "xmed-lab/DHC",
-        "commit": commit,
-        "command": "python docs/scripts/released/dhc_dst_goldens.py --repo <DHC checkout>" + (" --write" if a.write else ""),
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        **provenance("xmed-lab/DHC", commit, command),
         "grl": golden_grl(vnet_dst),
         "losses": golden_losses(mod),
         "init": golden_init(mod, vnet_dst),
@@ -221,12 +208,7 @@ def main(argv=None) -> None:
         "pseudo_head_scale": PSEUDO_HEAD_SCALE,
     }
     sys.argv = saved
-    text = json.dumps(golden, indent=1, sort_keys=True)
-    if a.write:
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(text) // 1024} KB)")
-    else:
-        print(text[:3000])
+    write_golden("dhc_dst", golden, write=a.write)
 
 
 if __name__ == "__main__":

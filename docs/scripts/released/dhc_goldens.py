@@ -46,12 +46,9 @@ passes draw from the RNG in an order the suite does not share); the DePL step's 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
-import json
 import re
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -59,14 +56,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _golden_io import ROOT, golden_path, provenance, repo_commit, write_golden
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from tests import released_inputs_dhc as ri
 
-from tests import released_inputs_dhc as ri  # noqa: E402
-
-GOLDEN = ROOT / "tests/golden/released/dhc.json"
+GOLDEN = golden_path("dhc")
 SCRIPTS = ("dhc", "cps", "crest", "simis", "depl", "adsh", "cld", "uamt", "acisis")
 
 
@@ -435,10 +430,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     command = "python docs/scripts/released/dhc_goldens.py --repo <DHC checkout>" + (" --write" if a.write else "")
     repo = a.repo.resolve()
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        commit = (repo / "COMMIT").read_text().strip() if (repo / "COMMIT").exists() else "unknown"
+    commit = repo_commit(repo)
     saved_argv = sys.argv
     code = setup(repo)
     torch.set_num_threads(1)
@@ -448,11 +440,7 @@ def main(argv=None) -> None:
     dhc, cps = import_script(code, "dhc", step_argv()), import_script(code, "cps", step_argv())
     crest, simis = import_script(code, "crest", step_argv()), import_script(code, "simis", step_argv())
     golden = {
-        "repository": "xmed-lab/DHC",
-        "commit": commit,
-        "command": command,
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        **provenance("xmed-lab/DHC", commit, command),
         "vnet": golden_vnet(vnet_mod),
         "init": golden_init(vnet_mod, utils_mod, code),
         "weighting": golden_weighting(dhc, crest, simis),
@@ -464,13 +452,7 @@ def main(argv=None) -> None:
         "sgd_steps": golden_sgd_steps(code),
     }
     sys.argv = saved_argv
-    text = json.dumps(golden, indent=1, sort_keys=True)
-    if a.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(text) // 1024} KB)")
-    else:
-        print(text[:2000])
+    write_golden("dhc", golden, write=a.write, preview=2000)
     if a.time:
         time_steps(code, vnet_mod)
 

@@ -37,28 +37,20 @@ Not covered: data loading / augmentation, evaluation, AMP (CPU).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
+import dhc_goldens  # setup, import_script
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _golden_io import ROOT, golden_path, provenance, repo_commit, write_golden
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
+from tests import released_inputs_dhc as ri
+from tests import released_inputs_ssnet as rs
 
-import dhc_goldens  # noqa: E402  (setup, import_script)
-
-from tests import released_inputs_dhc as ri  # noqa: E402
-from tests import released_inputs_ssnet as rs  # noqa: E402
-
-GOLDEN = ROOT / "tests/golden/released/dhc_ssnet.json"
+GOLDEN = golden_path("dhc_ssnet")
 C = rs.NUM_CLASSES
 MAX_EPOCH = 10
 
@@ -265,13 +257,9 @@ def main(argv=None) -> None:
     ap.add_argument("--commit", default=None, help="commit of the checkout when it is not a git repository")
     ap.add_argument("--write", action="store_true", help=f"write {GOLDEN.relative_to(ROOT)}")
     a = ap.parse_args(argv)
+    command = "python docs/scripts/released/dhc_ssnet_goldens.py --repo <DHC checkout> --write"
     repo = a.repo.resolve()
-    commit = a.commit
-    if commit is None:
-        try:
-            commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        except (subprocess.CalledProcessError, FileNotFoundError):
-            commit = "unknown"
+    commit = repo_commit(repo, a.commit)
     saved_argv = sys.argv
     code = dhc_goldens.setup(repo)
     torch.set_num_threads(1)
@@ -282,11 +270,7 @@ def main(argv=None) -> None:
 
     mod = dhc_goldens.import_script(code, "ssnet", step_argv())
     golden = {
-        "repository": "xmed-lab/DHC",
-        "commit": commit,
-        "command": "python docs/scripts/released/dhc_ssnet_goldens.py --repo <DHC checkout> --write",
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        **provenance("xmed-lab/DHC", commit, command),
         "network": golden_network(mod, vnet_mod),
         "memory": golden_memory(mod),
         "contrast": golden_contrast(mod),
@@ -297,13 +281,7 @@ def main(argv=None) -> None:
         "schedule": golden_schedule(code),
     }
     sys.argv = saved_argv
-    text = json.dumps(golden, indent=1, sort_keys=True)
-    if a.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(text) // 1024} KB)")
-    else:
-        print(text[:3000])
+    write_golden("dhc_ssnet", golden, write=a.write)
 
 
 if __name__ == "__main__":

@@ -50,10 +50,8 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
-import json
 import logging
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -62,13 +60,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _golden_io import golden_path, repo_commit, write_golden
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from tests import released_inputs_galoss_magicnet as RI
 
-from tests import released_inputs_galoss_magicnet as RI  # noqa: E402
-
-GOLDEN = ROOT / "tests" / "golden" / "released" / "galoss_magicnet.json"
+GOLDEN = golden_path("galoss_magicnet")
 CLASH = ("networks", "utils", "dataloaders", "GALoss", "train_Synapse_MagicNet", "train_main_btcv")
 
 
@@ -114,13 +110,6 @@ def load_release(root: Path, modules: list[str], argv: list[str]) -> dict:
         if k.split(".")[0] in CLASH:
             del sys.modules[k]
     return out
-
-
-def git_commit(path: Path) -> str:
-    try:
-        return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 # -- reading statements of the training scripts -----------------------------------------------------------
@@ -536,8 +525,8 @@ def main() -> None:
         return
     t0 = time.time()
     golden = {
-        "repositories": {"cicailalala/GALoss": a.galoss_commit or git_commit(a.galoss),
-                         "DeepMed-Lab-ECNU/MagicNet": a.magicnet_commit or git_commit(a.magicnet)},
+        "repositories": {"cicailalala/GALoss": repo_commit(a.galoss, a.galoss_commit),
+                         "DeepMed-Lab-ECNU/MagicNet": repo_commit(a.magicnet, a.magicnet_commit)},
         "command": "python docs/scripts/released/galoss_magicnet_goldens.py --galoss <GALoss checkout> --magicnet <MagicNet checkout> --write",
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
@@ -555,12 +544,7 @@ def main() -> None:
     for v in golden["train"].values():
         v.pop("step_seconds")
     print(f"train done in {time.time() - t0:.0f} s", flush=True)
-    text = json.dumps(golden, indent=1, sort_keys=True)
-    print(f"{len(text) / 1024:.0f} KB")
-    if a.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN.relative_to(ROOT)}")
+    write_golden("galoss_magicnet", golden, write=a.write, preview=0)
 
 
 if __name__ == "__main__":

@@ -43,10 +43,7 @@ window (the suite's protocol), AMP.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
-import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -54,15 +51,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _golden_io import ROOT, golden_path, provenance, repo_commit, write_golden
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from tests import released_inputs_dhc as rd
+from tests import released_inputs_genericssl as rg
 
-from tests import released_inputs_dhc as rd  # noqa: E402
-from tests import released_inputs_genericssl as rg  # noqa: E402
-
-GOLDEN = ROOT / "tests/golden/released/genericssl.json"
+GOLDEN = golden_path("genericssl")
 C = rg.NUM_CLASSES
 STUBBED = ("cv2", "h5py", "albumentations", "batchgenerators", "batchgenerators.transforms",
            "batchgenerators.transforms.abstract_transforms", "batchgenerators.transforms.utility_transforms",
@@ -349,10 +344,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     command = "python docs/scripts/released/genericssl_goldens.py --repo <GenericSSL checkout>" + (" --write" if a.write else "")
     repo = a.repo.resolve()
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        commit = (repo / "COMMIT").read_text().strip() if (repo / "COMMIT").exists() else "unknown"
+    commit = repo_commit(repo)
     saved_argv = sys.argv
     code = setup(repo)
     torch.set_num_threads(1)
@@ -362,11 +354,7 @@ def main(argv=None) -> None:
 
     mod = import_train(code, step_argv())
     golden = {
-        "repository": "xmed-lab/GenericSSL",
-        "commit": commit,
-        "command": command,
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        **provenance("xmed-lab/GenericSSL", commit, command),
         "released_keys": sorted(released_net(dv, True).state_dict()),
         "schedule": golden_schedule(dv, respace),
         "embedding": golden_embedding(dv),
@@ -382,13 +370,7 @@ def main(argv=None) -> None:
         "schedules": golden_schedules(code, utils),
     }
     sys.argv = saved_argv
-    text = json.dumps(golden, indent=1, sort_keys=True)
-    if a.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(text) // 1024} KB)")
-    else:
-        print(text[:2000])
+    write_golden("genericssl", golden, write=a.write, preview=2000)
 
 
 if __name__ == "__main__":

@@ -37,26 +37,19 @@ Covered:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import subprocess
 import sys
 import types
 from pathlib import Path
 
+import dhc_goldens as dg
 import numpy as np
 import torch
+from _golden_io import ROOT, golden_path, provenance, repo_commit, write_golden
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
+from tests import released_inputs_dhc as ri
+from tests import released_inputs_skcdf as rs
 
-import dhc_goldens as dg  # noqa: E402
-from tests import released_inputs_dhc as ri  # noqa: E402
-from tests import released_inputs_skcdf as rs  # noqa: E402
-
-GOLDEN = ROOT / "tests/golden/released/skcdf.json"
+GOLDEN = golden_path("skcdf")
 SEED_NET, SEED_STEP = 21, 22
 
 
@@ -319,11 +312,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repo", required=True, type=Path, help="checkout of yinguanchun/SKCDF")
     ap.add_argument("--write", action="store_true", help=f"write {GOLDEN.relative_to(ROOT)}")
     a = ap.parse_args(argv)
+    command = "python docs/scripts/released/skcdf_goldens.py --repo <SKCDF checkout>" + (" --write" if a.write else "")
     repo = a.repo.resolve()
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        commit = (repo / "COMMIT").read_text().strip() if (repo / "COMMIT").exists() else "unknown"
+    commit = repo_commit(repo)
     saved = sys.argv
     code = setup(repo)
     torch.set_num_threads(1)
@@ -335,11 +326,7 @@ def main(argv=None) -> None:
     assert (cfg.n_filters, tuple(cfg.patch_size), cfg.num_cls) == (32, (64, 128, 128), 14)
     mod = dg.import_script(code, "skcdf", step_argv())
     golden = {
-        "repository": "yinguanchun/SKCDF",
-        "commit": commit,
-        "command": "python docs/scripts/released/skcdf_goldens.py --repo <SKCDF checkout>" + (" --write" if a.write else ""),
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        **provenance("yinguanchun/SKCDF", commit, command),
         "blocks": golden_blocks(model_mod),
         "forward": golden_forward(model_mod),
         "init": golden_init(mod, model_mod),
@@ -353,13 +340,7 @@ def main(argv=None) -> None:
         "released_keys": sorted(released_net(model_mod).state_dict()),
     }
     sys.argv = saved
-    text = json.dumps(golden, indent=1, sort_keys=True)
-    if a.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN.relative_to(ROOT)} ({len(text) // 1024} KB)")
-    else:
-        print(text[:3000])
+    write_golden("skcdf", golden, write=a.write)
 
 
 if __name__ == "__main__":

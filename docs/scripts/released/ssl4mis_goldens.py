@@ -49,11 +49,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import importlib
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,15 +59,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _golden_io import ROOT, golden_path, provenance, repo_commit, write_golden
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from tests import released_inputs_ssl4mis as R
 
-from tests import released_inputs_ssl4mis as R  # noqa: E402
-
-GOLDEN = ROOT / "tests" / "golden" / "released" / "ssl4mis.json"
+GOLDEN = golden_path("ssl4mis")
 SCALARS = ("info/total_loss", "info/loss_ce", "info/loss_dice", "info/consistency_loss", "info/consistency_weight", "info/lr")
 
 
@@ -390,15 +384,6 @@ def time_steps(train_mod, losses, rounds: int = 7, steps: int = 5) -> None:
 
 
 # -- main ------------------------------------------------------------------------------------------
-def repo_commit(repo: Path, given: str | None) -> str:
-    if given:
-        return given
-    try:
-        return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        raise SystemExit("--repo is not a git checkout: give its commit with --commit SHA") from None
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repo", type=Path, required=True, help="checkout of HiLab-git/SSL4MIS")
@@ -407,27 +392,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--time", action="store_true", help="time one training step, released pieces vs suite")
     a = p.parse_args(argv)
     repo = a.repo.resolve()
-    commit = repo_commit(repo, a.commit)
+    commit = repo_commit(repo, a.commit, required=True)
     torch.set_num_threads(1)
     train_mod, losses, ramps, brats = load_released(repo)
+    command = "python docs/scripts/released/ssl4mis_goldens.py " + " ".join(sys.argv[1:] if argv is None else argv)
     golden = {
-        "repository": "HiLab-git/SSL4MIS",
-        "commit": commit,
-        "command": "python docs/scripts/released/ssl4mis_goldens.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.date.today().isoformat(),
+        **provenance("HiLab-git/SSL4MIS", commit, command, torch_version=False),
         "losses": loss_goldens(losses),
         "ramps": ramp_goldens(train_mod, ramps),
         "ema": ema_goldens(train_mod),
         "loop": loop_goldens(train_mod),
         "random_rot_flip": rotflip_description(brats),
     }
-    text = json.dumps(golden, indent=1)
-    if a.write:
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text + "\n")
-        print(f"wrote {GOLDEN} ({len(text)} bytes)")
-    else:
-        print(text[:3000])
+    write_golden("ssl4mis", golden, write=a.write, sort_keys=False)
     if a.time:
         time_steps(train_mod, losses)
 

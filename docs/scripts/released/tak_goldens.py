@@ -35,9 +35,7 @@ import datetime
 import hashlib
 import importlib
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -46,14 +44,12 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _golden_io import ROOT, golden_path, repo_commit, write_golden
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+from tests.released_inputs_tak import build, fill, fixed, labels_recipe, recipe, summary
 
-from tests.released_inputs_tak import build, fill, fixed, labels_recipe, recipe, summary  # noqa: E402
-
-GOLDEN = ROOT / "tests" / "golden" / "released" / "tak.json"
+GOLDEN = golden_path("tak")
 TRAIN_SCRIPT = "train_AMOS_MagicNet_GA_TAK.py"
 NUM_CLASSES = 16
 OPTIONAL = ("h5py", "skimage", "skimage.measure", "skimage.transform", "tensorboardX", "medpy", "medpy.metric", "nibabel")
@@ -572,8 +568,7 @@ def main() -> None:
     out = (opts.out or GOLDEN).resolve()
     command = "python docs/scripts/released/tak_goldens.py <TAK-Semi checkout> --write" + (
         f" --out {opts.out}" if opts.out else "")
-    commit = opts.commit or subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                           check=True).stdout.strip()
+    commit = repo_commit(root, opts.commit, required=True)
     rel = load_release(root)
     script = TrainScript(root / TRAIN_SCRIPT)
     args = SimpleNamespace(**script.defaults())
@@ -621,13 +616,7 @@ def main() -> None:
         "within-image recovered prediction (local Dice)": "inline in the loop, with the 3x3x3 grid hard-coded",
         "AMP": "the release trains in fp16 autocast with a GradScaler on CUDA; the goldens are fp32 on the CPU",
     }
-    text = json.dumps(golden, indent=1) + "\n"
-    if opts.write or opts.out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        print(f"wrote {out}")
-    else:
-        print(f"{len(text)} characters; --write writes {out}")
+    write_golden("tak", golden, write=bool(opts.write or opts.out), out=out, sort_keys=False, preview=0)
 
 
 if __name__ == "__main__":
