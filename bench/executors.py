@@ -42,6 +42,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -499,6 +500,28 @@ def _environment(env: dict | None):
         os.environ.update(saved)
 
 
+def _raise_interrupted(signum, frame) -> None:
+    from bench.train import Interrupted
+
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _no_sigint(active: bool):
+    """SIGINT ignored while submitit starts a local job's controller, which inherits that: Ctrl-C
+    in a terminal reaches the whole process group, and a controller that took it would kill its
+    job one second later, mid-step. The job itself catches SIGINT (the training loop installs its
+    own handler) and stops at a step boundary with a checkpoint."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _run_here(req, opts: ExecutorOptions, todo, out: Path, log) -> None:
     """local / debug: run the cells' jobs, at most ``opts.jobs`` at a time, and wait for them."""
     if req.force:
@@ -514,11 +537,14 @@ def _run_here(req, opts: ExecutorOptions, todo, out: Path, log) -> None:
 
     pending, running, failed = list(todo), [], []
     _record_cells(out, todo)
+    term = signal.getsignal(signal.SIGTERM)
     try:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _raise_interrupted)  # kill / a closing session: stop the jobs too
         while pending or running:
             while pending and len(running) < limit:
                 r = pending.pop(0)
-                with _environment(env):
+                with _environment(env), _no_sigint(opts.name == "local"):
                     job = ex.submit(CellJob(job_req, r.dir))
                 record_job(r.dir, out, opts.name, job)
                 log(f"{r.method} seed {r.seed}: job {job.job_id} -> {r.dir}")
@@ -534,13 +560,19 @@ def _run_here(req, opts: ExecutorOptions, todo, out: Path, log) -> None:
                         failed.append(f"{r.method} seed {r.seed}: {last_log_line(out, read_job(r.dir) or {})}")
             time.sleep(0 if opts.name == "debug" else 0.5)
     except KeyboardInterrupt:
-        # Ctrl-C: each job stops at its next step boundary and writes its checkpoint (run again to resume)
+        # Ctrl-C or SIGTERM: SIGTERM to each job's controller, which forwards it to the job; the
+        # job stops at its next step boundary and writes its checkpoint (run again to resume).
+        # (submitit's cancel sends SIGINT, on which the controller kills the job after 1 s.)
         for _, job in running:
-            job.cancel(check=False)
-        deadline = time.time() + 120
+            if opts.name == "local":
+                with contextlib.suppress(OSError, ValueError):
+                    os.kill(int(job.job_id), signal.SIGTERM)
+        deadline = time.time() + 300
         while any(not job.done() for _, job in running) and time.time() < deadline:
             time.sleep(0.5)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, term)
     for line in failed:
         log(f"failed: {line}")
 

@@ -277,3 +277,53 @@ def test_auto_is_the_default_and_runs_cells_side_by_side(tmp_path, capsys, monke
     monkeypatch.setenv("BENCH_EXECUTOR", "nope")
     assert main(["run", "--methods", "supervised", "--out", str(out)]) == 2
     assert "BENCH_EXECUTOR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_local_jobs_stop_at_a_step_with_a_checkpoint_and_resume(tmp_path, how):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) or SIGTERM to `bench run`: every
+    local job stops at a step boundary and writes its checkpoint (none was due: ckpt_every is
+    larger than the run), and no process is left; the same command again resumes there."""
+    import signal
+    import sys
+
+    out = tmp_path / "runs"
+    argv = [sys.executable, "-m", "bench", "run", "--methods", "supervised", "--seeds", "0,1", "--preset", "tiny",
+            "--iterations", "150", "--set", "ckpt_every=5000", "--set", "val_every=5000", "--set", "log_every=1",
+            "--executor", "local", "--jobs", "2", "--no-progress", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def steps(run):
+        log = run / "log.jsonl"
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        runs = sorted(p.parent for p in out.rglob("job.json"))
+        if len(runs) == 2 and all(steps(r) >= 3 for r in runs):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the two jobs did not start training: " + (proc.communicate()[0] or "")[-2000:])
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == (130 if how == "ctrl-c" else 143), text[-2000:]
+    logs = "".join(p.read_text() for p in (out / "jobs").rglob("*_log.*"))
+    name = "SIGINT" if how == "ctrl-c" else "SIGTERM"
+    stopped = sorted(int(n) for n in re.findall(rf"stopped by {name} after step (\d+); checkpoint written", logs))
+    assert len(stopped) == 2 and stopped[0] < 150, logs[-3000:]
+    assert all((r / "checkpoint.pt").exists() and not (r / "metrics.json").exists() for r in runs)
+    left = subprocess.run(["pgrep", "-f", str(out / "jobs")], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes left: {left}"
+    if how == "sigterm":
+        return
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    logs = "".join(p.read_text() for p in (out / "jobs").rglob("*_log.out"))
+    resumed = sorted(int(n) for n in re.findall(r"resumed from its checkpoint at step (\d+) of 150", logs))
+    assert resumed == stopped and len(list(out.rglob("metrics.json"))) == 2, logs[-3000:]
