@@ -350,18 +350,13 @@ def run_one(spec: RunSpec) -> MetricsRecord | None:
     trainer = Trainer(spec)  # loads and checks all data first: bad input leaves nothing behind
     if trainer.rank == 0:
         write_record(spec.run_dir / "config.json", ConfigRecord.from_dict({**spec.config, "world_size": trainer.world}))
+    metrics, status = None, "KILLED"  # stopped (to resume later) or failed: the trackers' runs say so
     try:
         trainer.fit()
-        if trainer.step < spec.train.iterations or trainer.rank != 0:
-            if trainer.trackers:  # stopped early (resumes later): the tracker's run says so
-                trainer.trackers.finish(None, None, trainer.step, status="KILLED")
-            return None
-        metrics = trainer.test()
-    except BaseException:
-        if trainer.trackers:  # stopped (to resume) or failed: the tracker's run says so
-            trainer.trackers.finish(None, None, trainer.step, status="KILLED")
-        raise
-    if trainer.trackers:
-        timing = json.loads((spec.run_dir / "timing.json").read_text())
-        trainer.trackers.finish(metrics.to_dict(), timing, trainer.step)
+        if trainer.step >= spec.train.iterations and trainer.rank == 0:
+            metrics, status = trainer.test(), "FINISHED"
+    finally:
+        if trainer.trackers:
+            timing = json.loads((spec.run_dir / "timing.json").read_text()) if metrics is not None else None
+            trainer.trackers.finish(metrics.to_dict() if metrics is not None else None, timing, trainer.step, status=status)
     return metrics

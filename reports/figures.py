@@ -250,8 +250,9 @@ def segmentations(runs: Sequence, out: Path) -> list[Path]:
         plt = _plt()
         fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.6), squeeze=False)
         shown: dict[int, str] = {}
+        files = {run.path: read_overlays(run.path / OVERLAY_FILE) for _, run, _, _ in picks}  # each file read once
         for ax, (which, run, cid, d) in zip(axes[0], picks):
-            cases, organs = read_overlays(run.path / OVERLAY_FILE)
+            cases, organs = files[run.path]
             slices = cases.get(cid)
             ax.axis("off")
             if slices is None or not len(slices["organ"]):
