@@ -420,7 +420,7 @@ def test_docs_results_rebuild_from_the_committed_records(tmp_path):
     assert "64.0 ± 0.8" in text and "47.3 ± 21.4" in text and not any("▲" in line or "▼" in line for line in body)
 
 
-def test_results_collect_copies_records_without_checkpoints_and_refuses_unfinished_runs(tmp_path, monkeypatch):
+def test_results_collect_copies_records_without_checkpoints_and_refuses_unfinished_runs(tmp_path):
     """docs/scripts/results_collect.py: the records of docs/results/runs (no checkpoints, no job
     files, the split files kept); a started run without metrics.json stops it before anything is
     replaced."""
@@ -430,9 +430,6 @@ def test_results_collect_copies_records_without_checkpoints_and_refuses_unfinish
     spec = importlib.util.spec_from_file_location("results_collect", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    fake = tmp_path / "repo" / "docs" / "scripts" / "results_collect.py"
-    fake.parent.mkdir(parents=True)
-    monkeypatch.setattr(mod, "__file__", str(fake))
     src = tmp_path / "out"
     _run(src, "a", 0, {"spleen": 0.9, "liver": 0.9, "gallbladder": 0.5})
     run = src / "phantom" / "default" / "labeled_10p" / "a" / "abc" / "seed_0"
@@ -445,10 +442,10 @@ def test_results_collect_copies_records_without_checkpoints_and_refuses_unfinish
     started = src / "phantom" / "default" / "labeled_10p" / "a" / "abc" / "seed_1"
     started.mkdir()
     (started / "checkpoint.pt").write_text("x")
-    assert mod.main([str(src)]) == 2
+    assert mod.main([str(src)], dest) == 2
     assert (dest / "old").is_dir()  # nothing replaced
     shutil.rmtree(started)
-    assert mod.main([str(src)]) == 0
+    assert mod.main([str(src)], dest) == 0
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert copied == ["phantom/default/labeled_10p/a/abc/seed_0/" + n for n in ("config.json", "log.jsonl", "metrics.json", "timing.json")] + [
         "phantom/splits/labeled_10p.json"]

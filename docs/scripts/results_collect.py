@@ -14,17 +14,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.core.store import is_finished
+
+#: where the records go
+DEST = Path(__file__).resolve().parents[1] / "results" / "runs"
+#: the files of a run record (bench/checkpoint.py RUN_FILES without the checkpoints and predictions)
 RECORD = ("metrics.json", "config.json", "timing.json", "log.jsonl")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], dest: Path = DEST) -> int:
     if len(argv) != 1:
         print("usage: python docs/scripts/results_collect.py OUT", file=sys.stderr)
         return 2
     src = Path(argv[0])
-    dest = Path(__file__).resolve().parents[1] / "results" / "runs"
     runs = sorted(p for p in src.rglob("seed_*") if p.is_dir())
-    unfinished = [str(p) for p in runs if not (p / "metrics.json").is_file()]
+    unfinished = [str(p) for p in runs if not is_finished(p)]
     if not runs or unfinished:
         print(f"{src}: {'no runs' if not runs else 'unfinished runs (no metrics.json)'}; "
               f"finish them with docs/scripts/results_runs.sh first: {' '.join(unfinished)}", file=sys.stderr)
