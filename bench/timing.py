@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import platform
 import resource
 import sys
@@ -56,13 +59,27 @@ def _vm_hwm_mb() -> float | None:
     return None
 
 
+def _release_freed_heap() -> None:
+    """Hand memory that earlier runs freed back to the OS (glibc ``malloc_trim(0)``), so the RSS
+    a new peak starts from is what is still in use, not what the allocator kept. A no-op where
+    the C library has no malloc_trim (musl, macOS)."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak: the CUDA allocator's peak on GPUs; on Linux CPUs the process' RSS
-    high-water mark (writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS), so
-    several runs in one process each report their own peak."""
+    high-water mark (writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS, after
+    freed heap memory went back to the OS), so several runs in one process each report their
+    own peak."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    _release_freed_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -1,5 +1,7 @@
 """Helpers of ``python -m bench perf`` (the timings themselves are benchmarks: ``tox -e bench``)."""
 
+from pathlib import Path
+
 
 def test_interleaved_medians_runs_each_callable_every_round_in_shuffled_orders():
     """Each callable runs warm-up + rounds times; the order changes between rounds (so drift
@@ -59,29 +61,48 @@ def test_step_ratios_time_each_method_beside_the_reference(monkeypatch):
     assert r == {"dhc": 2.0, "mean_teacher": 3.0, "dhc_vs_dhc": 1.0, "mean_teacher_vs_dhc": 1.5}
 
 
+_TWO_RUNS = """
+import gc, json, sys
+from pathlib import Path
+from datasets.phantom import build_phantom
+from bench.train import Trainer
+from tests.helpers import tiny_spec
+
+out, peaks = Path(sys.argv[1]), []
+for name, width, patch in (("large", 16, (32, 64, 64)), ("small", 2, (16, 16, 16))):
+    trainer = Trainer(tiny_spec(build_phantom("btcv", "tiny"), "supervised", out / name, iterations=2,
+                                width=width, patch=patch, val_every=0))
+    trainer.fit()
+    trainer.test()
+    del trainer  # as the runner: a finished run's networks and batches are freed before the next
+    gc.collect()
+    timing = json.loads((out / name / "timing.json").read_text())
+    peaks.append([timing["peak_memory_kind"], timing["peak_memory_mb"]])
+print(json.dumps(peaks))
+"""
+
+
 def test_runs_in_one_process_report_their_own_peak_memory(tiny_dataset, tmp_path):
     """timing.json's peak is the run's own: a small run after a large one in the same process
     reports less (the process' high-water mark is reset when a run starts; Linux: VmHWM via
-    /proc/self/clear_refs)."""
-    import gc
+    /proc/self/clear_refs). The two runs go to a fresh process: in the test process, memory the
+    suite's earlier tests hold sets a floor above both runs' peaks, and the test would compare
+    that floor with itself."""
     import json
+    import os
+    import subprocess
     import sys
 
     import pytest
 
-    from bench.train import Trainer
-    from tests.helpers import tiny_spec
-
     if not sys.platform.startswith("linux"):
         pytest.skip("the per-run CPU peak needs /proc (Linux)")
-    peaks = []
-    for name, width, patch in (("large", 16, (32, 64, 64)), ("small", 2, (16, 16, 16))):
-        trainer = Trainer(tiny_spec(tiny_dataset, "supervised", tmp_path / name, iterations=2, width=width, patch=patch, val_every=0))
-        trainer.fit()
-        trainer.test()
-        del trainer  # as the runner: a finished run's networks and batches are freed before the next
-        gc.collect()
-        timing = json.loads((tmp_path / name / "timing.json").read_text())
-        assert timing["peak_memory_kind"] == "process_rss_since_reset"
-        peaks.append(timing["peak_memory_mb"])
-    assert peaks[1] < peaks[0], peaks
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_RUNS, str(tmp_path)], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (kind_large, large), (kind_small, small) = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kind_large == kind_small == "process_rss_since_reset"
+    assert small < large, (large, small)
