@@ -399,25 +399,53 @@ def test_published_rows_of_real_ct_stay_out_of_a_phantom_table(results, tmp_path
 
 
 def test_docs_results_rebuild_from_the_committed_records(tmp_path):
-    """docs/results.md cites these records: the report rebuilds its rows and its significance."""
+    """docs/results.md cites these records: the command it shows rebuilds every table on the page
+    line for line (results, timing, published), and its significance table and claims."""
     import csv
 
-    runs = Path(__file__).resolve().parents[1] / "docs" / "results" / "runs"
+    docs = Path(__file__).resolve().parents[1] / "docs"
     out = tmp_path / "rep"
-    assert main(["report", "--runs", str(runs), "--out", str(out), "--baseline", "mean_teacher", "--format", "markdown,csv",
-                 "--no-figures"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--runs",
+                str(docs / "results" / "runs"),
+                "--out",
+                str(out),
+                "--baseline",
+                "mean_teacher",
+                "--reference",
+                "published",
+                "--format",
+                "markdown,csv",
+                "--no-figures",
+            ]
+        )
+        == 0
+    )
+    page = (docs / "results.md").read_text()
+    for name in ("table.md", "timing.md", "published.md"):
+        lines = [line for line in (out / name).read_text().splitlines() if line.startswith("|")]
+        assert lines and all(line in page for line in lines), name
     rows = {r["method"]: r for r in csv.DictReader((out / "significance.csv").open())}
     tak = "tak [anatomy x minilm]"
-    # under the method-level test no row of these records can carry a mark: 1 to 3 seeds per row
-    assert {m: r["direction"] for m, r in rows.items()} == {"dhc": "too few seeds", "cps": "too few seeds", "supervised": "too few seeds",
-                                                           "ga": "untestable", "magicnet": "untestable", tak: "too few seeds"}
-    # the case-level test of these trained models still separates them (what the old marks said)
+    # the same five seeds in every row, so every row is tested; one survives the method-level test
+    assert {m: (r["n_seeds"], r["seeds"], r["seed_sets"]) for m, r in rows.items()} == {
+        m: ("5", "0 1 2 3 4", "same") for m in ("dhc", "ga", "supervised", tak)
+    }
+    assert {m: r["direction"] for m, r in rows.items()} == {"dhc": "better", "ga": "n.s.", "supervised": "n.s.", tak: "n.s."}
+    dhc = rows["dhc"]
+    assert float(dhc["p_value"]) == pytest.approx(2 / 252) and float(dhc["p_adjusted"]) == pytest.approx(4 * 2 / 252)
+    assert dhc["pair_signs"] == "25/25 better" and float(dhc["ci_low"]) > 0
+    # the page's significance rows restate the csv
+    for m, r in rows.items():
+        line = next(line for line in page.splitlines() if line.startswith(f"| {m} | "))
+        ci = f"[{float(r['ci_low']):.1f}, {float(r['ci_high']):.1f}]"
+        assert f"{float(r['mean_diff']):+.1f}" in line and ci in line and r["pair_signs"] in line and r["direction"] in line, m
+    # the case-level test of these trained models separates every row (what the old marks said)
     assert all(r["models_direction"] == "better" for r in rows.values())
     assert all(r["n_cases"] == "24" for r in rows.values())
-    assert {m: r["n_seeds"] for m, r in rows.items()} == {"dhc": "3", "cps": "3", "supervised": "3", "ga": "1", "magicnet": "1", tak: "2"}
-    text = (out / "table.md").read_text()
-    body = [line for line in text.splitlines() if line.startswith("|")]
-    assert "64.0 ± 0.8" in text and "47.3 ± 21.4" in text and not any("▲" in line or "▼" in line for line in body)
 
 
 def test_results_collect_copies_records_without_checkpoints_and_refuses_unfinished_runs(tmp_path):

@@ -5,7 +5,7 @@ validation Dice at every validation step, the test mean Dice and the mean Dice o
 organs (adrenal glands, gallbladder, esophagus). docs/fidelity.md's measured effects are this
 table of docs/results/fidelity:
 
-    python docs/scripts/val_curves.py docs/results/runs/phantom/default/labeled_10p/{ga,tak,magicnet} docs/results/fidelity
+    python docs/scripts/val_curves.py docs/results/fidelity/phantom
 """
 
 from __future__ import annotations
