@@ -405,25 +405,8 @@ def test_docs_results_rebuild_from_the_committed_records(tmp_path):
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     out = tmp_path / "rep"
-    assert (
-        main(
-            [
-                "report",
-                "--runs",
-                str(docs / "results" / "runs"),
-                "--out",
-                str(out),
-                "--baseline",
-                "mean_teacher",
-                "--reference",
-                "published",
-                "--format",
-                "markdown,csv",
-                "--no-figures",
-            ]
-        )
-        == 0
-    )
+    assert main(["report", "--runs", str(docs / "results" / "runs"), "--out", str(out), "--baseline", "mean_teacher",
+                 "--reference", "published", "--format", "markdown,csv", "--no-figures"]) == 0
     page = (docs / "results.md").read_text()
     for name in ("table.md", "timing.md", "published.md"):
         lines = [line for line in (out / name).read_text().splitlines() if line.startswith("|")]
